@@ -1,0 +1,2 @@
+//! kwik's benchmarks (work in progress).
+fn main() {}

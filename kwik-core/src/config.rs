@@ -1,0 +1,224 @@
+//! Configuration of endpoints and sessions.
+//!
+//! Transport knobs live in one [`TransportConfig`] shared by clients and
+//! servers; kwik derives quinn-proto's own transport settings from it so the
+//! two layers of flow control cannot contradict each other (kwik's per-stream
+//! credit is the real limit; QUIC's windows are sized never to block first).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn_proto::{IdleTimeout, VarInt};
+
+/// ALPN protocol id of kwik version 1.
+pub const ALPN: &[u8] = b"kwik/1";
+
+/// The kwik protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Feature bits this implementation supports (none defined yet in version 1).
+pub const SUPPORTED_FEATURES: u64 = 0;
+
+/// Congestion controller of a session's QUIC connection.
+///
+/// Loss-based controllers (Cubic, NewReno) collapse under random loss; BBR
+/// holds its rate there. quinn-proto's BBR draws from an unseeded RNG, so
+/// runs that must be bit-for-bit reproducible should use Cubic or NewReno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CongestionControl {
+    /// CUBIC (RFC 9438), quinn's default.
+    #[default]
+    Cubic,
+    /// NewReno (RFC 9002).
+    NewReno,
+    /// quinn-proto's experimental BBR.
+    Bbr,
+}
+
+/// Transport knobs of a session, used by both sides.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// Receive window of each logical stream (bytes): the most the peer may
+    /// send beyond what the application has read. Bounds memory per stream.
+    pub stream_window: u64,
+    /// Concurrent bidirectional logical streams the peer may open.
+    pub max_bidi_streams: u64,
+    /// Concurrent unidirectional logical streams the peer may open.
+    pub max_uni_streams: u64,
+    /// Logical streams carried by one real QUIC stream ("lane") before a new
+    /// lane is opened; 1 gives every logical stream a QUIC stream of its own.
+    pub streams_per_lane: usize,
+    /// Most lanes (real unidirectional QUIC streams) the peer may open.
+    pub max_lanes: u32,
+    /// Largest data-frame payload accepted, and the largest sent.
+    pub max_frame_payload: u64,
+    /// Largest control message accepted.
+    pub max_control_message: u64,
+    /// Bytes quinn-proto may hold unacknowledged per connection.
+    pub send_window: u64,
+    /// Interval of keep-alive probes; `None` sends none.
+    pub keep_alive_interval: Option<Duration>,
+    /// A session with a silent peer ends after this long.
+    pub idle_timeout: Duration,
+    /// Congestion controller.
+    pub congestion: CongestionControl,
+    /// Feature bits the peer must support (client side), else the session is
+    /// refused with `KWIK_FEATURE_MISMATCH`.
+    pub required_features: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            stream_window: 2 << 20,
+            max_bidi_streams: 256,
+            max_uni_streams: 256,
+            streams_per_lane: 4,
+            max_lanes: 1024,
+            max_frame_payload: 64 << 10,
+            max_control_message: 64 << 10,
+            send_window: 16 << 20,
+            keep_alive_interval: Some(Duration::from_secs(5)),
+            idle_timeout: Duration::from_secs(30),
+            congestion: CongestionControl::Cubic,
+            required_features: 0,
+        }
+    }
+}
+
+impl TransportConfig {
+    /// quinn-proto's settings for a connection carrying this session.
+    pub(crate) fn quinn(&self) -> quinn_proto::TransportConfig {
+        let mut t = quinn_proto::TransportConfig::default();
+        // Only the control stream is bidirectional.
+        t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+        t.max_concurrent_uni_streams(VarInt::from_u32(self.max_lanes));
+        // kwik credit bounds what a lane carries; QUIC's windows must never
+        // stop a lane first (that would couple the logical streams on it).
+        let lane_window = self
+            .stream_window
+            .saturating_mul(self.streams_per_lane.max(1) as u64 * 2)
+            .max(self.max_control_message * 4);
+        t.stream_receive_window(varint(lane_window));
+        t.receive_window(VarInt::MAX);
+        t.send_window(self.send_window);
+        t.keep_alive_interval(self.keep_alive_interval);
+        let idle = IdleTimeout::try_from(self.idle_timeout)
+            .unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(u32::MAX)));
+        t.max_idle_timeout(Some(idle));
+        t.congestion_controller_factory(match self.congestion {
+            CongestionControl::Cubic => Arc::new(quinn_proto::congestion::CubicConfig::default()),
+            CongestionControl::NewReno => {
+                Arc::new(quinn_proto::congestion::NewRenoConfig::default())
+            }
+            CongestionControl::Bbr => Arc::new(quinn_proto::congestion::BbrConfig::default()),
+        });
+        t
+    }
+}
+
+fn varint(v: u64) -> VarInt {
+    VarInt::from_u64(v.min(VarInt::MAX.into_inner())).expect("clamped")
+}
+
+/// The TLS configuration is not usable for QUIC (it must offer TLS 1.3 with
+/// an AES-128-GCM-SHA256 suite for the initial packets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unusable TLS configuration: {}", self.0)
+    }
+}
+impl std::error::Error for ConfigError {}
+
+/// Settings of one endpoint (one UDP socket's worth of sessions).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EndpointConfig {
+    /// Seed of every random choice the endpoint makes: QUIC's RNG, connection
+    /// ids, the stateless-reset key, session ids. Same seed and same inputs
+    /// give the same outputs. Production adapters fill it from the OS RNG;
+    /// session ids are only as unguessable as this seed is secret.
+    pub seed: [u8; 32],
+    /// Most datagrams returned in one GSO batch.
+    pub max_gso_segments: usize,
+}
+
+impl EndpointConfig {
+    /// A configuration with the given seed and default limits.
+    pub fn new(seed: [u8; 32]) -> Self {
+        Self {
+            seed,
+            max_gso_segments: 10,
+        }
+    }
+}
+
+/// How a client dials: TLS plus transport knobs.
+#[derive(Clone)]
+pub struct ClientConfig {
+    pub(crate) crypto: Arc<QuicClientConfig>,
+    /// Transport knobs of sessions started with this configuration.
+    pub transport: TransportConfig,
+}
+
+impl ClientConfig {
+    /// Wraps a rustls client configuration; kwik sets the ALPN itself.
+    pub fn new(mut tls: rustls::ClientConfig) -> Result<Self, ConfigError> {
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicClientConfig::try_from(tls).map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Self {
+            crypto: Arc::new(crypto),
+            transport: TransportConfig::default(),
+        })
+    }
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a server accepts sessions: TLS plus transport knobs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub(crate) crypto: Arc<QuicServerConfig>,
+    /// Transport knobs of accepted sessions.
+    pub transport: TransportConfig,
+    /// Accept every incoming connection without asking the application
+    /// (otherwise each one surfaces as [`Event::Incoming`](crate::Event::Incoming)).
+    pub auto_accept: bool,
+    /// Feature bits this server offers (a subset of [`SUPPORTED_FEATURES`]).
+    pub features: u64,
+}
+
+impl ServerConfig {
+    /// Wraps a rustls server configuration; kwik sets the ALPN itself.
+    pub fn new(mut tls: rustls::ServerConfig) -> Result<Self, ConfigError> {
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.max_early_data_size = 0;
+        let crypto = QuicServerConfig::try_from(tls).map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Self {
+            crypto: Arc::new(crypto),
+            transport: TransportConfig::default(),
+            auto_accept: false,
+            features: SUPPORTED_FEATURES,
+        })
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("transport", &self.transport)
+            .field("auto_accept", &self.auto_accept)
+            .finish_non_exhaustive()
+    }
+}

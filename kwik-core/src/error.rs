@@ -1,0 +1,305 @@
+//! Error codes on the wire and the typed errors of each operation.
+//!
+//! kwik closes a session with a QUIC application close whose code is taken
+//! from one table ([`ErrorCode`]) in a reserved block, so that a peer can tell
+//! kwik's own verdicts from the application's codes. Each operation has its
+//! own small error enum, so callers match only what can actually happen.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+/// First code of the block reserved for kwik on the QUIC application-error
+/// space (`0x6b77` is "kw"). Applications must not close with codes in
+/// `KWIK_CODE_BASE..KWIK_CODE_BASE + 0x100`.
+pub const KWIK_CODE_BASE: u64 = 0x6b77_0000;
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $name:ident = $value:literal, $text:literal; )*) => {
+        /// kwik's protocol error codes; the wire value is
+        /// [`KWIK_CODE_BASE`] + the listed offset (see PROTOCOL.md).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in table order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name,)*];
+
+            /// The value carried in a QUIC application close.
+            pub fn wire(self) -> u64 {
+                KWIK_CODE_BASE + match self { $(ErrorCode::$name => $value,)* }
+            }
+
+            /// The code a wire value names, if it is one of kwik's.
+            pub fn from_wire(code: u64) -> Option<Self> {
+                match code.checked_sub(KWIK_CODE_BASE)? {
+                    $($value => Some(ErrorCode::$name),)*
+                    _ => None,
+                }
+            }
+
+            /// Stable upper-case name, as used in logs and PROTOCOL.md.
+            pub fn name(self) -> &'static str {
+                match self { $(ErrorCode::$name => $text,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// An implementation fault on the closing side.
+    Internal = 0x01, "KWIK_INTERNAL";
+    /// A control message or data frame could not be parsed, was oversized,
+    /// or referred to a stream that cannot exist.
+    InvalidFrame = 0x02, "KWIK_INVALID_FRAME";
+    /// The peers share no protocol version.
+    VersionMismatch = 0x03, "KWIK_VERSION_MISMATCH";
+    /// The peer requires a feature this side does not support.
+    FeatureMismatch = 0x04, "KWIK_FEATURE_MISMATCH";
+    /// The peer sent past the flow-control credit of a logical stream.
+    FlowControl = 0x05, "KWIK_FLOW_CONTROL";
+    /// The peer opened more logical streams than it was allowed.
+    StreamLimit = 0x06, "KWIK_STREAM_LIMIT";
+    /// A message exceeded a size limit.
+    PacketTooLarge = 0x07, "KWIK_PACKET_TOO_LARGE";
+    /// Different bytes arrived for one offset of a logical stream.
+    OffsetMismatch = 0x08, "KWIK_OFFSET_MISMATCH";
+    /// A path token was forged, expired, replayed or for another session.
+    AuthFailed = 0x09, "KWIK_AUTH_FAILED";
+    /// An operation named a path the session does not have.
+    PathNotFound = 0x0a, "KWIK_PATH_NOT_FOUND";
+    /// An operation named a path that is dead.
+    PathDead = 0x0b, "KWIK_PATH_DEAD";
+    /// A logical stream could not be created.
+    StreamCreateFailed = 0x0c, "KWIK_STREAM_CREATE_FAILED";
+    /// The server application refused the session.
+    Refused = 0x0d, "KWIK_REFUSED";
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// This application closed the session.
+    LocallyClosed,
+    /// The peer application closed the session with its own code.
+    ApplicationClosed {
+        /// The application's code.
+        code: u64,
+        /// The application's reason bytes.
+        reason: Bytes,
+    },
+    /// A kwik protocol error ended the session.
+    Protocol {
+        /// The kwik code.
+        code: ErrorCode,
+        /// Human-readable detail.
+        reason: String,
+        /// True if the peer detected the error, false if this side did.
+        by_peer: bool,
+    },
+    /// Nothing was heard from the peer within the idle timeout.
+    TimedOut,
+    /// The QUIC or TLS layer failed (handshake refused, wrong ALPN,
+    /// certificate rejected, …).
+    Transport(String),
+    /// The peer reset the connection statelessly.
+    Reset,
+    /// The local endpoint shut down.
+    EndpointClosed,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::LocallyClosed => f.write_str("closed locally"),
+            CloseReason::ApplicationClosed { code, reason } => {
+                write!(f, "closed by peer application: code {code}")?;
+                if !reason.is_empty() {
+                    write!(f, " ({})", String::from_utf8_lossy(reason))?;
+                }
+                Ok(())
+            }
+            CloseReason::Protocol {
+                code,
+                reason,
+                by_peer,
+            } => {
+                let who = if *by_peer { "peer" } else { "local" };
+                write!(f, "{code} ({who}): {reason}")
+            }
+            CloseReason::TimedOut => f.write_str("idle timeout"),
+            CloseReason::Transport(e) => write!(f, "transport error: {e}"),
+            CloseReason::Reset => f.write_str("reset by peer"),
+            CloseReason::EndpointClosed => f.write_str("endpoint closed"),
+        }
+    }
+}
+
+impl std::error::Error for CloseReason {}
+
+impl CloseReason {
+    /// The kwik code, if the session ended on a kwik protocol error.
+    pub fn protocol_code(&self) -> Option<ErrorCode> {
+        match self {
+            CloseReason::Protocol { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Maps quinn-proto's verdict onto kwik's.
+    pub(crate) fn from_quinn(err: quinn_proto::ConnectionError) -> Self {
+        use quinn_proto::ConnectionError as E;
+        match err {
+            E::ApplicationClosed(close) => {
+                let code = close.error_code.into_inner();
+                match ErrorCode::from_wire(code) {
+                    Some(code) => CloseReason::Protocol {
+                        code,
+                        reason: String::from_utf8_lossy(&close.reason).into_owned(),
+                        by_peer: true,
+                    },
+                    None => CloseReason::ApplicationClosed {
+                        code,
+                        reason: close.reason,
+                    },
+                }
+            }
+            E::TimedOut => CloseReason::TimedOut,
+            E::Reset => CloseReason::Reset,
+            E::LocallyClosed => CloseReason::LocallyClosed,
+            other => CloseReason::Transport(other.to_string()),
+        }
+    }
+}
+
+/// Error of starting a client session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The server name is not a valid DNS name or IP address.
+    InvalidServerName(String),
+    /// The remote address cannot be dialled (port 0, unspecified IP).
+    InvalidRemoteAddress(std::net::SocketAddr),
+    /// quinn-proto refused the attempt (for instance, no connection ids left).
+    Quic(String),
+}
+
+/// Error of opening a logical stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The session is not established yet.
+    NotEstablished,
+    /// The peer's stream limit is reached; wait for
+    /// [`Event::StreamsAvailable`](crate::Event::StreamsAvailable).
+    Blocked,
+    /// The session has ended.
+    SessionClosed(CloseReason),
+}
+
+/// Error of writing to a logical stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// Nothing can be written now; a
+    /// [`Event::StreamWritable`](crate::Event::StreamWritable) follows when it can.
+    Blocked,
+    /// The peer asked to stop with this code; the stream has been reset.
+    Stopped(u64),
+    /// The stream was finished or reset locally, or is not writable by this side.
+    ClosedStream,
+    /// The session has ended.
+    SessionClosed(CloseReason),
+}
+
+/// Error of reading from a logical stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No data is available now; a
+    /// [`Event::StreamReadable`](crate::Event::StreamReadable) follows when it is.
+    Blocked,
+    /// The peer reset the stream with this code.
+    Reset(u64),
+    /// The stream was stopped locally, already read to its end, or is not
+    /// readable by this side.
+    ClosedStream,
+    /// The session has ended.
+    SessionClosed(CloseReason),
+}
+
+/// Error of finishing, resetting or stopping a logical stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The peer asked to stop with this code; the stream has been reset.
+    Stopped(u64),
+    /// The stream half is already closed, or does not exist on this side.
+    ClosedStream,
+    /// The session has ended.
+    SessionClosed(CloseReason),
+}
+
+/// Error of closing a session with an application code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseError {
+    /// The code lies in kwik's reserved block (see [`KWIK_CODE_BASE`]) or
+    /// does not fit a QUIC varint.
+    ReservedCode(u64),
+}
+
+macro_rules! display_via_debug {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self, f)
+            }
+        }
+        impl std::error::Error for $t {}
+    )*};
+}
+display_via_debug!(ConnectError, OpenError, WriteError, ReadError, StreamError, CloseError);
+
+/// A protocol violation detected locally: closes the session with `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Violation {
+    pub code: ErrorCode,
+    pub reason: String,
+}
+
+impl Violation {
+    pub(crate) fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_distinct() {
+        let mut seen = std::collections::BTreeSet::new();
+        for &code in ErrorCode::ALL {
+            assert!(seen.insert(code.wire()));
+            assert_eq!(ErrorCode::from_wire(code.wire()), Some(code));
+            assert!(code.name().starts_with("KWIK_"));
+        }
+        assert_eq!(ErrorCode::from_wire(7), None);
+        assert_eq!(ErrorCode::from_wire(KWIK_CODE_BASE + 0xff), None);
+    }
+}

@@ -1,0 +1,127 @@
+//! What the endpoint tells its driver: [`Output`] from
+//! [`KwikEndpoint::poll_output`](crate::KwikEndpoint::poll_output), and the
+//! application-facing [`Event`]s inside it.
+//!
+//! Events are edge-triggered and name exactly one session or stream, so an
+//! async adapter can wake precisely the task that can make progress.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::error::CloseReason;
+use crate::ids::{Dir, IncomingId, SessionHandle, SessionId, StreamId};
+
+/// One step of output; drain until [`Output::Timeout`].
+#[derive(Debug)]
+pub enum Output {
+    /// Send the datagram(s) now in the caller's buffer.
+    Transmit(Transmit),
+    /// Something happened that the application may act on.
+    Event(Event),
+    /// Nothing more to do until new input or this deadline (`None`: no timer).
+    Timeout(Option<Instant>),
+}
+
+/// Where and how to send the bytes `poll_output` wrote into the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination address.
+    pub destination: SocketAddr,
+    /// Total bytes in the buffer.
+    pub size: usize,
+    /// If set, the buffer holds several datagrams of this size (the last may
+    /// be shorter), to be sent with GSO or split by the caller.
+    pub segment_size: Option<usize>,
+    /// ECN codepoint to set, as the IP header's two ECN bits.
+    pub ecn: Option<u8>,
+    /// Source IP to send from, if the endpoint must answer from a specific one.
+    pub src_ip: Option<std::net::IpAddr>,
+}
+
+/// Application-visible happenings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A client is connecting; answer with
+    /// [`KwikEndpoint::accept`](crate::KwikEndpoint::accept) or
+    /// [`KwikEndpoint::refuse`](crate::KwikEndpoint::refuse).
+    Incoming {
+        /// The pending attempt.
+        incoming: IncomingId,
+        /// Where it comes from.
+        remote: SocketAddr,
+    },
+    /// The kwik handshake completed; the session is active.
+    SessionEstablished {
+        /// The session.
+        session: SessionHandle,
+        /// Its server-assigned id.
+        id: SessionId,
+    },
+    /// The session ended; no further events name it except `SessionDrained`.
+    SessionClosed {
+        /// The session.
+        session: SessionHandle,
+        /// Why it ended.
+        reason: CloseReason,
+    },
+    /// The session's connection state is gone; its handle is dead.
+    SessionDrained {
+        /// The session.
+        session: SessionHandle,
+    },
+    /// The peer opened logical streams of this direction; take them with
+    /// `accept`.
+    StreamOpened {
+        /// The session.
+        session: SessionHandle,
+        /// Direction of the new stream(s).
+        dir: Dir,
+    },
+    /// More streams of this direction may be opened.
+    StreamsAvailable {
+        /// The session.
+        session: SessionHandle,
+        /// Direction.
+        dir: Dir,
+    },
+    /// Data, end of stream or a reset can be read.
+    StreamReadable {
+        /// The session.
+        session: SessionHandle,
+        /// The stream.
+        stream: StreamId,
+    },
+    /// A write that was blocked may now succeed.
+    StreamWritable {
+        /// The session.
+        session: SessionHandle,
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The peer received every byte of the stream up to its end.
+    StreamFinished {
+        /// The session.
+        session: SessionHandle,
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The peer abandoned its sending half of the stream.
+    StreamReset {
+        /// The session.
+        session: SessionHandle,
+        /// The stream.
+        stream: StreamId,
+        /// The peer's code.
+        code: u64,
+    },
+    /// The peer asked this side to stop sending; the stream has been reset.
+    StreamStopped {
+        /// The session.
+        session: SessionHandle,
+        /// The stream.
+        stream: StreamId,
+        /// The peer's code.
+        code: u64,
+    },
+}

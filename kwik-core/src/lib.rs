@@ -1,0 +1,58 @@
+//! kwik-core: the sans-IO heart of kwik.
+//!
+//! A kwik **session** looks like one QUIC connection to the application —
+//! logical streams that are opened, written, finished, reset and stopped —
+//! while its bytes travel as length-delimited records over a pool of real
+//! QUIC streams, with per-logical-stream credit so that streams sharing a
+//! real stream never block each other.
+//!
+//! [`KwikEndpoint`] is a pure state machine: it reads no clock, opens no
+//! socket and spawns nothing. Time and datagrams go in; transmits, events and
+//! the next deadline come out of [`KwikEndpoint::poll_output`]. The same seed
+//! and inputs give the same outputs, which is what lets kwik be tested in a
+//! deterministic network simulator.
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! use kwik_core::{EndpointConfig, KwikEndpoint, Output};
+//!
+//! let mut endpoint = KwikEndpoint::new(EndpointConfig::new([7; 32]), None, Instant::now());
+//! let mut buf = Vec::new();
+//! loop {
+//!     match endpoint.poll_output(&mut buf) {
+//!         Output::Transmit(t) => { /* send buf[..t.size] to t.destination */ }
+//!         Output::Event(event) => { /* act on it through endpoint.session(..) */ }
+//!         Output::Timeout(_deadline) => break, // wait for a datagram or the deadline
+//!     }
+//! }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod assembler;
+mod codec;
+mod config;
+mod endpoint;
+mod error;
+mod event;
+mod ids;
+mod lanes;
+pub mod proto;
+mod seeded;
+mod session;
+mod streams;
+mod view;
+
+pub use config::{
+    ALPN, ClientConfig, CongestionControl, ConfigError, EndpointConfig, PROTOCOL_VERSION,
+    SUPPORTED_FEATURES, ServerConfig, TransportConfig,
+};
+pub use endpoint::{KwikEndpoint, UnknownIncoming};
+pub use error::{
+    CloseError, CloseReason, ConnectError, ErrorCode, KWIK_CODE_BASE, OpenError, ReadError,
+    StreamError, WriteError,
+};
+pub use event::{Event, Output, Transmit};
+pub use ids::{Dir, IncomingId, SessionHandle, SessionId, Side, StreamId};
+pub use session::SessionStats;
+pub use view::{SessionView, StreamView};

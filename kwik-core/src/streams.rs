@@ -1,0 +1,626 @@
+//! Logical streams of one session: their state machines, the stream-count
+//! limits of both sides, and the per-stream flow-control credit.
+//!
+//! Nothing here touches QUIC: the session moves payload between lanes and
+//! this table, and sends the control messages this table asks for. Keeping
+//! the bookkeeping pure makes the rules (who may send what, when a stream is
+//! gone, when credit is returned) testable on their own.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use crate::assembler::Assembler;
+use crate::codec::DataPiece;
+use crate::error::{ErrorCode, ReadError, StreamError, Violation};
+use crate::event::Event;
+use crate::ids::{Dir, SessionHandle, Side, StreamId};
+use crate::proto::control::{
+    ResetStream, StopSending, StreamComplete, StreamCredit, StreamsCredit, control_message::Body,
+};
+
+fn dir_index(dir: Dir) -> usize {
+    match dir {
+        Dir::Bi => 0,
+        Dir::Uni => 1,
+    }
+}
+
+const DIRS: [Dir; 2] = [Dir::Bi, Dir::Uni];
+
+/// Where the sending half of a stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendState {
+    /// Accepting writes.
+    Open,
+    /// `finish` was called; the FIN record waits for its lane.
+    FinPending,
+    /// The FIN record is on its lane; waiting for the peer's StreamComplete.
+    Finished,
+    /// The peer asked to stop; reported to the application on its next call.
+    Stopped(u64),
+}
+
+#[derive(Debug)]
+pub(crate) struct SendHalf {
+    /// Next logical offset to send.
+    pub offset: u64,
+    /// Absolute offset limit granted by the peer.
+    pub credit: u64,
+    /// Lane index, once assigned.
+    pub lane: Option<usize>,
+    pub state: SendState,
+    /// A write was refused; announce `StreamWritable` when that changes.
+    pub want_writable: bool,
+}
+
+impl SendHalf {
+    fn new(credit: u64) -> Self {
+        Self {
+            offset: 0,
+            credit,
+            lane: None,
+            state: SendState::Open,
+            want_writable: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum RecvState {
+    Open,
+    /// Reset by the peer; the code is handed out on the next read.
+    Reset(u64),
+}
+
+#[derive(Debug)]
+pub(crate) struct RecvHalf {
+    asm: Assembler,
+    /// Absolute offset limit granted to the peer.
+    granted: u64,
+    window: u64,
+    final_offset: Option<u64>,
+    /// Highest offset any byte has reached.
+    max_seen: u64,
+    state: RecvState,
+    /// `StreamReadable` was announced and the reader has not hit `Blocked` since.
+    readable_announced: bool,
+    complete_sent: bool,
+}
+
+impl RecvHalf {
+    fn new(window: u64) -> Self {
+        Self {
+            asm: Assembler::default(),
+            granted: window,
+            window,
+            final_offset: None,
+            max_seen: 0,
+            state: RecvState::Open,
+            readable_announced: false,
+            complete_sent: false,
+        }
+    }
+
+    /// Bytes held for the application.
+    pub(crate) fn buffered(&self) -> u64 {
+        self.asm.buffered()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stream {
+    pub send: Option<SendHalf>,
+    pub recv: Option<RecvHalf>,
+}
+
+/// What the session must do after the table changed a send half.
+#[derive(Debug, Default)]
+pub(crate) struct Released {
+    /// Lane whose user count dropped.
+    pub lane: Option<usize>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Streams {
+    session: SessionHandle,
+    side: Side,
+    map: BTreeMap<StreamId, Stream>,
+    next_local: [u64; 2],
+    /// Cumulative count of local streams the peer allows.
+    local_limit: [u64; 2],
+    next_remote: [u64; 2],
+    /// Cumulative count of remote streams this side allows.
+    remote_limit: [u64; 2],
+    accept_queue: [VecDeque<StreamId>; 2],
+    open_blocked: [bool; 2],
+    /// Credit the peer grants each stream this side sends on.
+    peer_window: u64,
+    /// Credit this side grants each stream it receives on.
+    window: u64,
+    pending_credit: BTreeSet<StreamId>,
+    pending_streams_credit: [bool; 2],
+    control: VecDeque<Body>,
+}
+
+fn violation(reason: impl Into<String>) -> Violation {
+    Violation::new(ErrorCode::InvalidFrame, reason)
+}
+
+impl Streams {
+    pub(crate) fn new(session: SessionHandle, side: Side, window: u64, max_bidi: u64, max_uni: u64) -> Self {
+        Self {
+            session,
+            side,
+            map: BTreeMap::new(),
+            next_local: [0; 2],
+            local_limit: [0; 2],
+            next_remote: [0; 2],
+            remote_limit: [max_bidi, max_uni],
+            accept_queue: Default::default(),
+            open_blocked: [false; 2],
+            peer_window: 0,
+            window,
+            pending_credit: BTreeSet::new(),
+            pending_streams_credit: [false; 2],
+            control: VecDeque::new(),
+        }
+    }
+
+    /// Applies the peer's handshake limits.
+    pub(crate) fn set_peer_limits(&mut self, window: u64, max_bidi: u64, max_uni: u64) {
+        self.peer_window = window;
+        self.local_limit = [max_bidi, max_uni];
+    }
+
+    pub(crate) fn get_mut(&mut self, id: StreamId) -> Option<&mut Stream> {
+        self.map.get_mut(&id)
+    }
+
+    pub(crate) fn send_mut(&mut self, id: StreamId) -> Option<&mut SendHalf> {
+        self.map.get_mut(&id)?.send.as_mut()
+    }
+
+    /// Total bytes buffered for the application across all streams.
+    pub(crate) fn buffered(&self) -> u64 {
+        self.map.values().filter_map(|s| s.recv.as_ref()).map(RecvHalf::buffered).sum()
+    }
+
+    /// Bytes buffered for one stream.
+    pub(crate) fn stream_buffered(&self, id: StreamId) -> Option<u64> {
+        Some(self.map.get(&id)?.recv.as_ref()?.buffered())
+    }
+
+    /// Number of live streams.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn open(&mut self, dir: Dir) -> Option<StreamId> {
+        let d = dir_index(dir);
+        if self.next_local[d] >= self.local_limit[d] {
+            self.open_blocked[d] = true;
+            return None;
+        }
+        let id = StreamId::new(self.side, dir, self.next_local[d]);
+        self.next_local[d] += 1;
+        let stream = Stream {
+            send: Some(SendHalf::new(self.peer_window)),
+            recv: (dir == Dir::Bi).then(|| RecvHalf::new(self.window)),
+        };
+        self.map.insert(id, stream);
+        Some(id)
+    }
+
+    pub(crate) fn accept(&mut self, dir: Dir) -> Option<StreamId> {
+        self.accept_queue[dir_index(dir)].pop_front()
+    }
+
+    /// Makes sure a peer-initiated stream exists (opening every lower one of
+    /// its kind, as QUIC does). Errors if the peer exceeded its allowance.
+    fn open_remote(&mut self, id: StreamId, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+        let d = dir_index(id.dir());
+        if id.index() < self.next_remote[d] {
+            return Ok(());
+        }
+        if id.index() >= self.remote_limit[d] {
+            return Err(Violation::new(
+                ErrorCode::StreamLimit,
+                format!("peer opened {id} beyond its limit of {}", self.remote_limit[d]),
+            ));
+        }
+        for index in self.next_remote[d]..=id.index() {
+            let id = StreamId::new(self.side.peer(), id.dir(), index);
+            let stream = Stream {
+                send: (id.dir() == Dir::Bi).then(|| SendHalf::new(self.peer_window)),
+                recv: Some(RecvHalf::new(self.window)),
+            };
+            self.map.insert(id, stream);
+            self.accept_queue[d].push_back(id);
+        }
+        self.next_remote[d] = id.index() + 1;
+        events.push_back(Event::StreamOpened {
+            session: self.session,
+            dir: id.dir(),
+        });
+        Ok(())
+    }
+
+    /// Checks that the peer may send on `id` and opens it if new.
+    fn peer_sends_on(&mut self, id: StreamId, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+        if id.initiator() == self.side {
+            if id.dir() == Dir::Uni {
+                return Err(violation(format!("peer sent on {id}, our unidirectional stream")));
+            }
+            if id.index() >= self.next_local[0] {
+                return Err(violation(format!("peer sent on unopened stream {id}")));
+            }
+            Ok(())
+        } else {
+            self.open_remote(id, events)
+        }
+    }
+
+    /// Checks that the peer may receive on `id` (it names our sending half).
+    fn peer_receives_on(&mut self, id: StreamId, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+        if id.initiator() == self.side {
+            let d = dir_index(id.dir());
+            if id.index() >= self.next_local[d] {
+                return Err(violation(format!("peer named unopened stream {id}")));
+            }
+            Ok(())
+        } else {
+            if id.dir() == Dir::Uni {
+                return Err(violation(format!("peer named {id}, its own unidirectional stream")));
+            }
+            self.open_remote(id, events)
+        }
+    }
+
+    /// Payload from a lane.
+    pub(crate) fn on_data(&mut self, piece: DataPiece, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+        self.peer_sends_on(piece.stream, events)?;
+        let session = self.session;
+        let Some(recv) = self.map.get_mut(&piece.stream).and_then(|s| s.recv.as_mut()) else {
+            return Ok(()); // closed stream: late bytes are dropped
+        };
+        let end = piece.offset + piece.data.len() as u64;
+        if end > recv.granted {
+            return Err(Violation::new(
+                ErrorCode::FlowControl,
+                format!("{} sent to {end}, beyond credit {}", piece.stream, recv.granted),
+            ));
+        }
+        if let Some(fin) = recv.final_offset {
+            if end > fin || (piece.fin && end != fin) {
+                return Err(violation(format!("{}: final size changed", piece.stream)));
+            }
+        } else if piece.fin {
+            if recv.max_seen > end {
+                return Err(violation(format!("{}: FIN below received data", piece.stream)));
+            }
+            recv.final_offset = Some(end);
+        }
+        recv.max_seen = recv.max_seen.max(end);
+        if !matches!(recv.state, RecvState::Open) {
+            return Ok(());
+        }
+        let became_readable = recv.asm.insert(piece.offset, piece.data).map_err(|c| {
+            Violation::new(
+                ErrorCode::OffsetMismatch,
+                format!("{}: different bytes at offset {}", piece.stream, c.offset),
+            )
+        })?;
+        let at_end = recv.final_offset == Some(recv.asm.contiguous_end());
+        if (became_readable || (piece.fin && at_end)) && !recv.readable_announced {
+            recv.readable_announced = true;
+            events.push_back(Event::StreamReadable {
+                session,
+                stream: piece.stream,
+            });
+        }
+        if at_end && !recv.complete_sent {
+            recv.complete_sent = true;
+            self.control.push_back(Body::StreamComplete(StreamComplete {
+                stream_id: piece.stream.0,
+            }));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read(&mut self, id: StreamId, max: usize) -> Result<Option<Bytes>, ReadError> {
+        let Some(recv) = self.map.get_mut(&id).and_then(|s| s.recv.as_mut()) else {
+            return Err(ReadError::ClosedStream);
+        };
+        if let RecvState::Reset(code) = recv.state {
+            self.free_recv(id);
+            return Err(ReadError::Reset(code));
+        }
+        if let Some(data) = recv.asm.read(max.max(1)) {
+            let read = recv.asm.read_offset();
+            if recv.final_offset.is_none() && recv.granted - read <= recv.window / 2 {
+                recv.granted = read + recv.window;
+                self.pending_credit.insert(id);
+            }
+            return Ok(Some(data));
+        }
+        if recv.final_offset == Some(recv.asm.read_offset()) {
+            self.free_recv(id);
+            return Ok(None);
+        }
+        recv.readable_announced = false;
+        Err(ReadError::Blocked)
+    }
+
+    /// The application no longer wants to read `id`.
+    pub(crate) fn stop(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        let Some(recv) = self.map.get_mut(&id).and_then(|s| s.recv.as_mut()) else {
+            return Err(StreamError::ClosedStream);
+        };
+        let done = recv.final_offset.is_some_and(|f| f == recv.asm.contiguous_end());
+        if !done && matches!(recv.state, RecvState::Open) {
+            self.control.push_back(Body::StopSending(StopSending {
+                stream_id: id.0,
+                error_code: code,
+            }));
+        }
+        self.free_recv(id);
+        Ok(())
+    }
+
+    /// The application abandons its sending half; returns the lane to release.
+    pub(crate) fn reset(&mut self, id: StreamId, code: u64) -> Result<Released, StreamError> {
+        let Some(send) = self.send_mut(id) else {
+            return Err(StreamError::ClosedStream);
+        };
+        if let SendState::Stopped(code) = send.state {
+            self.free_send(id);
+            return Err(StreamError::Stopped(code));
+        }
+        let offset = send.offset;
+        let lane_held = matches!(send.state, SendState::Open | SendState::FinPending);
+        let lane = send.lane.filter(|_| lane_held);
+        self.control.push_back(Body::ResetStream(ResetStream {
+            stream_id: id.0,
+            error_code: code,
+            final_offset: offset,
+        }));
+        self.free_send(id);
+        Ok(Released { lane })
+    }
+
+    /// Marks the FIN record of `id` as written to its lane.
+    pub(crate) fn fin_written(&mut self, id: StreamId) -> Released {
+        let Some(send) = self.send_mut(id) else {
+            return Released::default();
+        };
+        send.state = SendState::Finished;
+        Released { lane: send.lane }
+    }
+
+    /// Forgets the sending half (after the application saw it was stopped).
+    pub(crate) fn free_send(&mut self, id: StreamId) {
+        if let Some(stream) = self.map.get_mut(&id) {
+            stream.send = None;
+            self.maybe_remove(id);
+        }
+    }
+
+    fn free_recv(&mut self, id: StreamId) {
+        if let Some(stream) = self.map.get_mut(&id) {
+            stream.recv = None;
+        }
+        self.pending_credit.remove(&id);
+        self.maybe_remove(id);
+    }
+
+    fn maybe_remove(&mut self, id: StreamId) {
+        let Some(stream) = self.map.get(&id) else {
+            return;
+        };
+        if stream.send.is_some() || stream.recv.is_some() {
+            return;
+        }
+        self.map.remove(&id);
+        if id.initiator() != self.side {
+            let d = dir_index(id.dir());
+            self.remote_limit[d] += 1;
+            self.pending_streams_credit[d] = true;
+        }
+    }
+
+    /// Applies a control message about streams.
+    pub(crate) fn on_control(
+        &mut self,
+        body: Body,
+        events: &mut VecDeque<Event>,
+        released: &mut Vec<usize>,
+    ) -> Result<(), Violation> {
+        let session = self.session;
+        match body {
+            Body::StreamCredit(StreamCredit { stream_id, max_offset }) => {
+                let id = StreamId(stream_id);
+                self.peer_receives_on(id, events)?;
+                if let Some(send) = self.send_mut(id)
+                    && max_offset > send.credit
+                {
+                    send.credit = max_offset;
+                    if send.want_writable && send.state == SendState::Open {
+                        send.want_writable = false;
+                        events.push_back(Event::StreamWritable { session, stream: id });
+                    }
+                }
+            }
+            Body::StreamsCredit(StreamsCredit { bidi, max_streams }) => {
+                let d = if bidi { 0 } else { 1 };
+                if max_streams > self.local_limit[d] {
+                    self.local_limit[d] = max_streams;
+                    if std::mem::take(&mut self.open_blocked[d]) {
+                        events.push_back(Event::StreamsAvailable { session, dir: DIRS[d] });
+                    }
+                }
+            }
+            Body::ResetStream(ResetStream {
+                stream_id,
+                error_code,
+                final_offset,
+            }) => {
+                let id = StreamId(stream_id);
+                self.peer_sends_on(id, events)?;
+                let Some(recv) = self.map.get_mut(&id).and_then(|s| s.recv.as_mut()) else {
+                    return Ok(());
+                };
+                if final_offset < recv.max_seen || recv.final_offset.is_some_and(|f| f != final_offset) {
+                    return Err(violation(format!("{id}: reset changes the final size")));
+                }
+                if final_offset > recv.granted {
+                    return Err(Violation::new(ErrorCode::FlowControl, format!("{id}: reset beyond credit")));
+                }
+                recv.final_offset = Some(final_offset);
+                if matches!(recv.state, RecvState::Open) {
+                    recv.state = RecvState::Reset(error_code);
+                    recv.asm.clear();
+                    self.pending_credit.remove(&id);
+                    events.push_back(Event::StreamReset {
+                        session,
+                        stream: id,
+                        code: error_code,
+                    });
+                }
+            }
+            Body::StopSending(StopSending { stream_id, error_code }) => {
+                let id = StreamId(stream_id);
+                self.peer_receives_on(id, events)?;
+                let Some(send) = self.send_mut(id) else {
+                    return Ok(());
+                };
+                if matches!(send.state, SendState::Stopped(_)) {
+                    return Ok(());
+                }
+                let holds_lane = matches!(send.state, SendState::Open | SendState::FinPending);
+                if holds_lane && let Some(lane) = send.lane {
+                    released.push(lane);
+                }
+                let offset = send.offset;
+                send.state = SendState::Stopped(error_code);
+                self.control.push_back(Body::ResetStream(ResetStream {
+                    stream_id,
+                    error_code,
+                    final_offset: offset,
+                }));
+                events.push_back(Event::StreamStopped {
+                    session,
+                    stream: id,
+                    code: error_code,
+                });
+            }
+            Body::StreamComplete(StreamComplete { stream_id }) => {
+                let id = StreamId(stream_id);
+                self.peer_receives_on(id, events)?;
+                if let Some(send) = self.send_mut(id)
+                    && send.state == SendState::Finished
+                {
+                    self.free_send(id);
+                    events.push_back(Event::StreamFinished { session, stream: id });
+                }
+            }
+            Body::Hello(_) | Body::Welcome(_) => {
+                return Err(violation("handshake message after the handshake"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Control messages this table wants sent, oldest first.
+    pub(crate) fn drain_control(&mut self, out: &mut Vec<Body>) {
+        out.extend(self.control.drain(..));
+        for id in std::mem::take(&mut self.pending_credit) {
+            if let Some(recv) = self.map.get(&id).and_then(|s| s.recv.as_ref()) {
+                out.push(Body::StreamCredit(StreamCredit {
+                    stream_id: id.0,
+                    max_offset: recv.granted,
+                }));
+            }
+        }
+        for (d, dir) in DIRS.iter().enumerate() {
+            if std::mem::take(&mut self.pending_streams_credit[d]) {
+                out.push(Body::StreamsCredit(StreamsCredit {
+                    bidi: *dir == Dir::Bi,
+                    max_streams: self.remote_limit[d],
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(side: Side) -> Streams {
+        let mut t = Streams::new(SessionHandle(1), side, 100, 2, 2);
+        t.set_peer_limits(100, 2, 2);
+        t
+    }
+
+    fn piece(stream: StreamId, offset: u64, data: &'static [u8], fin: bool) -> DataPiece {
+        DataPiece {
+            stream,
+            offset,
+            data: Bytes::from_static(data),
+            fin,
+        }
+    }
+
+    #[test]
+    fn remote_streams_open_implicitly_and_within_limits() {
+        let mut t = table(Side::Server);
+        let mut ev = VecDeque::new();
+        let second = StreamId::new(Side::Client, Dir::Uni, 1);
+        t.on_data(piece(second, 0, b"x", false), &mut ev).unwrap();
+        assert_eq!(t.accept(Dir::Uni), Some(StreamId::new(Side::Client, Dir::Uni, 0)));
+        assert_eq!(t.accept(Dir::Uni), Some(second));
+        let third = StreamId::new(Side::Client, Dir::Uni, 2);
+        let err = t.on_data(piece(third, 0, b"x", false), &mut ev).unwrap_err();
+        assert_eq!(err.code, ErrorCode::StreamLimit);
+        let ours = StreamId::new(Side::Server, Dir::Bi, 0);
+        let err = t.on_data(piece(ours, 0, b"x", false), &mut ev).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidFrame);
+    }
+
+    #[test]
+    fn credit_is_enforced_and_returned_after_reads() {
+        let mut t = table(Side::Server);
+        let mut ev = VecDeque::new();
+        let id = StreamId::new(Side::Client, Dir::Uni, 0);
+        let data: &'static [u8] = &[7; 100];
+        t.on_data(piece(id, 0, data, false), &mut ev).unwrap();
+        let err = t.on_data(piece(id, 100, b"!", false), &mut ev).unwrap_err();
+        assert_eq!(err.code, ErrorCode::FlowControl);
+        assert_eq!(t.read(id, 60).unwrap().unwrap().len(), 60);
+        let mut out = Vec::new();
+        t.drain_control(&mut out);
+        assert_eq!(
+            out,
+            vec![Body::StreamCredit(StreamCredit { stream_id: id.0, max_offset: 160 })]
+        );
+        t.on_data(piece(id, 100, b"!", true), &mut ev).unwrap();
+    }
+
+    #[test]
+    fn finished_stream_is_freed_and_its_slot_returned() {
+        let mut t = table(Side::Server);
+        let mut ev = VecDeque::new();
+        let id = StreamId::new(Side::Client, Dir::Uni, 0);
+        t.on_data(piece(id, 0, b"hi", true), &mut ev).unwrap();
+        assert_eq!(t.read(id, 10).unwrap().unwrap(), Bytes::from_static(b"hi"));
+        assert_eq!(t.read(id, 10).unwrap(), None);
+        assert_eq!(t.read(id, 10), Err(ReadError::ClosedStream));
+        let mut out = Vec::new();
+        t.drain_control(&mut out);
+        assert!(out.contains(&Body::StreamComplete(StreamComplete { stream_id: id.0 })));
+        assert!(out.contains(&Body::StreamsCredit(StreamsCredit { bidi: false, max_streams: 3 })));
+        // Late duplicates for the closed stream are ignored.
+        t.on_data(piece(id, 0, b"hi", true), &mut ev).unwrap();
+    }
+}

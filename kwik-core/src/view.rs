@@ -1,0 +1,160 @@
+//! Borrowed views through which the application acts on one session or one
+//! stream (`endpoint.session(h)`, `endpoint.stream(h, id)`).
+//!
+//! A view exists only while the session does, so a stale handle yields
+//! `None` rather than acting on something else; creating one marks the
+//! session for driving, so whatever the call changed goes out on the next
+//! [`KwikEndpoint::poll_output`](crate::KwikEndpoint::poll_output).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use quinn_proto::VarInt;
+
+use crate::error::{CloseError, ErrorCode, KWIK_CODE_BASE, OpenError, ReadError, StreamError, WriteError};
+use crate::event::Event;
+use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
+use crate::session::{Phase, Session, SessionStats};
+
+/// A session of this endpoint.
+pub struct SessionView<'a> {
+    pub(crate) session: &'a mut Session,
+    pub(crate) now: Instant,
+    pub(crate) events: &'a mut VecDeque<Event>,
+}
+
+impl SessionView<'_> {
+    /// The local handle.
+    pub fn handle(&self) -> SessionHandle {
+        self.session.handle
+    }
+    /// The server-assigned id, once established.
+    pub fn id(&self) -> Option<SessionId> {
+        self.session.id
+    }
+    /// Which side this endpoint plays.
+    pub fn side(&self) -> Side {
+        self.session.side
+    }
+    /// True once the kwik handshake completed and until the session closes.
+    pub fn is_established(&self) -> bool {
+        self.session.phase == Phase::Active
+    }
+    /// Why the session ended, if it has.
+    pub fn close_reason(&self) -> Option<crate::CloseReason> {
+        self.session.close_reason.clone()
+    }
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.session.conn.remote_address()
+    }
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.session.stats()
+    }
+
+    /// Opens a logical stream. It becomes visible to the peer with its first
+    /// byte or FIN, as in QUIC.
+    pub fn open(&mut self, dir: Dir) -> Result<StreamId, OpenError> {
+        self.session.open(dir)
+    }
+
+    /// Takes the next stream the peer opened in `dir`.
+    pub fn accept(&mut self, dir: Dir) -> Option<StreamId> {
+        self.session.streams.accept(dir)
+    }
+
+    /// A view of one of this session's streams (`None` if it is gone).
+    pub fn stream(&mut self, id: StreamId) -> Option<StreamView<'_>> {
+        self.session.streams.get_mut(id)?;
+        Some(StreamView {
+            session: self.session,
+            id,
+        })
+    }
+
+    /// Bytes buffered for the application on stream `id`.
+    pub fn stream_buffered(&self, id: StreamId) -> Option<u64> {
+        self.session.streams.stream_buffered(id)
+    }
+
+    /// Closes the session: the peer sees `code` and `reason`. Pending data is
+    /// abandoned. Codes in kwik's reserved block are refused.
+    pub fn close(&mut self, code: u64, reason: &[u8]) -> Result<(), CloseError> {
+        let reserved = (KWIK_CODE_BASE..KWIK_CODE_BASE + 0x100).contains(&code);
+        let code = VarInt::from_u64(code).map_err(|_| CloseError::ReservedCode(code))?;
+        if reserved {
+            return Err(CloseError::ReservedCode(code.into_inner()));
+        }
+        self.session.close(self.now, code, reason, self.events);
+        Ok(())
+    }
+
+    /// Closes the session with a kwik protocol code (for kwik's own layers).
+    #[doc(hidden)]
+    pub fn close_with(&mut self, code: ErrorCode, reason: &[u8]) {
+        let code = VarInt::from_u64(code.wire()).expect("small");
+        self.session.close(self.now, code, reason, self.events);
+    }
+}
+
+/// One logical stream of a session.
+pub struct StreamView<'a> {
+    session: &'a mut Session,
+    id: StreamId,
+}
+
+impl<'a> StreamView<'a> {
+    pub(crate) fn new(session: &'a mut Session, id: StreamId) -> Self {
+        Self { session, id }
+    }
+
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Writes as much of `data` as credit and the lane allow; returns how
+    /// much was taken (copied once into a `Bytes`).
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        let mut chunk = Bytes::copy_from_slice(data);
+        self.session.write(self.id, &mut chunk)
+    }
+
+    /// Writes from `data` without copying; advances it past what was taken.
+    pub fn write_chunk(&mut self, data: &mut Bytes) -> Result<usize, WriteError> {
+        self.session.write(self.id, data)
+    }
+
+    /// Ends the sending half; the reader sees end of stream after the data.
+    pub fn finish(&mut self) -> Result<(), StreamError> {
+        self.session.finish(self.id)
+    }
+
+    /// Abandons the sending half; the reader sees `code`.
+    pub fn reset(&mut self, code: u64) -> Result<(), StreamError> {
+        self.session.reset(self.id, code)
+    }
+
+    /// Next contiguous bytes (at most `max`); `Ok(None)` at end of stream.
+    /// Read until `Err(Blocked)` to be woken again by `StreamReadable`.
+    pub fn read(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
+        self.session.read(self.id, max)
+    }
+
+    /// Copies the next contiguous bytes into `buf` (possibly fewer than fit);
+    /// `Ok(None)` at end of stream.
+    pub fn read_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        Ok(self.session.read(self.id, buf.len())?.map(|chunk| {
+            buf[..chunk.len()].copy_from_slice(&chunk);
+            chunk.len()
+        }))
+    }
+
+    /// Tells the peer to stop sending; unread data is discarded.
+    pub fn stop(&mut self, code: u64) -> Result<(), StreamError> {
+        self.session.stop(self.id, code)
+    }
+}
