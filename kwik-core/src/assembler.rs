@@ -75,7 +75,12 @@ impl Assembler {
             return Ok(false);
         }
         let end = offset + data.len() as u64;
-        if offset == self.ready_end && self.pending.first_key_value().is_none_or(|(&k, _)| k >= end) {
+        if offset == self.ready_end
+            && self
+                .pending
+                .first_key_value()
+                .is_none_or(|(&k, _)| k >= end)
+        {
             self.push_ready(data);
         } else {
             self.insert_pending(offset, data)?;
@@ -213,8 +218,14 @@ mod tests {
         let mut a = Assembler::default();
         a.insert(0, Bytes::from_static(b"abcdef")).unwrap();
         a.insert(10, Bytes::from_static(b"klmnop")).unwrap();
-        assert_eq!(a.insert(2, Bytes::from_static(b"cdXf")), Err(OffsetConflict { offset: 4 }));
-        assert_eq!(a.insert(8, Bytes::from_static(b"ijkZ")), Err(OffsetConflict { offset: 11 }));
+        assert_eq!(
+            a.insert(2, Bytes::from_static(b"cdXf")),
+            Err(OffsetConflict { offset: 4 })
+        );
+        assert_eq!(
+            a.insert(8, Bytes::from_static(b"ijkZ")),
+            Err(OffsetConflict { offset: 11 })
+        );
         assert_eq!(a.insert(2, Bytes::from_static(b"cdef")), Ok(false));
     }
 
@@ -235,7 +246,8 @@ mod tests {
             while out.len() < data.len() {
                 let from = (next() % data.len() as u64) as usize;
                 let to = (from + 1 + (next() % 300) as usize).min(data.len());
-                a.insert(from as u64, Bytes::copy_from_slice(&data[from..to])).unwrap();
+                a.insert(from as u64, Bytes::copy_from_slice(&data[from..to]))
+                    .unwrap();
                 if next() % 3 == 0 {
                     while let Some(b) = a.read(100) {
                         out.extend_from_slice(&b);
@@ -243,7 +255,8 @@ mod tests {
                 }
                 if next() % 50 == 0 {
                     let from = out.len();
-                    a.insert(from as u64, Bytes::copy_from_slice(&data[from..])).unwrap();
+                    a.insert(from as u64, Bytes::copy_from_slice(&data[from..]))
+                        .unwrap();
                 }
             }
             assert_eq!(out, data);

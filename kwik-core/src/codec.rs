@@ -37,7 +37,10 @@ fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, Violation> {
         }
     }
     if buf.len() >= 10 {
-        return Err(Violation::new(ErrorCode::InvalidFrame, "malformed length prefix"));
+        return Err(Violation::new(
+            ErrorCode::InvalidFrame,
+            "malformed length prefix",
+        ));
     }
     Ok(None)
 }
@@ -138,7 +141,10 @@ fn parse_header(buf: &[u8]) -> Result<Option<(DataHeader, usize)>, Violation> {
         return Ok(None);
     };
     if len as usize > MAX_DATA_HEADER {
-        return Err(Violation::new(ErrorCode::InvalidFrame, "oversized data header"));
+        return Err(Violation::new(
+            ErrorCode::InvalidFrame,
+            "oversized data header",
+        ));
     }
     let total = prefix + len as usize;
     if buf.len() < total {
@@ -234,10 +240,17 @@ impl LaneReader {
         if header.length > max_payload {
             return Err(Violation::new(
                 ErrorCode::InvalidFrame,
-                format!("data frame of {} bytes exceeds {max_payload}", header.length),
+                format!(
+                    "data frame of {} bytes exceeds {max_payload}",
+                    header.length
+                ),
             ));
         }
-        if header.offset.checked_add(header.length).is_none_or(|end| end >= 1 << 62) {
+        if header
+            .offset
+            .checked_add(header.length)
+            .is_none_or(|end| end >= 1 << 62)
+        {
             return Err(Violation::new(ErrorCode::InvalidFrame, "offset overflow"));
         }
         let stream = StreamId(header.stream_id);
@@ -282,8 +295,17 @@ mod tests {
 
     fn records() -> Bytes {
         let mut wire = BytesMut::new();
-        for (id, off, data, fin) in [(0u64, 0u64, &b"hello"[..], false), (4, 0, b"", false), (0, 5, b" world", true)] {
-            wire.extend_from_slice(&encode_data_header(StreamId(id), off, data.len() as u64, fin));
+        for (id, off, data, fin) in [
+            (0u64, 0u64, &b"hello"[..], false),
+            (4, 0, b"", false),
+            (0, 5, b" world", true),
+        ] {
+            wire.extend_from_slice(&encode_data_header(
+                StreamId(id),
+                off,
+                data.len() as u64,
+                fin,
+            ));
             wire.extend_from_slice(data);
         }
         wire.freeze()
@@ -307,7 +329,11 @@ mod tests {
             let chunks: Vec<Bytes> = wire.chunks(split).map(Bytes::copy_from_slice).collect();
             let mut reader = LaneReader::default();
             let pieces = collect(&mut reader, &chunks).unwrap();
-            assert_eq!(reassemble(&pieces, 0), (b"hello world".to_vec(), true), "split {split}");
+            assert_eq!(
+                reassemble(&pieces, 0),
+                (b"hello world".to_vec(), true),
+                "split {split}"
+            );
             assert!(pieces.iter().any(|p| p.stream.0 == 4 && p.data.is_empty()));
             assert!(reader.at_record_boundary());
         }
@@ -334,10 +360,16 @@ mod tests {
         use crate::proto::control::{ControlMessage, StreamCredit, control_message::Body};
         let msgs: Vec<ControlMessage> = (0..5)
             .map(|i| ControlMessage {
-                body: Some(Body::StreamCredit(StreamCredit { stream_id: i, max_offset: i * 1000 })),
+                body: Some(Body::StreamCredit(StreamCredit {
+                    stream_id: i,
+                    max_offset: i * 1000,
+                })),
             })
             .collect();
-        let wire: Vec<u8> = msgs.iter().flat_map(|m| encode_record(m).to_vec()).collect();
+        let wire: Vec<u8> = msgs
+            .iter()
+            .flat_map(|m| encode_record(m).to_vec())
+            .collect();
         for split in 1..wire.len() {
             let mut reader = RecordReader::new(1024);
             let mut got = Vec::new();
@@ -351,6 +383,9 @@ mod tests {
         }
         let mut reader = RecordReader::new(8);
         reader.push(&[100]);
-        assert_eq!(reader.next_record().unwrap_err().code, ErrorCode::InvalidFrame);
+        assert_eq!(
+            reader.next_record().unwrap_err().code,
+            ErrorCode::InvalidFrame
+        );
     }
 }

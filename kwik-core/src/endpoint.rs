@@ -125,7 +125,8 @@ impl KwikEndpoint {
     /// already accepted keep theirs.
     pub fn set_server_config(&mut self, server: Option<ServerConfig>) {
         self.quinn_server = server.as_ref().map(|s| {
-            let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&self.token_key);
+            let token_key =
+                ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&self.token_key);
             let mut q = quinn_proto::ServerConfig::new(s.crypto.clone(), Arc::new(token_key));
             q.transport_config(Arc::new(s.transport.quinn()));
             q.validation_token.sent(0);
@@ -163,8 +164,12 @@ impl KwikEndpoint {
             .quinn
             .connect(self.now, qcfg, addr, server_name)
             .map_err(|e| match e {
-                quinn_proto::ConnectError::InvalidServerName(name) => ConnectError::InvalidServerName(name),
-                quinn_proto::ConnectError::InvalidRemoteAddress(a) => ConnectError::InvalidRemoteAddress(a),
+                quinn_proto::ConnectError::InvalidServerName(name) => {
+                    ConnectError::InvalidServerName(name)
+                }
+                quinn_proto::ConnectError::InvalidRemoteAddress(a) => {
+                    ConnectError::InvalidRemoteAddress(a)
+                }
                 other => ConnectError::Quic(other.to_string()),
             })?;
         Ok(self.insert_session(ch, conn, Side::Client, config.transport.clone(), 0))
@@ -203,7 +208,10 @@ impl KwikEndpoint {
         let ecn = ecn.and_then(EcnCodepoint::from_bits);
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
-        match self.quinn.handle(self.now, remote, local_ip, ecn, data, &mut buf) {
+        match self
+            .quinn
+            .handle(self.now, remote, local_ip, ecn, data, &mut buf)
+        {
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
                 if let Some(handle) = self.by_conn.get(ch.0).copied().flatten()
                     && let Some(session) = self.sessions.get_mut(&handle)
@@ -241,14 +249,20 @@ impl KwikEndpoint {
         if auto {
             let _ = self.accept(id);
         } else {
-            self.events.push_back(Event::Incoming { incoming: id, remote });
+            self.events.push_back(Event::Incoming {
+                incoming: id,
+                remote,
+            });
         }
     }
 
     /// Accepts a pending connection; the session is established once the
     /// kwik handshake completes. Returns `Ok(None)` if quinn-proto rejected
     /// the attempt (the peer is told).
-    pub fn accept(&mut self, incoming: IncomingId) -> Result<Option<SessionHandle>, UnknownIncoming> {
+    pub fn accept(
+        &mut self,
+        incoming: IncomingId,
+    ) -> Result<Option<SessionHandle>, UnknownIncoming> {
         let inc = self.incoming.remove(&incoming).ok_or(UnknownIncoming)?;
         let (transport, features) = match &self.server {
             Some(s) => (s.transport.clone(), s.features),
@@ -259,7 +273,13 @@ impl KwikEndpoint {
         };
         let mut buf = Vec::new();
         match self.quinn.accept(inc, self.now, &mut buf, None) {
-            Ok((ch, conn)) => Ok(Some(self.insert_session(ch, conn, Side::Server, transport, features))),
+            Ok((ch, conn)) => Ok(Some(self.insert_session(
+                ch,
+                conn,
+                Side::Server,
+                transport,
+                features,
+            ))),
             Err(e) => {
                 if let Some(t) = e.response {
                     self.push_response(t, buf);
@@ -335,8 +355,8 @@ impl KwikEndpoint {
                 });
             }
             self.in_sending.remove(&handle);
-            self.dirty.insert(handle);
-            self.drive_dirty();
+            // Sending may have produced connection-id requests or a drain.
+            self.settle_endpoint_events(handle);
             if let Some(event) = self.events.pop_front() {
                 return Output::Event(event);
             }
@@ -362,22 +382,31 @@ impl KwikEndpoint {
                 mint_id: &mut mint,
             };
             session.drive(&mut ctx);
-            let mut drained = false;
-            while let Some(event) = session.conn.poll_endpoint_events() {
-                drained |= event.is_drained();
-                if let Some(reply) = self.quinn.handle_event(session.conn_handle, event) {
-                    session.conn.handle_event(reply);
-                }
-            }
-            if drained {
-                self.remove_session(handle);
-                continue;
-            }
-            session.deadline = session.conn.poll_timeout();
-            if self.in_sending.insert(handle) {
+            if self.settle_endpoint_events(handle) && self.in_sending.insert(handle) {
                 self.sending.push_back(handle);
             }
         }
+    }
+
+    /// Forwards a session's endpoint events to quinn-proto (and the replies
+    /// back); removes the session once drained. Returns whether it lives.
+    fn settle_endpoint_events(&mut self, handle: SessionHandle) -> bool {
+        let Some(session) = self.sessions.get_mut(&handle) else {
+            return false;
+        };
+        let mut drained = false;
+        while let Some(event) = session.conn.poll_endpoint_events() {
+            drained |= event.is_drained();
+            if let Some(reply) = self.quinn.handle_event(session.conn_handle, event) {
+                session.conn.handle_event(reply);
+            }
+        }
+        if drained {
+            self.remove_session(handle);
+            return false;
+        }
+        session.deadline = session.conn.poll_timeout();
+        true
     }
 
     fn remove_session(&mut self, handle: SessionHandle) {
@@ -393,7 +422,8 @@ impl KwikEndpoint {
                 reason: crate::CloseReason::EndpointClosed,
             });
         }
-        self.events.push_back(Event::SessionDrained { session: handle });
+        self.events
+            .push_back(Event::SessionDrained { session: handle });
     }
 
     /// A view of a session (`None` once it has drained).
@@ -445,6 +475,8 @@ impl KwikEndpoint {
 
     /// Whether the given session has completed its kwik handshake.
     pub fn is_established(&self, handle: SessionHandle) -> bool {
-        self.sessions.get(&handle).is_some_and(|s| s.phase == Phase::Active)
+        self.sessions
+            .get(&handle)
+            .is_some_and(|s| s.phase == Phase::Active)
     }
 }

@@ -269,7 +269,14 @@ macro_rules! display_via_debug {
         impl std::error::Error for $t {}
     )*};
 }
-display_via_debug!(ConnectError, OpenError, WriteError, ReadError, StreamError, CloseError);
+display_via_debug!(
+    ConnectError,
+    OpenError,
+    WriteError,
+    ReadError,
+    StreamError,
+    CloseError
+);
 
 /// A protocol violation detected locally: closes the session with `code`.
 #[derive(Debug, Clone, PartialEq, Eq)]

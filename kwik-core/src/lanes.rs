@@ -39,6 +39,22 @@ pub(crate) enum LaneBlocked {
     Broken,
 }
 
+/// Offers the lane's tail to quinn-proto until it is gone or refused (a
+/// refusal arms quinn-proto's `Writable` wake-up for the lane).
+fn flush_tail(conn: &mut Connection, lane: &mut SendLane) {
+    while !lane.tail.is_empty() {
+        match conn
+            .send_stream(lane.id)
+            .write_chunks(lane.tail.make_contiguous())
+        {
+            Ok(written) => {
+                lane.tail.drain(..written.chunks);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Lanes {
     send: Vec<SendLane>,
@@ -118,9 +134,19 @@ impl Lanes {
         let mut chunks = [header, payload];
         match conn.send_stream(l.id).write_chunks(&mut chunks) {
             Ok(written) => {
-                l.tail.extend(chunks[written.chunks..].iter().filter(|c| !c.is_empty()).cloned());
-                if !l.tail.is_empty() && !l.waiters.contains(&stream) {
-                    l.waiters.push(stream);
+                l.tail.extend(
+                    chunks[written.chunks..]
+                        .iter()
+                        .filter(|c| !c.is_empty())
+                        .cloned(),
+                );
+                if !l.tail.is_empty() {
+                    if !l.waiters.contains(&stream) {
+                        l.waiters.push(stream);
+                    }
+                    // A partial write does not arm quinn-proto's wake-up; only
+                    // a refused one does, so offer the rest right away.
+                    flush_tail(conn, l);
                 }
                 Ok(())
             }
@@ -140,17 +166,7 @@ impl Lanes {
         let Some(l) = self.send.iter_mut().find(|l| l.id == id) else {
             return Vec::new();
         };
-        while !l.tail.is_empty() {
-            match conn.send_stream(l.id).write_chunks(l.tail.make_contiguous()) {
-                Ok(written) => {
-                    l.tail.drain(..written.chunks);
-                    if written.bytes == 0 {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
+        flush_tail(conn, l);
         if l.tail.is_empty() {
             std::mem::take(&mut l.waiters)
         } else {

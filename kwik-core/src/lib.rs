@@ -44,7 +44,7 @@ mod streams;
 mod view;
 
 pub use config::{
-    ALPN, ClientConfig, CongestionControl, ConfigError, EndpointConfig, PROTOCOL_VERSION,
+    ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, PROTOCOL_VERSION,
     SUPPORTED_FEATURES, ServerConfig, TransportConfig,
 };
 pub use endpoint::{KwikEndpoint, UnknownIncoming};

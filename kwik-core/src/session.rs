@@ -18,7 +18,9 @@ use quinn_proto::{
 
 use crate::codec::{LaneReader, RecordReader, encode_data_header, encode_record};
 use crate::config::{PROTOCOL_VERSION, SUPPORTED_FEATURES, TransportConfig};
-use crate::error::{CloseReason, ErrorCode, OpenError, ReadError, StreamError, Violation, WriteError};
+use crate::error::{
+    CloseReason, ErrorCode, OpenError, ReadError, StreamError, Violation, WriteError,
+};
 use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
 use crate::lanes::{LaneBlocked, Lanes};
@@ -161,7 +163,11 @@ impl Session {
         self.deadline = self.conn.poll_timeout();
     }
 
-    fn on_quinn_event(&mut self, event: quinn_proto::Event, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+    fn on_quinn_event(
+        &mut self,
+        event: quinn_proto::Event,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
         use quinn_proto::Event as E;
         match event {
             E::Connected => {
@@ -187,11 +193,9 @@ impl Session {
     }
 
     fn open_control(&mut self) -> Result<(), Violation> {
-        let id = self
-            .conn
-            .streams()
-            .open(QDir::Bi)
-            .ok_or_else(|| Violation::new(ErrorCode::Internal, "server allows no control stream"))?;
+        let id = self.conn.streams().open(QDir::Bi).ok_or_else(|| {
+            Violation::new(ErrorCode::Internal, "server allows no control stream")
+        })?;
         let _ = self.conn.send_stream(id).set_priority(CONTROL_PRIORITY);
         self.control = Some(id);
         self.send_control(Body::Hello(Hello {
@@ -208,7 +212,10 @@ impl Session {
             StreamEvent::Opened { dir: QDir::Bi } => {
                 while let Some(id) = self.conn.streams().accept(QDir::Bi) {
                     if self.side == Side::Client || self.control.is_some() {
-                        return Err(Violation::new(ErrorCode::InvalidFrame, "unexpected bidirectional stream"));
+                        return Err(Violation::new(
+                            ErrorCode::InvalidFrame,
+                            "unexpected bidirectional stream",
+                        ));
                     }
                     let _ = self.conn.send_stream(id).set_priority(CONTROL_PRIORITY);
                     self.control = Some(id);
@@ -302,8 +309,9 @@ impl Session {
             let _ = chunks.finalize();
         }
         while let Some(record) = self.control_reader.next_record()? {
-            let message = ControlMessage::decode(record)
-                .map_err(|e| Violation::new(ErrorCode::InvalidFrame, format!("bad control message: {e}")))?;
+            let message = ControlMessage::decode(record).map_err(|e| {
+                Violation::new(ErrorCode::InvalidFrame, format!("bad control message: {e}"))
+            })?;
             let body = message
                 .body
                 .ok_or_else(|| Violation::new(ErrorCode::InvalidFrame, "empty control message"))?;
@@ -321,7 +329,9 @@ impl Session {
     fn on_control(&mut self, body: Body, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
         match (self.phase, self.side, body) {
             (Phase::Handshaking, Side::Server, Body::Hello(hello)) => self.on_hello(hello, ctx),
-            (Phase::Handshaking, Side::Client, Body::Welcome(welcome)) => self.on_welcome(welcome, ctx),
+            (Phase::Handshaking, Side::Client, Body::Welcome(welcome)) => {
+                self.on_welcome(welcome, ctx)
+            }
             (Phase::Handshaking, _, _) => Err(Violation::new(
                 ErrorCode::InvalidFrame,
                 "control message before the handshake completed",
@@ -351,7 +361,10 @@ impl Session {
 
     fn on_welcome(&mut self, welcome: Welcome, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
         if welcome.version != PROTOCOL_VERSION {
-            return Err(Violation::new(ErrorCode::VersionMismatch, "server answered another version"));
+            return Err(Violation::new(
+                ErrorCode::VersionMismatch,
+                "server answered another version",
+            ));
         }
         let id = SessionId::from_slice(&welcome.session_id)
             .ok_or_else(|| Violation::new(ErrorCode::InvalidFrame, "session id is not 16 bytes"))?;
@@ -361,13 +374,21 @@ impl Session {
         self.activate(id, limits, ctx)
     }
 
-    fn activate(&mut self, id: SessionId, peer: Limits, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+    fn activate(
+        &mut self,
+        id: SessionId,
+        peer: Limits,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
         if peer.max_frame_payload == 0 || peer.max_control_message < 64 {
             return Err(Violation::new(ErrorCode::InvalidFrame, "unusable limits"));
         }
         self.send_frame_limit = self.transport.max_frame_payload.min(peer.max_frame_payload);
-        self.streams
-            .set_peer_limits(peer.stream_window, peer.max_bidi_streams, peer.max_uni_streams);
+        self.streams.set_peer_limits(
+            peer.stream_window,
+            peer.max_bidi_streams,
+            peer.max_uni_streams,
+        );
         self.id = Some(id);
         self.phase = Phase::Active;
         ctx.events.push_back(Event::SessionEstablished {
@@ -447,7 +468,11 @@ impl Session {
             return;
         };
         while !self.control_out.is_empty() {
-            match self.conn.send_stream(id).write_chunks(self.control_out.make_contiguous()) {
+            match self
+                .conn
+                .send_stream(id)
+                .write_chunks(self.control_out.make_contiguous())
+            {
                 Ok(written) => {
                     self.control_out.drain(..written.chunks);
                     if written.bytes == 0 {
@@ -466,8 +491,11 @@ impl Session {
         }
         tracing::debug!(session = %self.handle, code = %v.code, reason = %v.reason, "closing session");
         let reason = truncate(&v.reason);
-        self.conn
-            .close(ctx.now, VarInt::from_u64(v.code.wire()).expect("small"), reason);
+        self.conn.close(
+            ctx.now,
+            VarInt::from_u64(v.code.wire()).expect("small"),
+            reason,
+        );
         self.phase = Phase::Closed;
         let reason = CloseReason::Protocol {
             code: v.code,
@@ -483,7 +511,13 @@ impl Session {
     }
 
     /// Closes the session at the application's request.
-    pub(crate) fn close(&mut self, now: Instant, code: VarInt, reason: &[u8], events: &mut VecDeque<Event>) {
+    pub(crate) fn close(
+        &mut self,
+        now: Instant,
+        code: VarInt,
+        reason: &[u8],
+        events: &mut VecDeque<Event>,
+    ) {
         if self.close_reason.is_some() {
             return;
         }
@@ -508,7 +542,11 @@ impl Session {
         self.streams.open(dir).ok_or(OpenError::Blocked)
     }
 
-    pub(crate) fn write(&mut self, stream: StreamId, data: &mut Bytes) -> Result<usize, WriteError> {
+    pub(crate) fn write(
+        &mut self,
+        stream: StreamId,
+        data: &mut Bytes,
+    ) -> Result<usize, WriteError> {
         if let Some(reason) = self.closed_error() {
             return Err(WriteError::SessionClosed(reason));
         }
@@ -549,7 +587,10 @@ impl Session {
             let n = (data.len() as u64).min(room).min(frame_limit) as usize;
             let header = encode_data_header(stream, send.offset, n as u64, false);
             let payload = data.slice(..n);
-            match self.lanes.write_record(&mut self.conn, lane, stream, header, payload) {
+            match self
+                .lanes
+                .write_record(&mut self.conn, lane, stream, header, payload)
+            {
                 Ok(()) => {
                     bytes::Buf::advance(data, n);
                     send.offset += n as u64;
@@ -632,7 +673,11 @@ impl Session {
         Ok(())
     }
 
-    pub(crate) fn read(&mut self, stream: StreamId, max: usize) -> Result<Option<Bytes>, ReadError> {
+    pub(crate) fn read(
+        &mut self,
+        stream: StreamId,
+        max: usize,
+    ) -> Result<Option<Bytes>, ReadError> {
         if let Some(reason) = self.closed_error() {
             return Err(ReadError::SessionClosed(reason));
         }
@@ -667,7 +712,10 @@ pub(crate) fn negotiate(hello: &Hello, server_features: u64) -> Result<Limits, V
     if hello.version != PROTOCOL_VERSION {
         return Err(Violation::new(
             ErrorCode::VersionMismatch,
-            format!("client speaks version {}, server speaks {PROTOCOL_VERSION}", hello.version),
+            format!(
+                "client speaks version {}, server speaks {PROTOCOL_VERSION}",
+                hello.version
+            ),
         ));
     }
     let missing = hello.required_features & !server_features;
@@ -707,11 +755,15 @@ mod tests {
     fn negotiation_refuses_other_versions_and_missing_features() {
         assert!(negotiate(&hello(PROTOCOL_VERSION, 0), 0).is_ok());
         assert_eq!(
-            negotiate(&hello(PROTOCOL_VERSION + 1, 0), 0).unwrap_err().code,
+            negotiate(&hello(PROTOCOL_VERSION + 1, 0), 0)
+                .unwrap_err()
+                .code,
             ErrorCode::VersionMismatch
         );
         assert_eq!(
-            negotiate(&hello(PROTOCOL_VERSION, 0b100), 0b011).unwrap_err().code,
+            negotiate(&hello(PROTOCOL_VERSION, 0b100), 0b011)
+                .unwrap_err()
+                .code,
             ErrorCode::FeatureMismatch
         );
         assert!(negotiate(&hello(PROTOCOL_VERSION, 0b01), 0b011).is_ok());

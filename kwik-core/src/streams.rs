@@ -148,7 +148,13 @@ fn violation(reason: impl Into<String>) -> Violation {
 }
 
 impl Streams {
-    pub(crate) fn new(session: SessionHandle, side: Side, window: u64, max_bidi: u64, max_uni: u64) -> Self {
+    pub(crate) fn new(
+        session: SessionHandle,
+        side: Side,
+        window: u64,
+        max_bidi: u64,
+        max_uni: u64,
+    ) -> Self {
         Self {
             session,
             side,
@@ -183,7 +189,11 @@ impl Streams {
 
     /// Total bytes buffered for the application across all streams.
     pub(crate) fn buffered(&self) -> u64 {
-        self.map.values().filter_map(|s| s.recv.as_ref()).map(RecvHalf::buffered).sum()
+        self.map
+            .values()
+            .filter_map(|s| s.recv.as_ref())
+            .map(RecvHalf::buffered)
+            .sum()
     }
 
     /// Bytes buffered for one stream.
@@ -226,7 +236,10 @@ impl Streams {
         if id.index() >= self.remote_limit[d] {
             return Err(Violation::new(
                 ErrorCode::StreamLimit,
-                format!("peer opened {id} beyond its limit of {}", self.remote_limit[d]),
+                format!(
+                    "peer opened {id} beyond its limit of {}",
+                    self.remote_limit[d]
+                ),
             ));
         }
         for index in self.next_remote[d]..=id.index() {
@@ -247,10 +260,16 @@ impl Streams {
     }
 
     /// Checks that the peer may send on `id` and opens it if new.
-    fn peer_sends_on(&mut self, id: StreamId, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+    fn peer_sends_on(
+        &mut self,
+        id: StreamId,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), Violation> {
         if id.initiator() == self.side {
             if id.dir() == Dir::Uni {
-                return Err(violation(format!("peer sent on {id}, our unidirectional stream")));
+                return Err(violation(format!(
+                    "peer sent on {id}, our unidirectional stream"
+                )));
             }
             if id.index() >= self.next_local[0] {
                 return Err(violation(format!("peer sent on unopened stream {id}")));
@@ -262,7 +281,11 @@ impl Streams {
     }
 
     /// Checks that the peer may receive on `id` (it names our sending half).
-    fn peer_receives_on(&mut self, id: StreamId, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+    fn peer_receives_on(
+        &mut self,
+        id: StreamId,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), Violation> {
         if id.initiator() == self.side {
             let d = dir_index(id.dir());
             if id.index() >= self.next_local[d] {
@@ -271,24 +294,37 @@ impl Streams {
             Ok(())
         } else {
             if id.dir() == Dir::Uni {
-                return Err(violation(format!("peer named {id}, its own unidirectional stream")));
+                return Err(violation(format!(
+                    "peer named {id}, its own unidirectional stream"
+                )));
             }
             self.open_remote(id, events)
         }
     }
 
     /// Payload from a lane.
-    pub(crate) fn on_data(&mut self, piece: DataPiece, events: &mut VecDeque<Event>) -> Result<(), Violation> {
+    pub(crate) fn on_data(
+        &mut self,
+        piece: DataPiece,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), Violation> {
         self.peer_sends_on(piece.stream, events)?;
         let session = self.session;
-        let Some(recv) = self.map.get_mut(&piece.stream).and_then(|s| s.recv.as_mut()) else {
+        let Some(recv) = self
+            .map
+            .get_mut(&piece.stream)
+            .and_then(|s| s.recv.as_mut())
+        else {
             return Ok(()); // closed stream: late bytes are dropped
         };
         let end = piece.offset + piece.data.len() as u64;
         if end > recv.granted {
             return Err(Violation::new(
                 ErrorCode::FlowControl,
-                format!("{} sent to {end}, beyond credit {}", piece.stream, recv.granted),
+                format!(
+                    "{} sent to {end}, beyond credit {}",
+                    piece.stream, recv.granted
+                ),
             ));
         }
         if let Some(fin) = recv.final_offset {
@@ -297,7 +333,10 @@ impl Streams {
             }
         } else if piece.fin {
             if recv.max_seen > end {
-                return Err(violation(format!("{}: FIN below received data", piece.stream)));
+                return Err(violation(format!(
+                    "{}: FIN below received data",
+                    piece.stream
+                )));
             }
             recv.final_offset = Some(end);
         }
@@ -357,7 +396,9 @@ impl Streams {
         let Some(recv) = self.map.get_mut(&id).and_then(|s| s.recv.as_mut()) else {
             return Err(StreamError::ClosedStream);
         };
-        let done = recv.final_offset.is_some_and(|f| f == recv.asm.contiguous_end());
+        let done = recv
+            .final_offset
+            .is_some_and(|f| f == recv.asm.contiguous_end());
         if !done && matches!(recv.state, RecvState::Open) {
             self.control.push_back(Body::StopSending(StopSending {
                 stream_id: id.0,
@@ -438,7 +479,10 @@ impl Streams {
     ) -> Result<(), Violation> {
         let session = self.session;
         match body {
-            Body::StreamCredit(StreamCredit { stream_id, max_offset }) => {
+            Body::StreamCredit(StreamCredit {
+                stream_id,
+                max_offset,
+            }) => {
                 let id = StreamId(stream_id);
                 self.peer_receives_on(id, events)?;
                 if let Some(send) = self.send_mut(id)
@@ -447,7 +491,10 @@ impl Streams {
                     send.credit = max_offset;
                     if send.want_writable && send.state == SendState::Open {
                         send.want_writable = false;
-                        events.push_back(Event::StreamWritable { session, stream: id });
+                        events.push_back(Event::StreamWritable {
+                            session,
+                            stream: id,
+                        });
                     }
                 }
             }
@@ -456,7 +503,10 @@ impl Streams {
                 if max_streams > self.local_limit[d] {
                     self.local_limit[d] = max_streams;
                     if std::mem::take(&mut self.open_blocked[d]) {
-                        events.push_back(Event::StreamsAvailable { session, dir: DIRS[d] });
+                        events.push_back(Event::StreamsAvailable {
+                            session,
+                            dir: DIRS[d],
+                        });
                     }
                 }
             }
@@ -470,11 +520,16 @@ impl Streams {
                 let Some(recv) = self.map.get_mut(&id).and_then(|s| s.recv.as_mut()) else {
                     return Ok(());
                 };
-                if final_offset < recv.max_seen || recv.final_offset.is_some_and(|f| f != final_offset) {
+                if final_offset < recv.max_seen
+                    || recv.final_offset.is_some_and(|f| f != final_offset)
+                {
                     return Err(violation(format!("{id}: reset changes the final size")));
                 }
                 if final_offset > recv.granted {
-                    return Err(Violation::new(ErrorCode::FlowControl, format!("{id}: reset beyond credit")));
+                    return Err(Violation::new(
+                        ErrorCode::FlowControl,
+                        format!("{id}: reset beyond credit"),
+                    ));
                 }
                 recv.final_offset = Some(final_offset);
                 if matches!(recv.state, RecvState::Open) {
@@ -488,7 +543,10 @@ impl Streams {
                     });
                 }
             }
-            Body::StopSending(StopSending { stream_id, error_code }) => {
+            Body::StopSending(StopSending {
+                stream_id,
+                error_code,
+            }) => {
                 let id = StreamId(stream_id);
                 self.peer_receives_on(id, events)?;
                 let Some(send) = self.send_mut(id) else {
@@ -521,7 +579,10 @@ impl Streams {
                     && send.state == SendState::Finished
                 {
                     self.free_send(id);
-                    events.push_back(Event::StreamFinished { session, stream: id });
+                    events.push_back(Event::StreamFinished {
+                        session,
+                        stream: id,
+                    });
                 }
             }
             Body::Hello(_) | Body::Welcome(_) => {
@@ -578,10 +639,15 @@ mod tests {
         let mut ev = VecDeque::new();
         let second = StreamId::new(Side::Client, Dir::Uni, 1);
         t.on_data(piece(second, 0, b"x", false), &mut ev).unwrap();
-        assert_eq!(t.accept(Dir::Uni), Some(StreamId::new(Side::Client, Dir::Uni, 0)));
+        assert_eq!(
+            t.accept(Dir::Uni),
+            Some(StreamId::new(Side::Client, Dir::Uni, 0))
+        );
         assert_eq!(t.accept(Dir::Uni), Some(second));
         let third = StreamId::new(Side::Client, Dir::Uni, 2);
-        let err = t.on_data(piece(third, 0, b"x", false), &mut ev).unwrap_err();
+        let err = t
+            .on_data(piece(third, 0, b"x", false), &mut ev)
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::StreamLimit);
         let ours = StreamId::new(Side::Server, Dir::Bi, 0);
         let err = t.on_data(piece(ours, 0, b"x", false), &mut ev).unwrap_err();
@@ -602,7 +668,10 @@ mod tests {
         t.drain_control(&mut out);
         assert_eq!(
             out,
-            vec![Body::StreamCredit(StreamCredit { stream_id: id.0, max_offset: 160 })]
+            vec![Body::StreamCredit(StreamCredit {
+                stream_id: id.0,
+                max_offset: 160
+            })]
         );
         t.on_data(piece(id, 100, b"!", true), &mut ev).unwrap();
     }
@@ -619,7 +688,10 @@ mod tests {
         let mut out = Vec::new();
         t.drain_control(&mut out);
         assert!(out.contains(&Body::StreamComplete(StreamComplete { stream_id: id.0 })));
-        assert!(out.contains(&Body::StreamsCredit(StreamsCredit { bidi: false, max_streams: 3 })));
+        assert!(out.contains(&Body::StreamsCredit(StreamsCredit {
+            bidi: false,
+            max_streams: 3
+        })));
         // Late duplicates for the closed stream are ignored.
         t.on_data(piece(id, 0, b"hi", true), &mut ev).unwrap();
     }

@@ -13,7 +13,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use quinn_proto::VarInt;
 
-use crate::error::{CloseError, ErrorCode, KWIK_CODE_BASE, OpenError, ReadError, StreamError, WriteError};
+use crate::error::{
+    CloseError, ErrorCode, KWIK_CODE_BASE, OpenError, ReadError, StreamError, WriteError,
+};
 use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
 use crate::session::{Phase, Session, SessionStats};

@@ -1,0 +1,43 @@
+//! `kwik-sim`: a deterministic discrete-event network simulator in virtual time.
+//!
+//! kwik-core is sans-IO: it never reads a clock or opens a socket, time and
+//! datagrams are inputs and transmits and deadlines are outputs. That lets a
+//! test run whole multi-server scenarios without real networking, thousands
+//! of times faster than wall time and with exactly reproducible results: the
+//! same seed produces the same event trace, so a failure found once can be
+//! replayed and debugged.
+//!
+//! The crate is split by concern:
+//!
+//! * [`node`] — the [`Node`] trait every simulated endpoint implements;
+//! * [`link`] — the per-direction link model (latency, rate, buffer, loss,
+//!   jitter, duplication, outages) and its counters;
+//! * [`trace`] — the deterministic event trace and its digest;
+//! * [`sim`] — the event loop ([`Sim`]) tying nodes and links together;
+//! * [`certs`] — throw-away TLS certificates and rustls / quinn configs;
+//! * [`seeding`] — quinn-proto configs with every random source seeded;
+//! * [`quinn_node`] — a bare quinn-proto bulk-transfer pair, used to validate
+//!   the simulator and as the baseline contender in benchmarks.
+
+pub mod apps;
+pub mod certs;
+pub mod kwik_node;
+pub mod link;
+pub mod node;
+pub mod quinn_node;
+pub mod seeding;
+pub mod setup;
+pub mod sim;
+pub mod trace;
+
+pub use apps::{BulkClient, BulkServer, Payload, Received};
+pub use certs::DevCert;
+pub use kwik_node::{App, KwikNode};
+pub use link::{LinkConfig, LinkStats};
+pub use node::{Node, Transmit};
+pub use quinn_node::{Congestion, QuinnBulkNode, StreamChecksum, sim_transport_config};
+pub use seeding::{
+    SeededCidGenerator, seeded_client_config, seeded_endpoint_config, seeded_server_config,
+};
+pub use sim::{NodeId, Sim, StallReason, Stalled};
+pub use trace::{Trace, TraceLine};
