@@ -21,6 +21,7 @@
 
 pub mod apps;
 pub mod certs;
+pub mod hostile;
 pub mod kwik_node;
 pub mod link;
 pub mod node;
