@@ -174,6 +174,11 @@ impl Assembler {
         Some(data)
     }
 
+    /// Received ranges above the contiguous end, in order.
+    pub(crate) fn pending_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.pending.iter().map(|(&k, v)| (k, k + v.len() as u64))
+    }
+
     /// Drops everything held (after a reset or stop).
     pub(crate) fn clear(&mut self) {
         self.ready.clear();

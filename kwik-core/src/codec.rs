@@ -163,7 +163,7 @@ impl LaneReader {
         &mut self,
         mut chunk: Bytes,
         max_payload: u64,
-        sink: &mut impl FnMut(DataPiece) -> Result<(), Violation>,
+        sink: &mut dyn FnMut(DataPiece) -> Result<(), Violation>,
     ) -> Result<(), Violation> {
         while !chunk.is_empty() {
             match self.state {
@@ -235,7 +235,7 @@ impl LaneReader {
         &mut self,
         header: DataHeader,
         max_payload: u64,
-        sink: &mut impl FnMut(DataPiece) -> Result<(), Violation>,
+        sink: &mut dyn FnMut(DataPiece) -> Result<(), Violation>,
     ) -> Result<(), Violation> {
         if header.length > max_payload {
             return Err(Violation::new(
@@ -272,7 +272,6 @@ impl LaneReader {
     }
 
     /// True if the lane stopped between records (a clean place to end).
-    #[cfg(test)]
     pub(crate) fn at_record_boundary(&self) -> bool {
         matches!(self.state, LaneState::Header) && self.header_buf.is_empty()
     }

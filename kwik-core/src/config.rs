@@ -11,6 +11,9 @@ use std::time::Duration;
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn_proto::{IdleTimeout, VarInt};
 
+use crate::paths::PathPolicy;
+use crate::token::TokenKey;
+
 /// ALPN protocol id of kwik version 1.
 pub const ALPN: &[u8] = b"kwik/1";
 
@@ -146,6 +149,11 @@ pub struct EndpointConfig {
     pub seed: [u8; 32],
     /// Most datagrams returned in one GSO batch.
     pub max_gso_segments: usize,
+    /// Wall-clock time (since the Unix epoch) at the `now` the endpoint is
+    /// created with. Path tokens carry expiries in wall-clock time; the core
+    /// never reads a clock, so the driver supplies it (adapters read the
+    /// system clock once, simulations pick a fixed epoch).
+    pub unix_time: Duration,
 }
 
 impl EndpointConfig {
@@ -154,6 +162,7 @@ impl EndpointConfig {
         Self {
             seed,
             max_gso_segments: 10,
+            unix_time: Duration::ZERO,
         }
     }
 }
@@ -164,6 +173,8 @@ pub struct ClientConfig {
     pub(crate) crypto: Arc<QuicClientConfig>,
     /// Transport knobs of sessions started with this configuration.
     pub transport: TransportConfig,
+    /// Which secondary paths a primary may make this client join.
+    pub path_policy: PathPolicy,
 }
 
 impl ClientConfig {
@@ -174,6 +185,7 @@ impl ClientConfig {
         Ok(Self {
             crypto: Arc::new(crypto),
             transport: TransportConfig::default(),
+            path_policy: PathPolicy::default(),
         })
     }
 }
@@ -197,6 +209,16 @@ pub struct ServerConfig {
     pub auto_accept: bool,
     /// Feature bits this server offers (a subset of [`SUPPORTED_FEATURES`]).
     pub features: u64,
+    /// Primary: the key path tokens are minted with (`None`: this server
+    /// cannot add paths).
+    pub token_key: Option<TokenKey>,
+    /// Secondary: keys of the primaries whose path tokens this server
+    /// accepts (empty: it accepts no paths).
+    pub trusted_keys: Vec<TokenKey>,
+    /// Lifetime of minted path tokens.
+    pub token_lifetime: Duration,
+    /// Primary: how long to wait for the client's answer to AddPath.
+    pub add_path_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -210,6 +232,10 @@ impl ServerConfig {
             transport: TransportConfig::default(),
             auto_accept: false,
             features: SUPPORTED_FEATURES,
+            token_key: None,
+            trusted_keys: Vec::new(),
+            token_lifetime: Duration::from_secs(60),
+            add_path_timeout: Duration::from_secs(10),
         })
     }
 }

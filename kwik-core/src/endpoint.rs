@@ -15,25 +15,30 @@
 //! }
 //! ```
 //!
-//! Sessions are kept in ordered maps and served in a fixed order, so the same
-//! seed and the same inputs always produce the same outputs.
+//! A session may own several QUIC connections (a client's secondary paths);
+//! every connection is routed to its session and path. Sessions are kept in
+//! ordered maps and served in a fixed order, so the same seed and the same
+//! inputs always produce the same outputs.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quinn_proto::{ConnectionHandle, DatagramEvent, EcnCodepoint};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{ClientConfig, EndpointConfig, ServerConfig};
+use crate::config::{ClientConfig, EndpointConfig, ServerConfig, TransportConfig};
+use crate::conn::Conn;
 use crate::error::{ConnectError, ErrorCode};
 use crate::event::{Event, Output, Transmit};
 use crate::ids::{IncomingId, SessionHandle, SessionId, Side, StreamId};
+use crate::paths::{PathId, PathPolicy};
 use crate::seeded::{SeededCids, Seeds, no_wall_clock};
-use crate::session::{Ctx, Phase, Session};
+use crate::session::{Ctx, Phase, PrimarySettings, Request, Session};
+use crate::token::TokenVerifier;
 use crate::view::{SessionView, StreamView};
 
 /// The incoming attempt is unknown (already decided, or never existed).
@@ -53,15 +58,18 @@ pub struct KwikEndpoint {
     config: EndpointConfig,
     quinn: quinn_proto::Endpoint,
     server: Option<ServerConfig>,
-    quinn_server: Option<Arc<quinn_proto::ServerConfig>>,
     token_key: [u8; 64],
     sessions: BTreeMap<SessionHandle, Session>,
-    /// quinn-proto connection handle (reused after drain) → session.
-    by_conn: Vec<Option<SessionHandle>>,
+    /// quinn-proto connection handle (reused after drain) → session and path.
+    by_conn: Vec<Option<(SessionHandle, PathId)>>,
+    /// Client configurations sessions dial their secondary paths with.
+    dial_configs: BTreeMap<SessionHandle, ClientConfig>,
+    tokens: TokenVerifier,
     incoming: BTreeMap<IncomingId, quinn_proto::Incoming>,
     next_session: u64,
     next_incoming: u64,
     session_ids: StdRng,
+    start: Instant,
     now: Instant,
     events: VecDeque<Event>,
     /// Sessions with input or calls not yet digested.
@@ -87,9 +95,20 @@ fn ecn_bits(ecn: Option<EcnCodepoint>) -> Option<u8> {
     ecn.map(|e| e as u8)
 }
 
+fn transmit_of(t: &quinn_proto::Transmit) -> Transmit {
+    Transmit {
+        destination: t.destination,
+        size: t.size,
+        segment_size: t.segment_size,
+        ecn: ecn_bits(t.ecn),
+        src_ip: t.src_ip,
+    }
+}
+
 impl KwikEndpoint {
     /// Creates an endpoint; with a server configuration it also accepts
-    /// sessions. `now` anchors the endpoint's notion of time.
+    /// sessions. `now` anchors the endpoint's notion of time (and
+    /// [`EndpointConfig::unix_time`] is the wall-clock time at `now`).
     pub fn new(config: EndpointConfig, server: Option<ServerConfig>, now: Instant) -> Self {
         let seeds = Seeds::derive(config.seed);
         let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seeds.reset_key);
@@ -101,14 +120,16 @@ impl KwikEndpoint {
             quinn: quinn_proto::Endpoint::new(Arc::new(qcfg), None, true, None),
             config,
             server: None,
-            quinn_server: None,
             token_key: seeds.token_key,
             sessions: BTreeMap::new(),
             by_conn: Vec::new(),
+            dial_configs: BTreeMap::new(),
+            tokens: TokenVerifier::default(),
             incoming: BTreeMap::new(),
             next_session: 0,
             next_incoming: 0,
             session_ids: StdRng::from_seed(seeds.session_ids),
+            start: now,
             now,
             events: VecDeque::new(),
             dirty: BTreeSet::new(),
@@ -124,7 +145,7 @@ impl KwikEndpoint {
     /// Replaces the server configuration (`None` stops accepting). Sessions
     /// already accepted keep theirs.
     pub fn set_server_config(&mut self, server: Option<ServerConfig>) {
-        self.quinn_server = server.as_ref().map(|s| {
+        let quinn_server = server.as_ref().map(|s| {
             let token_key =
                 ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&self.token_key);
             let mut q = quinn_proto::ServerConfig::new(s.crypto.clone(), Arc::new(token_key));
@@ -133,13 +154,18 @@ impl KwikEndpoint {
             q.time_source(no_wall_clock());
             Arc::new(q)
         });
-        self.quinn.set_server_config(self.quinn_server.clone());
+        self.quinn.set_server_config(quinn_server);
         self.server = server;
     }
 
     /// The time of the latest input.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Wall-clock time (since the Unix epoch) at the latest input.
+    pub fn unix_now(&self) -> Duration {
+        self.config.unix_time + self.now.saturating_duration_since(self.start)
     }
 
     fn advance(&mut self, now: Instant) {
@@ -158,10 +184,41 @@ impl KwikEndpoint {
         config: &ClientConfig,
     ) -> Result<SessionHandle, ConnectError> {
         self.advance(now);
+        let (ch, quic) = self.dial(addr, server_name, config, &config.transport)?;
+        let handle = self.next_handle();
+        let conn = self.wrap_conn(handle, PathId::PRIMARY, ch, quic, &config.transport);
+        let session = Session::new(
+            handle,
+            Side::Client,
+            conn,
+            addr,
+            server_name,
+            config.transport.clone(),
+            0,
+            config.path_policy.clone(),
+            PrimarySettings {
+                token_key: None,
+                token_lifetime: Duration::ZERO,
+                add_path_timeout: Duration::ZERO,
+            },
+            self.now,
+        );
+        self.dial_configs.insert(handle, config.clone());
+        self.sessions.insert(handle, session);
+        self.dirty.insert(handle);
+        Ok(handle)
+    }
+
+    fn dial(
+        &mut self,
+        addr: SocketAddr,
+        server_name: &str,
+        config: &ClientConfig,
+        transport: &TransportConfig,
+    ) -> Result<(ConnectionHandle, quinn_proto::Connection), ConnectError> {
         let mut qcfg = quinn_proto::ClientConfig::new(config.crypto.clone());
-        qcfg.transport_config(Arc::new(config.transport.quinn()));
-        let (ch, conn) = self
-            .quinn
+        qcfg.transport_config(Arc::new(transport.quinn()));
+        self.quinn
             .connect(self.now, qcfg, addr, server_name)
             .map_err(|e| match e {
                 quinn_proto::ConnectError::InvalidServerName(name) => {
@@ -171,28 +228,69 @@ impl KwikEndpoint {
                     ConnectError::InvalidRemoteAddress(a)
                 }
                 other => ConnectError::Quic(other.to_string()),
-            })?;
-        Ok(self.insert_session(ch, conn, Side::Client, config.transport.clone(), 0))
+            })
     }
 
-    fn insert_session(
-        &mut self,
-        ch: ConnectionHandle,
-        conn: quinn_proto::Connection,
-        side: Side,
-        transport: crate::TransportConfig,
-        features: u64,
-    ) -> SessionHandle {
+    fn next_handle(&mut self) -> SessionHandle {
         let handle = SessionHandle(self.next_session);
         self.next_session += 1;
+        handle
+    }
+
+    fn wrap_conn(
+        &mut self,
+        session: SessionHandle,
+        path: PathId,
+        ch: ConnectionHandle,
+        quic: quinn_proto::Connection,
+        transport: &TransportConfig,
+    ) -> Conn {
         if self.by_conn.len() <= ch.0 {
             self.by_conn.resize(ch.0 + 1, None);
         }
-        self.by_conn[ch.0] = Some(handle);
-        let session = Session::new(handle, ch, conn, side, transport, features);
-        self.sessions.insert(handle, session);
+        self.by_conn[ch.0] = Some((session, path));
+        Conn::new(
+            path,
+            ch,
+            quic,
+            transport.max_control_message,
+            transport.streams_per_lane,
+            self.now,
+        )
+    }
+
+    /// Dials the secondary paths a session asked for.
+    fn serve_requests(&mut self, handle: SessionHandle) {
+        let Some(session) = self.sessions.get_mut(&handle) else {
+            return;
+        };
+        if session.requests.is_empty() {
+            return;
+        }
+        let requests = std::mem::take(&mut session.requests);
+        let Some(config) = self.dial_configs.get(&handle).cloned() else {
+            return;
+        };
+        let mut transport = config.transport.clone();
+        transport.keep_alive_interval = Some(config.path_policy.keep_alive);
+        for request in requests {
+            let Request::Dial {
+                path,
+                address,
+                server_name,
+            } = request;
+            let result = self
+                .dial(address, &server_name, &config, &transport)
+                .map(|(ch, quic)| self.wrap_conn(handle, path, ch, quic, &transport));
+            let Some(session) = self.sessions.get_mut(&handle) else {
+                return;
+            };
+            match result {
+                Ok(conn) => session.attach(conn),
+                Err(e) => session.note_dial_failure(path, format!("cannot dial {address}: {e}")),
+            }
+        }
         self.dirty.insert(handle);
-        handle
     }
 
     /// Feeds a received UDP datagram.
@@ -213,23 +311,21 @@ impl KwikEndpoint {
             .handle(self.now, remote, local_ip, ecn, data, &mut buf)
         {
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
-                if let Some(handle) = self.by_conn.get(ch.0).copied().flatten()
-                    && let Some(session) = self.sessions.get_mut(&handle)
+                if let Some((handle, path)) = self.by_conn.get(ch.0).copied().flatten()
+                    && let Some(conn) = self
+                        .sessions
+                        .get_mut(&handle)
+                        .and_then(|s| s.conns.get_mut(&path))
                 {
-                    session.conn.handle_event(event);
+                    conn.quic.handle_event(event);
+                    conn.last_rx = self.now;
                     self.dirty.insert(handle);
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(incoming),
             Some(DatagramEvent::Response(t)) => {
-                let transmit = Transmit {
-                    destination: t.destination,
-                    size: t.size,
-                    segment_size: t.segment_size,
-                    ecn: ecn_bits(t.ecn),
-                    src_ip: t.src_ip,
-                };
-                self.responses.push_back((transmit, buf[..t.size].to_vec()));
+                self.responses
+                    .push_back((transmit_of(&t), buf[..t.size].to_vec()));
             }
             None => {}
         }
@@ -264,22 +360,36 @@ impl KwikEndpoint {
         incoming: IncomingId,
     ) -> Result<Option<SessionHandle>, UnknownIncoming> {
         let inc = self.incoming.remove(&incoming).ok_or(UnknownIncoming)?;
-        let (transport, features) = match &self.server {
-            Some(s) => (s.transport.clone(), s.features),
-            None => {
-                self.quinn.ignore(inc);
-                return Ok(None);
-            }
+        let Some(server) = self.server.clone() else {
+            self.quinn.ignore(inc);
+            return Ok(None);
         };
+        let remote = inc.remote_address();
         let mut buf = Vec::new();
         match self.quinn.accept(inc, self.now, &mut buf, None) {
-            Ok((ch, conn)) => Ok(Some(self.insert_session(
-                ch,
-                conn,
-                Side::Server,
-                transport,
-                features,
-            ))),
+            Ok((ch, quic)) => {
+                let handle = self.next_handle();
+                let conn = self.wrap_conn(handle, PathId::PRIMARY, ch, quic, &server.transport);
+                let session = Session::new(
+                    handle,
+                    Side::Server,
+                    conn,
+                    remote,
+                    "",
+                    server.transport.clone(),
+                    server.features,
+                    PathPolicy::default(),
+                    PrimarySettings {
+                        token_key: server.token_key.clone(),
+                        token_lifetime: server.token_lifetime,
+                        add_path_timeout: server.add_path_timeout,
+                    },
+                    self.now,
+                );
+                self.sessions.insert(handle, session);
+                self.dirty.insert(handle);
+                Ok(Some(handle))
+            }
             Err(e) => {
                 if let Some(t) = e.response {
                     self.push_response(t, buf);
@@ -300,14 +410,7 @@ impl KwikEndpoint {
 
     fn push_response(&mut self, t: quinn_proto::Transmit, mut buf: Vec<u8>) {
         buf.truncate(t.size);
-        let transmit = Transmit {
-            destination: t.destination,
-            size: t.size,
-            segment_size: t.segment_size,
-            ecn: ecn_bits(t.ecn),
-            src_ip: t.src_ip,
-        };
-        self.responses.push_back((transmit, buf));
+        self.responses.push_back((transmit_of(&t), buf));
     }
 
     /// Tells the endpoint that time has passed; fires due timers.
@@ -315,7 +418,11 @@ impl KwikEndpoint {
         self.advance(now);
         for (handle, session) in &mut self.sessions {
             if session.deadline.is_some_and(|d| d <= now) {
-                session.conn.handle_timeout(now);
+                for conn in session.conns.values_mut() {
+                    if conn.quic.poll_timeout().is_some_and(|d| d <= now) {
+                        conn.quic.handle_timeout(now);
+                    }
+                }
                 self.dirty.insert(*handle);
             }
         }
@@ -342,17 +449,12 @@ impl KwikEndpoint {
                 continue;
             };
             buf.clear();
-            let max = self.config.max_gso_segments;
-            if let Some(t) = session.conn.poll_transmit(self.now, max, buf) {
+            if let Some(t) =
+                poll_session_transmit(session, self.now, self.config.max_gso_segments, buf)
+            {
                 self.sending.push_back(handle);
                 self.dirty.insert(handle);
-                return Output::Transmit(Transmit {
-                    destination: t.destination,
-                    size: t.size,
-                    segment_size: t.segment_size,
-                    ecn: ecn_bits(t.ecn),
-                    src_ip: t.src_ip,
-                });
+                return Output::Transmit(transmit_of(&t));
             }
             self.in_sending.remove(&handle);
             // Sending may have produced connection-id requests or a drain.
@@ -376,36 +478,55 @@ impl KwikEndpoint {
                 rng.fill_bytes(&mut id);
                 SessionId(id)
             };
+            let unix_now = self.config.unix_time + self.now.saturating_duration_since(self.start);
+            let trusted = self
+                .server
+                .as_ref()
+                .map_or(&[][..], |s| &s.trusted_keys[..]);
             let mut ctx = Ctx {
                 now: self.now,
+                unix_now,
                 events: &mut self.events,
                 mint_id: &mut mint,
+                tokens: &mut self.tokens,
+                trusted,
             };
             session.drive(&mut ctx);
+            self.serve_requests(handle);
             if self.settle_endpoint_events(handle) && self.in_sending.insert(handle) {
                 self.sending.push_back(handle);
             }
         }
     }
 
-    /// Forwards a session's endpoint events to quinn-proto (and the replies
-    /// back); removes the session once drained. Returns whether it lives.
+    /// Forwards the endpoint events of a session's connections to
+    /// quinn-proto (and the replies back); removes drained connections and,
+    /// once none is left, the session. Returns whether the session lives.
     fn settle_endpoint_events(&mut self, handle: SessionHandle) -> bool {
         let Some(session) = self.sessions.get_mut(&handle) else {
             return false;
         };
-        let mut drained = false;
-        while let Some(event) = session.conn.poll_endpoint_events() {
-            drained |= event.is_drained();
-            if let Some(reply) = self.quinn.handle_event(session.conn_handle, event) {
-                session.conn.handle_event(reply);
+        let mut drained = Vec::new();
+        for (path, conn) in session.conns.iter_mut() {
+            while let Some(event) = conn.quic.poll_endpoint_events() {
+                if event.is_drained() {
+                    drained.push((*path, conn.handle));
+                }
+                if let Some(reply) = self.quinn.handle_event(conn.handle, event) {
+                    conn.quic.handle_event(reply);
+                }
             }
         }
-        if drained {
-            self.remove_session(handle);
-            return false;
+        for (path, ch) in drained {
+            if let Some(slot) = self.by_conn.get_mut(ch.0) {
+                *slot = None;
+            }
+            if session.detach(path) {
+                self.remove_session(handle);
+                return false;
+            }
         }
-        session.deadline = session.conn.poll_timeout();
+        session.refresh_deadline();
         true
     }
 
@@ -413,8 +534,11 @@ impl KwikEndpoint {
         let Some(session) = self.sessions.remove(&handle) else {
             return;
         };
-        if let Some(slot) = self.by_conn.get_mut(session.conn_handle.0) {
-            *slot = None;
+        self.dial_configs.remove(&handle);
+        for conn in session.conns.values() {
+            if let Some(slot) = self.by_conn.get_mut(conn.handle.0) {
+                *slot = None;
+            }
         }
         if session.close_reason.is_none() {
             self.events.push_back(Event::SessionClosed {
@@ -433,14 +557,14 @@ impl KwikEndpoint {
         Some(SessionView {
             session,
             now: self.now,
+            unix_now: self.config.unix_time + self.now.saturating_duration_since(self.start),
             events: &mut self.events,
         })
     }
 
     /// A view of one stream of a session.
     pub fn stream(&mut self, handle: SessionHandle, stream: StreamId) -> Option<StreamView<'_>> {
-        let view = self.session(handle)?;
-        let SessionView { session, .. } = view;
+        let SessionView { session, .. } = self.session(handle)?;
         session.streams.get_mut(stream)?;
         Some(StreamView::new(session, stream))
     }
@@ -479,4 +603,27 @@ impl KwikEndpoint {
             .get(&handle)
             .is_some_and(|s| s.phase == Phase::Active)
     }
+}
+
+/// Asks a session's connections for a transmit, starting after the one that
+/// sent last, so that no path starves another.
+fn poll_session_transmit(
+    session: &mut Session,
+    now: Instant,
+    max_segments: usize,
+    buf: &mut Vec<u8>,
+) -> Option<quinn_proto::Transmit> {
+    let count = session.conns.len().max(1);
+    let start = session.tx_cursor % count;
+    let mut conns: Vec<&mut Conn> = session.conns.values_mut().collect();
+    let found = (0..conns.len()).map(|k| (start + k) % count).find_map(|i| {
+        conns[i]
+            .quic
+            .poll_transmit(now, max_segments, buf)
+            .map(|t| (i, t))
+    });
+    found.map(|(i, t)| {
+        session.tx_cursor = i + 1;
+        t
+    })
 }

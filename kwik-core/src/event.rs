@@ -8,8 +8,12 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use bytes::Bytes;
+
+use crate::delegation::Delegation;
 use crate::error::CloseReason;
 use crate::ids::{Dir, IncomingId, SessionHandle, SessionId, StreamId};
+use crate::paths::{PathFailure, PathId};
 
 /// One step of output; drain until [`Output::Timeout`].
 #[derive(Debug)]
@@ -123,5 +127,71 @@ pub enum Event {
         stream: StreamId,
         /// The peer's code.
         code: u64,
+    },
+    /// A secondary path joined (client and primary).
+    PathAdded {
+        /// The session.
+        session: SessionHandle,
+        /// The path.
+        path: PathId,
+    },
+    /// A path never became active (client and primary).
+    PathFailed {
+        /// The session.
+        session: SessionHandle,
+        /// The path.
+        path: PathId,
+        /// Why.
+        failure: PathFailure,
+    },
+    /// An active path was declared dead (client and primary).
+    PathDead {
+        /// The session.
+        session: SessionHandle,
+        /// The path.
+        path: PathId,
+        /// Why.
+        failure: PathFailure,
+    },
+    /// A path was removed gracefully (client and primary).
+    PathClosed {
+        /// The session.
+        session: SessionHandle,
+        /// The path.
+        path: PathId,
+    },
+    /// Primary: a path ended while these delegated ranges were not yet
+    /// acknowledged; they must be written by someone else.
+    RangesLost {
+        /// The session.
+        session: SessionHandle,
+        /// The path that ended.
+        path: PathId,
+        /// The missing ranges, each with its original delegation.
+        ranges: Vec<Delegation>,
+    },
+    /// Secondary: a client joined this server as path `path` of session `id`.
+    PathJoined {
+        /// The local handle of the secondary session.
+        session: SessionHandle,
+        /// The session id the primary assigned.
+        id: SessionId,
+        /// The path id the primary assigned.
+        path: PathId,
+    },
+    /// Secondary: write `delegation.range` of `delegation.stream` with
+    /// `write_at`.
+    Delegated {
+        /// The secondary session.
+        session: SessionHandle,
+        /// What to write.
+        delegation: Delegation,
+    },
+    /// Secondary: a raw message relayed by the client.
+    RawReceived {
+        /// The secondary session.
+        session: SessionHandle,
+        /// The message, boundaries kept.
+        payload: Bytes,
     },
 }

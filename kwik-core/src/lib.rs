@@ -32,21 +32,27 @@
 mod assembler;
 mod codec;
 mod config;
+mod conn;
+mod delegation;
 mod endpoint;
 mod error;
 mod event;
 mod ids;
 mod lanes;
+mod paths;
 pub mod proto;
+mod ranges;
 mod seeded;
 mod session;
 mod streams;
+mod token;
 mod view;
 
 pub use config::{
     ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, PROTOCOL_VERSION,
     SUPPORTED_FEATURES, ServerConfig, TransportConfig,
 };
+pub use delegation::{Delegation, DelegationId};
 pub use endpoint::{KwikEndpoint, UnknownIncoming};
 pub use error::{
     CloseError, CloseReason, ConnectError, ErrorCode, KWIK_CODE_BASE, OpenError, ReadError,
@@ -54,5 +60,10 @@ pub use error::{
 };
 pub use event::{Event, Output, Transmit};
 pub use ids::{Dir, IncomingId, SessionHandle, SessionId, Side, StreamId};
-pub use session::SessionStats;
+pub use paths::{
+    PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget,
+};
+pub use ranges::RangeSet;
+pub use session::{Role, SessionStats};
+pub use token::TokenKey;
 pub use view::{SessionView, StreamView};

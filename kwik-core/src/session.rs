@@ -1,52 +1,93 @@
-//! One kwik session over one QUIC connection: the handshake, the control
-//! stream, and moving logical-stream payload between the application, the
-//! stream table and the lanes.
+//! One kwik session: the handshake, the logical streams, and — for
+//! multi-server sessions — its paths.
 //!
-//! The session is driven in phases by the endpoint: `drive` digests whatever
-//! quinn-proto reported, then sends what the stream table asks for. All
-//! application calls go through [`crate::view`], which marks the session for
-//! driving, so no change is left unsent.
+//! A session plays one of three roles. A **client** owns the primary
+//! connection (path 0) and one connection per secondary path it joined; it
+//! reassembles every logical stream from all of them. A **primary** server
+//! owns its connection to the client, decides which paths exist and who
+//! writes which ranges, and keeps the ledger of what the client
+//! acknowledged. A **secondary** server owns the one connection the client
+//! joined with a path token and writes the ranges it is given.
+//!
+//! The endpoint drives a session in one step, [`Session::drive`]: digest what
+//! quinn-proto reported on every connection, fire kwik's own timers, then send
+//! what is due. Application calls come through [`crate::view`].
 
-use std::collections::VecDeque;
-use std::time::Instant;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prost::Message;
-use quinn_proto::{
-    Connection, ConnectionHandle, Dir as QDir, StreamEvent, StreamId as QStreamId, VarInt,
-};
+use quinn_proto::{Dir as QDir, StreamEvent, StreamId as QStreamId, VarInt};
 
-use crate::codec::{LaneReader, RecordReader, encode_data_header, encode_record};
+use crate::codec::encode_data_header;
 use crate::config::{PROTOCOL_VERSION, SUPPORTED_FEATURES, TransportConfig};
+use crate::conn::Conn;
+use crate::delegation::{Delegation, DelegationId, Ledger};
 use crate::error::{
     CloseReason, ErrorCode, OpenError, ReadError, StreamError, Violation, WriteError,
 };
 use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
-use crate::lanes::{LaneBlocked, Lanes};
+use crate::lanes::LaneBlocked;
+use crate::paths::{PathError, PathFailure, PathId, PathInfo, PathPolicy, PathState};
 use crate::proto::common::Limits;
-use crate::proto::control::{ControlMessage, Hello, Welcome, control_message::Body};
+use crate::proto::control::{self as msg, Hello, Welcome, control_message::Body};
 use crate::streams::{SendState, Streams};
+use crate::token::{self, TokenClaims, TokenKey, TokenVerifier};
 
-/// Priority of the control stream over the lanes.
-const CONTROL_PRIORITY: i32 = 1;
+/// How long the client batches acknowledgements of delegated streams.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// Bytes a control record may add around a relayed payload.
+const RELAY_OVERHEAD: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// QUIC or kwik handshake under way.
     Handshaking,
-    /// Welcome exchanged; streams may flow.
+    /// Handshake done; streams may flow.
     Active,
     /// Closed; waiting for quinn-proto to drain.
     Closed,
 }
 
+/// Which part a session plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The side that dialled the primary.
+    Client,
+    /// A server the client dialled itself.
+    Primary,
+    /// A server the client joined with a path token.
+    Secondary,
+    /// A server session before the client's first message.
+    Undecided,
+}
+
+/// Something the endpoint must do for a session.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// Dial a secondary server for `path`.
+    Dial {
+        path: PathId,
+        address: SocketAddr,
+        server_name: String,
+    },
+}
+
 /// What the endpoint provides while a session runs.
 pub(crate) struct Ctx<'a> {
     pub now: Instant,
+    /// Wall-clock time (since the Unix epoch) matching `now`.
+    pub unix_now: Duration,
     pub events: &'a mut VecDeque<Event>,
     /// Mints session ids (server side).
     pub mint_id: &'a mut dyn FnMut() -> SessionId,
+    pub tokens: &'a mut TokenVerifier,
+    /// Keys this server accepts path tokens from.
+    pub trusted: &'a [TokenKey],
 }
 
 /// Counters of one session.
@@ -54,57 +95,103 @@ pub(crate) struct Ctx<'a> {
 pub struct SessionStats {
     /// Logical-stream payload bytes written by the application.
     pub bytes_sent: u64,
-    /// Logical-stream payload bytes received from the peer.
+    /// Logical-stream payload bytes received, from every path.
     pub bytes_received: u64,
-    /// Lanes (real QUIC streams) this side opened.
+    /// Lanes (real QUIC streams) this side opened on its sending connection.
     pub lanes_opened: u64,
     /// Payload bytes buffered for the application right now.
     pub buffered: u64,
     /// Live logical streams.
     pub open_streams: u64,
-    /// Smoothed RTT of the connection, in microseconds.
+    /// Smoothed RTT of the primary connection, in microseconds.
     pub rtt_us: u64,
-    /// UDP datagrams sent.
+    /// UDP datagrams sent on the primary connection.
     pub datagrams_sent: u64,
-    /// Packets declared lost.
+    /// Packets of the primary connection declared lost.
     pub lost_packets: u64,
-    /// Congestion window in bytes.
+    /// Congestion window of the primary connection, in bytes.
     pub cwnd: u64,
+}
+
+/// Primary-side settings for minting paths.
+#[derive(Debug, Clone)]
+pub(crate) struct PrimarySettings {
+    pub token_key: Option<TokenKey>,
+    pub token_lifetime: Duration,
+    pub add_path_timeout: Duration,
+}
+
+/// Client-side state of a secondary path.
+#[derive(Debug)]
+struct ClientPath {
+    expiry_unix: u64,
+    token: Bytes,
+    /// Ranges forwarded to this path and not known to have arrived.
+    owed: Vec<(StreamId, Range<u64>)>,
+    /// Removal requested: close once `owed` arrived, or at this deadline.
+    closing: Option<Instant>,
 }
 
 pub(crate) struct Session {
     pub handle: SessionHandle,
-    pub conn_handle: ConnectionHandle,
-    pub conn: Connection,
     pub side: Side,
+    pub role: Role,
     pub phase: Phase,
     pub id: Option<SessionId>,
     pub close_reason: Option<CloseReason>,
-    /// Next deadline of the connection, cached for the endpoint's timer.
+    pub conns: BTreeMap<PathId, Conn>,
     pub deadline: Option<Instant>,
+    pub requests: Vec<Request>,
+    /// Next connection to ask for a transmit (round-robin).
+    pub tx_cursor: usize,
     transport: TransportConfig,
     server_features: u64,
-    /// Frame payload limit agreed with the peer for sending.
     send_frame_limit: u64,
-    control: Option<QStreamId>,
-    control_reader: RecordReader,
-    control_out: VecDeque<Bytes>,
-    lanes: Lanes,
-    /// Peer lanes and their parsers, in stream-id order.
-    recv_lanes: std::collections::BTreeMap<QStreamId, LaneReader>,
+    peer_max_control: u64,
     pub(crate) streams: Streams,
-    scratch: Vec<Bytes>,
     stats: SessionStats,
+    paths: BTreeMap<PathId, PathInfo>,
+    client_paths: BTreeMap<PathId, ClientPath>,
+    policy: PathPolicy,
+    primary: PrimarySettings,
+    ledger: Ledger,
+    next_path: u64,
+    /// Primary: answer deadlines of AddPath requests.
+    add_deadlines: BTreeMap<PathId, Instant>,
+    /// Secondary: the path id the primary assigned.
+    joined_path: PathId,
+    ack_due: Option<Instant>,
+    dial_failures: Vec<(PathId, String)>,
+}
+
+fn violation(reason: impl Into<String>) -> Violation {
+    Violation::new(ErrorCode::InvalidFrame, reason)
+}
+
+fn wire_state(state: PathState) -> msg::PathState {
+    match state {
+        PathState::Connecting => msg::PathState::Connecting,
+        PathState::Active => msg::PathState::Active,
+        PathState::Degraded => msg::PathState::Degraded,
+        PathState::Dead => msg::PathState::Dead,
+        PathState::Closed => msg::PathState::Closed,
+        PathState::Failed => msg::PathState::Failed,
+    }
 }
 
 impl Session {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         handle: SessionHandle,
-        conn_handle: ConnectionHandle,
-        conn: Connection,
         side: Side,
+        conn: Conn,
+        remote: SocketAddr,
+        server_name: &str,
         transport: TransportConfig,
         server_features: u64,
+        policy: PathPolicy,
+        primary: PrimarySettings,
+        now: Instant,
     ) -> Self {
         let streams = Streams::new(
             handle,
@@ -113,26 +200,38 @@ impl Session {
             transport.max_bidi_streams,
             transport.max_uni_streams,
         );
+        let mut primary_path = PathInfo::new(PathId::PRIMARY, remote, server_name, now);
+        primary_path.primary = true;
         Self {
             handle,
-            conn_handle,
-            conn,
             side,
+            role: match side {
+                Side::Client => Role::Client,
+                Side::Server => Role::Undecided,
+            },
             phase: Phase::Handshaking,
             id: None,
             close_reason: None,
+            conns: BTreeMap::from([(PathId::PRIMARY, conn)]),
             deadline: None,
-            control_reader: RecordReader::new(transport.max_control_message as usize),
-            lanes: Lanes::new(transport.streams_per_lane),
+            requests: Vec::new(),
+            tx_cursor: 0,
             send_frame_limit: transport.max_frame_payload,
+            peer_max_control: 64,
             transport,
             server_features,
-            control: None,
-            control_out: VecDeque::new(),
-            recv_lanes: Default::default(),
             streams,
-            scratch: Vec::new(),
             stats: SessionStats::default(),
+            paths: BTreeMap::from([(PathId::PRIMARY, primary_path)]),
+            client_paths: BTreeMap::new(),
+            policy,
+            primary,
+            ledger: Ledger::default(),
+            next_path: 1,
+            add_deadlines: BTreeMap::new(),
+            joined_path: PathId::PRIMARY,
+            ack_due: None,
+            dial_failures: Vec::new(),
         }
     }
 
@@ -150,21 +249,99 @@ impl Session {
         self.close_reason.clone()
     }
 
-    /// Digests everything quinn-proto has reported, then sends what is due.
+    /// The connection this side sends its data and control on.
+    fn main_conn(&mut self) -> &mut Conn {
+        self.conns
+            .get_mut(&PathId::PRIMARY)
+            .expect("the primary connection lives as long as the session")
+    }
+
+    /// Adds the connection of a secondary path (client side).
+    pub(crate) fn attach(&mut self, conn: Conn) {
+        self.conns.insert(conn.path, conn);
+    }
+
+    /// Removes a drained connection; true when none is left.
+    pub(crate) fn detach(&mut self, path: PathId) -> bool {
+        self.conns.remove(&path);
+        self.conns.is_empty()
+    }
+
+    // ----- driving -----
+
+    /// Digests everything quinn-proto reported, fires timers, sends what is due.
     pub(crate) fn drive(&mut self, ctx: &mut Ctx<'_>) {
-        while let Some(event) = self.conn.poll() {
-            if let Err(v) = self.on_quinn_event(event, ctx) {
-                self.fail(v, ctx);
+        for (path, reason) in std::mem::take(&mut self.dial_failures) {
+            let failure = PathFailure {
+                code: ErrorCode::PathDead,
+                reason,
+            };
+            self.set_path_state(path, PathState::Failed, Some(failure), ctx);
+        }
+        let paths: Vec<PathId> = self.conns.keys().copied().collect();
+        for path in paths {
+            loop {
+                let Some(conn) = self.conns.get_mut(&path) else {
+                    break;
+                };
+                let Some(event) = conn.quic.poll() else { break };
+                if let Err(v) = self.on_quinn_event(path, event, ctx) {
+                    self.fail_path(path, v, ctx);
+                }
             }
         }
-        if self.phase != Phase::Closed {
-            self.flush_control();
+        self.on_timers(ctx);
+        self.flush(ctx);
+        self.update_deadline();
+    }
+
+    /// Recomputes the next deadline after the connections changed.
+    pub(crate) fn refresh_deadline(&mut self) {
+        self.update_deadline();
+    }
+
+    fn update_deadline(&mut self) {
+        let quic = self
+            .conns
+            .values_mut()
+            .filter_map(|c| c.quic.poll_timeout())
+            .min();
+        let kwik = self.kwik_deadline();
+        self.deadline = match (quic, kwik) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// The earliest of kwik's own timers.
+    fn kwik_deadline(&self) -> Option<Instant> {
+        if self.phase == Phase::Closed {
+            return None;
         }
-        self.deadline = self.conn.poll_timeout();
+        let mut next = self.ack_due;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for d in self.add_deadlines.values() {
+            consider(*d);
+        }
+        for (path, conn) in &self.conns {
+            if *path == PathId::PRIMARY || !conn.joined || conn.closed {
+                continue;
+            }
+            let dead_after = self.policy.dead_after(conn.quic.rtt());
+            consider(conn.last_rx + dead_after / 2);
+            consider(conn.last_rx + dead_after);
+        }
+        for cp in self.client_paths.values() {
+            if let Some(t) = cp.closing {
+                consider(t);
+            }
+        }
+        next
     }
 
     fn on_quinn_event(
         &mut self,
+        path: PathId,
         event: quinn_proto::Event,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Violation> {
@@ -172,90 +349,129 @@ impl Session {
         match event {
             E::Connected => {
                 if self.side == Side::Client {
-                    self.open_control()?;
+                    self.on_connected(path)?;
                 }
             }
             E::ConnectionLost { reason } => {
-                if self.close_reason.is_none() {
-                    let reason = CloseReason::from_quinn(reason);
-                    self.close_reason = Some(reason.clone());
-                    ctx.events.push_back(Event::SessionClosed {
-                        session: self.handle,
-                        reason,
-                    });
-                }
-                self.phase = Phase::Closed;
+                self.on_conn_lost(path, CloseReason::from_quinn(reason), ctx)
             }
-            E::Stream(ev) => self.on_stream_event(ev, ctx)?,
+            E::Stream(ev) => self.on_stream_event(path, ev, ctx)?,
             E::HandshakeDataReady | E::DatagramReceived | E::DatagramsUnblocked => {}
         }
         Ok(())
     }
 
-    fn open_control(&mut self) -> Result<(), Violation> {
-        let id = self.conn.streams().open(QDir::Bi).ok_or_else(|| {
-            Violation::new(ErrorCode::Internal, "server allows no control stream")
-        })?;
-        let _ = self.conn.send_stream(id).set_priority(CONTROL_PRIORITY);
-        self.control = Some(id);
-        self.send_control(Body::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            features: SUPPORTED_FEATURES,
-            required_features: self.transport.required_features,
-            limits: Some(self.limits()),
-        }));
+    /// Client: the QUIC handshake of `path` completed; open its control stream.
+    fn on_connected(&mut self, path: PathId) -> Result<(), Violation> {
+        let first = if path == PathId::PRIMARY {
+            Body::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                features: SUPPORTED_FEATURES,
+                required_features: self.transport.required_features,
+                limits: Some(self.limits()),
+            })
+        } else {
+            let Some(ticket) = self.client_paths.get(&path) else {
+                return Ok(());
+            };
+            Body::Join(msg::Join {
+                session_id: Bytes::copy_from_slice(&self.id.expect("active").0),
+                path_id: path.0,
+                expiry_unix: ticket.expiry_unix,
+                token: ticket.token.clone(),
+                limits: Some(self.limits()),
+            })
+        };
+        let conn = self.conns.get_mut(&path).expect("event source");
+        conn.open_control()?;
+        conn.send(first);
         Ok(())
     }
 
-    fn on_stream_event(&mut self, ev: StreamEvent, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+    fn lanes_readable(&self, path: PathId) -> bool {
+        self.phase == Phase::Active && self.conns.get(&path).is_some_and(|c| c.joined)
+    }
+
+    fn on_stream_event(
+        &mut self,
+        path: PathId,
+        ev: StreamEvent,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        let conn = self.conns.get_mut(&path).expect("event source");
         match ev {
-            StreamEvent::Opened { dir: QDir::Bi } => {
-                while let Some(id) = self.conn.streams().accept(QDir::Bi) {
-                    if self.side == Side::Client || self.control.is_some() {
-                        return Err(Violation::new(
-                            ErrorCode::InvalidFrame,
-                            "unexpected bidirectional stream",
-                        ));
-                    }
-                    let _ = self.conn.send_stream(id).set_priority(CONTROL_PRIORITY);
-                    self.control = Some(id);
-                    self.read_control(ctx)?;
+            StreamEvent::Opened { .. } => {
+                let new_control = conn.accept_streams(self.side == Side::Server)?;
+                if new_control {
+                    self.read_control(path, ctx)?;
                 }
-            }
-            StreamEvent::Opened { dir: QDir::Uni } => {
-                while let Some(id) = self.conn.streams().accept(QDir::Uni) {
-                    self.recv_lanes.insert(id, LaneReader::default());
-                    if self.phase == Phase::Active {
-                        self.read_lane(id, ctx)?;
-                    }
-                }
+                self.read_all_lanes(path, ctx)?;
             }
             StreamEvent::Readable { id } => {
-                if Some(id) == self.control {
-                    self.read_control(ctx)?;
-                } else if self.phase == Phase::Active && self.recv_lanes.contains_key(&id) {
-                    self.read_lane(id, ctx)?;
+                if conn.is_control(id) {
+                    self.read_control(path, ctx)?;
+                } else if conn.is_lane(id) && self.lanes_readable(path) {
+                    self.read_lane(path, id, ctx)?;
                 }
             }
             StreamEvent::Writable { id } => {
-                if Some(id) == self.control {
-                    self.flush_control();
+                if conn.is_control(id) {
+                    conn.flush_control();
                 } else {
-                    let woken = self.lanes.on_writable(&mut self.conn, id);
+                    let woken = conn.lanes.on_writable(&mut conn.quic, id);
                     self.wake_writers(woken, ctx);
                 }
             }
             StreamEvent::Available { dir: QDir::Uni } => {
-                let woken = self.lanes.on_lane_available();
+                let woken = conn.lanes.on_lane_available();
                 self.wake_writers(woken, ctx);
             }
             StreamEvent::Stopped { id, .. } => {
-                return Err(Violation::new(
-                    ErrorCode::InvalidFrame,
-                    format!("peer stopped QUIC stream {id}"),
-                ));
+                return Err(violation(format!("peer stopped QUIC stream {id}")));
             }
             StreamEvent::Finished { .. } | StreamEvent::Available { dir: QDir::Bi } => {}
+        }
+        Ok(())
+    }
+
+    fn read_all_lanes(&mut self, path: PathId, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        if !self.lanes_readable(path) {
+            return Ok(());
+        }
+        let lanes = self
+            .conns
+            .get(&path)
+            .map(Conn::lane_ids)
+            .unwrap_or_default();
+        for lane in lanes {
+            self.read_lane(path, lane, ctx)?;
+        }
+        Ok(())
+    }
+
+    fn read_lane(
+        &mut self,
+        path: PathId,
+        lane: QStreamId,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        let max_payload = self.transport.max_frame_payload;
+        let Self {
+            conns,
+            streams,
+            stats,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(&path) else {
+            return Ok(());
+        };
+        let events = &mut *ctx.events;
+        conn.read_lane(lane, max_payload, &mut |piece| {
+            stats.bytes_received += piece.data.len() as u64;
+            streams.on_data(piece, path, events)
+        })?;
+        if self.ack_due.is_none() && self.streams.acks_pending() {
+            self.ack_due = Some(ctx.now + ACK_DELAY);
         }
         Ok(())
     }
@@ -281,81 +497,101 @@ impl Session {
         }
     }
 
-    fn read_control(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
-        let Some(id) = self.control else {
+    fn read_control(&mut self, path: PathId, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        let Some(conn) = self.conns.get_mut(&path) else {
             return Ok(());
         };
-        let mut ended = None;
-        {
-            let mut recv = self.conn.recv_stream(id);
-            let mut chunks = match recv.read(true) {
-                Ok(chunks) => chunks,
-                Err(_) => return Ok(()),
-            };
-            loop {
-                match chunks.next(usize::MAX) {
-                    Ok(Some(chunk)) => self.control_reader.push(&chunk.bytes),
-                    Ok(None) => {
-                        ended = Some("peer finished the control stream");
-                        break;
-                    }
-                    Err(quinn_proto::ReadError::Blocked) => break,
-                    Err(quinn_proto::ReadError::Reset(_)) => {
-                        ended = Some("peer reset the control stream");
-                        break;
-                    }
-                }
-            }
-            let _ = chunks.finalize();
-        }
-        while let Some(record) = self.control_reader.next_record()? {
-            let message = ControlMessage::decode(record).map_err(|e| {
-                Violation::new(ErrorCode::InvalidFrame, format!("bad control message: {e}"))
-            })?;
-            let body = message
-                .body
-                .ok_or_else(|| Violation::new(ErrorCode::InvalidFrame, "empty control message"))?;
-            self.on_control(body, ctx)?;
+        let bodies = conn.read_control()?;
+        for body in bodies {
+            self.on_control(path, body, ctx)?;
             if self.phase == Phase::Closed {
-                return Ok(());
+                break;
             }
         }
-        match ended {
-            Some(reason) => Err(Violation::new(ErrorCode::InvalidFrame, reason)),
-            None => Ok(()),
+        Ok(())
+    }
+
+    fn on_control(&mut self, path: PathId, body: Body, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        match self.role {
+            Role::Undecided => match body {
+                Body::Hello(hello) => self.on_hello(hello, ctx),
+                Body::Join(join) => self.on_join(join, ctx),
+                _ => Err(violation("control message before the handshake completed")),
+            },
+            Role::Client if path != PathId::PRIMARY => match body {
+                Body::Joined(_) if !self.conns[&path].joined => self.on_joined(path, ctx),
+                _ => Err(violation("unexpected message from a secondary server")),
+            },
+            Role::Client if self.phase == Phase::Handshaking => match body {
+                Body::Welcome(welcome) => self.on_welcome(welcome, ctx),
+                _ => Err(violation("control message before the handshake completed")),
+            },
+            Role::Client => match body {
+                Body::AddPath(m) => self.on_add_path(m, ctx),
+                Body::RemovePath(m) => {
+                    self.begin_remove(PathId(m.path_id), ctx.now);
+                    Ok(())
+                }
+                Body::Delegate(m) => self.forward_delegate(m, ctx),
+                Body::RawRelay(m) => {
+                    self.forward_raw(PathId(m.path_id), m.payload);
+                    Ok(())
+                }
+                body => self.stream_control(body, ctx),
+            },
+            Role::Primary => match body {
+                Body::PathStatus(m) => {
+                    self.on_path_status(m, ctx);
+                    Ok(())
+                }
+                Body::Ack(m) => {
+                    let ranges: Vec<Range<u64>> = m.ranges.iter().map(|r| r.start..r.end).collect();
+                    self.ledger
+                        .on_ack(StreamId(m.stream_id), m.contiguous, &ranges);
+                    Ok(())
+                }
+                body => self.stream_control(body, ctx),
+            },
+            Role::Secondary => match body {
+                Body::Delegate(m) => {
+                    self.on_delegated(m, ctx);
+                    Ok(())
+                }
+                Body::Raw(m) => {
+                    ctx.events.push_back(Event::RawReceived {
+                        session: self.handle,
+                        payload: m.payload,
+                    });
+                    Ok(())
+                }
+                body => self.stream_control(body, ctx),
+            },
         }
     }
 
-    fn on_control(&mut self, body: Body, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
-        match (self.phase, self.side, body) {
-            (Phase::Handshaking, Side::Server, Body::Hello(hello)) => self.on_hello(hello, ctx),
-            (Phase::Handshaking, Side::Client, Body::Welcome(welcome)) => {
-                self.on_welcome(welcome, ctx)
-            }
-            (Phase::Handshaking, _, _) => Err(Violation::new(
-                ErrorCode::InvalidFrame,
-                "control message before the handshake completed",
-            )),
-            (_, _, body) => {
-                let mut released = Vec::new();
-                self.streams.on_control(body, ctx.events, &mut released)?;
-                for lane in released {
-                    self.lanes.release(lane);
-                }
-                Ok(())
-            }
+    fn stream_control(&mut self, body: Body, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        let mut released = Vec::new();
+        self.streams.on_control(body, ctx.events, &mut released)?;
+        let conn = self.main_conn();
+        for lane in released {
+            conn.lanes.release(lane);
         }
+        Ok(())
     }
+
+    // ----- handshakes -----
 
     fn on_hello(&mut self, hello: Hello, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
         let limits = negotiate(&hello, self.server_features)?;
         let id = (ctx.mint_id)();
-        self.send_control(Body::Welcome(Welcome {
+        let welcome = Body::Welcome(Welcome {
             session_id: Bytes::copy_from_slice(&id.0),
             version: PROTOCOL_VERSION,
             features: hello.features & self.server_features,
             limits: Some(self.limits()),
-        }));
+        });
+        self.main_conn().send(welcome);
+        self.role = Role::Primary;
         self.activate(id, limits, ctx)
     }
 
@@ -367,11 +603,47 @@ impl Session {
             ));
         }
         let id = SessionId::from_slice(&welcome.session_id)
-            .ok_or_else(|| Violation::new(ErrorCode::InvalidFrame, "session id is not 16 bytes"))?;
+            .ok_or_else(|| violation("session id is not 16 bytes"))?;
         let limits = welcome
             .limits
-            .ok_or_else(|| Violation::new(ErrorCode::InvalidFrame, "welcome without limits"))?;
+            .ok_or_else(|| violation("welcome without limits"))?;
         self.activate(id, limits, ctx)
+    }
+
+    fn on_join(&mut self, join: msg::Join, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        if ctx.trusted.is_empty() {
+            return Err(Violation::new(
+                ErrorCode::AuthFailed,
+                "this server accepts no paths",
+            ));
+        }
+        let session_id = SessionId::from_slice(&join.session_id)
+            .ok_or_else(|| Violation::new(ErrorCode::AuthFailed, "session id is not 16 bytes"))?;
+        let claims = TokenClaims {
+            session_id,
+            path_id: join.path_id,
+            expiry_unix: join.expiry_unix,
+        };
+        ctx.tokens
+            .verify(ctx.trusted, &claims, &join.token, ctx.unix_now)
+            .map_err(|r| Violation::new(ErrorCode::AuthFailed, r.reason()))?;
+        let limits = join
+            .limits
+            .ok_or_else(|| violation("join without limits"))?;
+        self.role = Role::Secondary;
+        self.joined_path = PathId(join.path_id);
+        self.streams.set_secondary();
+        let joined = Body::Joined(msg::Joined {
+            limits: Some(self.limits()),
+        });
+        self.main_conn().send(joined);
+        self.activate(session_id, limits, ctx)?;
+        ctx.events.push_back(Event::PathJoined {
+            session: self.handle,
+            id: session_id,
+            path: self.joined_path,
+        });
+        Ok(())
     }
 
     fn activate(
@@ -381,9 +653,10 @@ impl Session {
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Violation> {
         if peer.max_frame_payload == 0 || peer.max_control_message < 64 {
-            return Err(Violation::new(ErrorCode::InvalidFrame, "unusable limits"));
+            return Err(violation("unusable limits"));
         }
         self.send_frame_limit = self.transport.max_frame_payload.min(peer.max_frame_payload);
+        self.peer_max_control = peer.max_control_message;
         self.streams.set_peer_limits(
             peer.stream_window,
             peer.max_bidi_streams,
@@ -391,115 +664,482 @@ impl Session {
         );
         self.id = Some(id);
         self.phase = Phase::Active;
-        ctx.events.push_back(Event::SessionEstablished {
-            session: self.handle,
-            id,
-        });
-        // Lanes that arrived before the handshake completed.
-        let waiting: Vec<QStreamId> = self.recv_lanes.keys().copied().collect();
-        for lane in waiting {
-            self.read_lane(lane, ctx)?;
+        self.main_conn().joined = true;
+        let now = ctx.now;
+        if let Some(p) = self.paths.get_mut(&PathId::PRIMARY) {
+            p.set_state(PathState::Active, now);
         }
+        if self.role != Role::Secondary {
+            ctx.events.push_back(Event::SessionEstablished {
+                session: self.handle,
+                id,
+            });
+        }
+        self.read_all_lanes(PathId::PRIMARY, ctx)
+    }
+
+    /// Client: a secondary accepted the token.
+    fn on_joined(&mut self, path: PathId, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        self.conns.get_mut(&path).expect("event source").joined = true;
+        self.set_path_state(path, PathState::Active, None, ctx);
+        self.read_all_lanes(path, ctx)
+    }
+
+    // ----- paths: client side -----
+
+    fn on_add_path(&mut self, m: msg::AddPath, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        let path = PathId(m.path_id);
+        if path == PathId::PRIMARY || self.paths.contains_key(&path) {
+            return Err(violation(format!("AddPath reuses {path}")));
+        }
+        let address: Option<SocketAddr> = m.address.parse().ok();
+        let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
+        self.paths.insert(
+            path,
+            PathInfo::new(
+                path,
+                address.unwrap_or(unspecified),
+                &m.server_name,
+                ctx.now,
+            ),
+        );
+        let refusal = match address {
+            None => Some((
+                ErrorCode::InvalidFrame,
+                format!("bad address {:?}", m.address),
+            )),
+            Some(a) if !self.policy.permits(a, &m.server_name) => Some((
+                ErrorCode::Refused,
+                format!(
+                    "{a} ({}) is not allowed by the client's path policy",
+                    m.server_name
+                ),
+            )),
+            Some(a) => {
+                let live: Vec<&PathInfo> = self
+                    .paths
+                    .values()
+                    .filter(|p| !p.primary && p.id != path && !p.state.is_final())
+                    .collect();
+                if live.len() >= self.policy.max_paths {
+                    Some((
+                        ErrorCode::Refused,
+                        format!("path limit of {} reached", self.policy.max_paths),
+                    ))
+                } else if live.iter().any(|p| p.address == a)
+                    || self.paths[&PathId::PRIMARY].address == a
+                {
+                    Some((ErrorCode::Refused, format!("a path to {a} exists already")))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some((code, reason)) = refusal {
+            self.set_path_state(
+                path,
+                PathState::Failed,
+                Some(PathFailure { code, reason }),
+                ctx,
+            );
+            return Ok(());
+        }
+        self.client_paths.insert(
+            path,
+            ClientPath {
+                expiry_unix: m.expiry_unix,
+                token: m.token,
+                owed: Vec::new(),
+                closing: None,
+            },
+        );
+        self.requests.push(Request::Dial {
+            path,
+            address: address.expect("checked"),
+            server_name: m.server_name,
+        });
         Ok(())
     }
 
-    fn read_lane(&mut self, id: QStreamId, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
-        let mut chunks_out = std::mem::take(&mut self.scratch);
-        let mut ended = None;
-        {
-            let mut recv = self.conn.recv_stream(id);
-            if let Ok(mut chunks) = recv.read(true) {
-                loop {
-                    match chunks.next(usize::MAX) {
-                        Ok(Some(chunk)) => chunks_out.push(chunk.bytes),
-                        Ok(None) => {
-                            ended = Some("peer finished a lane");
-                            break;
-                        }
-                        Err(quinn_proto::ReadError::Blocked) => break,
-                        Err(quinn_proto::ReadError::Reset(_)) => {
-                            ended = Some("peer reset a lane");
-                            break;
-                        }
-                    }
-                }
-                let _ = chunks.finalize();
-            }
-        }
-        let max_payload = self.transport.max_frame_payload;
-        let reader = self.recv_lanes.get_mut(&id).expect("lane known");
-        let streams = &mut self.streams;
-        let stats = &mut self.stats;
-        let mut result = Ok(());
-        for chunk in chunks_out.drain(..) {
-            result = reader.feed(chunk, max_payload, &mut |piece| {
-                stats.bytes_received += piece.data.len() as u64;
-                streams.on_data(piece, ctx.events)
-            });
-            if result.is_err() {
-                break;
-            }
-        }
-        chunks_out.clear();
-        self.scratch = chunks_out;
-        result?;
-        match ended {
-            Some(reason) => Err(Violation::new(ErrorCode::InvalidFrame, reason)),
-            None => Ok(()),
-        }
+    /// Client: the endpoint could not start a connection for `path`; the
+    /// failure is reported on the next drive.
+    pub(crate) fn note_dial_failure(&mut self, path: PathId, reason: String) {
+        self.dial_failures.push((path, reason));
     }
 
-    fn send_control(&mut self, body: Body) {
-        self.control_out
-            .push_back(encode_record(&ControlMessage { body: Some(body) }));
-    }
-
-    /// Encodes what the stream table wants sent and pushes the control queue
-    /// into the control stream.
-    fn flush_control(&mut self) {
-        if self.phase == Phase::Active {
-            let mut bodies = Vec::new();
-            self.streams.drain_control(&mut bodies);
-            for body in bodies {
-                self.send_control(body);
-            }
-        }
-        let Some(id) = self.control else {
+    /// Records a path's new state (both roles), tells the primary (client),
+    /// emits the event, and settles what the path owed.
+    fn set_path_state(
+        &mut self,
+        path: PathId,
+        state: PathState,
+        failure: Option<PathFailure>,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let Some(info) = self.paths.get_mut(&path) else {
             return;
         };
-        while !self.control_out.is_empty() {
-            match self
-                .conn
-                .send_stream(id)
-                .write_chunks(self.control_out.make_contiguous())
-            {
-                Ok(written) => {
-                    self.control_out.drain(..written.chunks);
-                    if written.bytes == 0 {
-                        break;
-                    }
+        if !info.set_state(state, ctx.now) {
+            return;
+        }
+        if failure.is_some() {
+            info.failure = failure.clone();
+        }
+        let session = self.handle;
+        let event = match state {
+            PathState::Active if !info.history.iter().any(|(_, s)| *s == PathState::Degraded) => {
+                Some(Event::PathAdded { session, path })
+            }
+            PathState::Failed => Some(Event::PathFailed {
+                session,
+                path,
+                failure: failure.clone().unwrap_or(PathFailure {
+                    code: ErrorCode::PathDead,
+                    reason: "failed".into(),
+                }),
+            }),
+            PathState::Dead => Some(Event::PathDead {
+                session,
+                path,
+                failure: failure.clone().unwrap_or(PathFailure {
+                    code: ErrorCode::PathDead,
+                    reason: "dead".into(),
+                }),
+            }),
+            PathState::Closed => Some(Event::PathClosed { session, path }),
+            _ => None,
+        };
+        ctx.events.extend(event);
+        if self.role == Role::Client {
+            if state.is_final() {
+                // The primary must know what arrived before it learns what is lost.
+                self.send_acks();
+                self.client_paths.remove(&path);
+                if let Some(conn) = self.conns.get_mut(&path)
+                    && !conn.closed
+                {
+                    let code = failure.as_ref().map_or(0, |f| f.code.wire());
+                    let reason = failure
+                        .as_ref()
+                        .map_or("path closed", |f| f.reason.as_str());
+                    conn.quic.close(
+                        ctx.now,
+                        VarInt::from_u64(code).expect("small"),
+                        truncate(reason),
+                    );
+                    conn.closed = true;
                 }
-                Err(_) => break,
+            }
+            self.report_path(path);
+        } else if self.role == Role::Primary && state.is_final() {
+            self.add_deadlines.remove(&path);
+            let lost = self.ledger.take_path(path);
+            if !lost.is_empty() {
+                ctx.events.push_back(Event::RangesLost {
+                    session,
+                    path,
+                    ranges: lost,
+                });
             }
         }
     }
 
-    /// Closes the session on a protocol violation detected here.
+    /// Client: tells the primary where `path` stands.
+    fn report_path(&mut self, path: PathId) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let Some(info) = self.paths.get(&path) else {
+            return;
+        };
+        let (code, reason) = info
+            .failure
+            .as_ref()
+            .map_or((0, String::new()), |f| (f.code.wire(), f.reason.clone()));
+        let (rtt, bytes) = self.conns.get(&path).map_or((0, 0), |c| {
+            (c.quic.rtt().as_micros() as u64, c.quic.stats().udp_rx.bytes)
+        });
+        let status = Body::PathStatus(msg::PathStatus {
+            path_id: path.0,
+            state: wire_state(info.state) as i32,
+            error_code: code,
+            reason,
+            rtt_us: rtt,
+            bytes_received: bytes,
+        });
+        self.main_conn().send(status);
+    }
+
+    fn on_conn_lost(&mut self, path: PathId, reason: CloseReason, ctx: &mut Ctx<'_>) {
+        if let Some(conn) = self.conns.get_mut(&path) {
+            conn.closed = true;
+        }
+        if path == PathId::PRIMARY || self.role != Role::Client {
+            if self.close_reason.is_none() {
+                self.close_reason = Some(reason.clone());
+                ctx.events.push_back(Event::SessionClosed {
+                    session: self.handle,
+                    reason,
+                });
+            }
+            self.shut_down(0, b"primary connection lost", ctx);
+            return;
+        }
+        let joined = self.conns.get(&path).is_some_and(|c| c.joined);
+        let failure = match reason {
+            CloseReason::Protocol { code, reason, .. } => PathFailure { code, reason },
+            CloseReason::TimedOut => PathFailure {
+                code: ErrorCode::PathDead,
+                reason: "idle timeout".into(),
+            },
+            CloseReason::LocallyClosed => return,
+            other => PathFailure {
+                code: ErrorCode::PathDead,
+                reason: other.to_string(),
+            },
+        };
+        let state = if joined {
+            PathState::Dead
+        } else {
+            PathState::Failed
+        };
+        self.set_path_state(path, state, Some(failure), ctx);
+    }
+
+    /// Client: removal of `path` requested (by the primary or locally).
+    fn begin_remove(&mut self, path: PathId, now: Instant) {
+        let rtt = self
+            .conns
+            .get(&path)
+            .map_or(Duration::ZERO, |c| c.quic.rtt());
+        let grace = (self.policy.dead_after(rtt) * 10).max(Duration::from_secs(1));
+        if let Some(cp) = self.client_paths.get_mut(&path) {
+            cp.closing.get_or_insert(now + grace);
+        }
+    }
+
+    fn forward_delegate(
+        &mut self,
+        mut m: msg::Delegate,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        let path = PathId(m.path_id);
+        let stream = StreamId(m.stream_id);
+        let credit = self.streams.delegated(stream, path, ctx.events)?;
+        let live = self.paths.get(&path).is_some_and(|p| p.state.is_live());
+        let Some(cp) = self.client_paths.get_mut(&path) else {
+            return Ok(());
+        };
+        let Some(conn) = self.conns.get_mut(&path) else {
+            return Ok(());
+        };
+        if !live || !conn.joined || conn.closed {
+            return Ok(());
+        }
+        cp.owed.push((stream, m.offset..m.offset + m.length));
+        m.credit = credit;
+        conn.send(Body::Delegate(m));
+        Ok(())
+    }
+
+    fn forward_raw(&mut self, path: PathId, payload: Bytes) {
+        if let Some(conn) = self.conns.get_mut(&path)
+            && conn.joined
+            && !conn.closed
+        {
+            conn.send(Body::Raw(msg::Raw { payload }));
+        }
+    }
+
+    fn send_acks(&mut self) {
+        self.ack_due = None;
+        if self.phase != Phase::Active {
+            return;
+        }
+        let mut acks = Vec::new();
+        self.streams.take_acks(&mut acks);
+        let conn = self.main_conn();
+        for ack in acks {
+            conn.send(ack);
+        }
+    }
+
+    // ----- paths: primary side -----
+
+    fn on_path_status(&mut self, m: msg::PathStatus, ctx: &mut Ctx<'_>) {
+        let path = PathId(m.path_id);
+        let state = match msg::PathState::try_from(m.state) {
+            Ok(msg::PathState::Connecting) => PathState::Connecting,
+            Ok(msg::PathState::Active) => PathState::Active,
+            Ok(msg::PathState::Degraded) => PathState::Degraded,
+            Ok(msg::PathState::Dead) => PathState::Dead,
+            Ok(msg::PathState::Closed) => PathState::Closed,
+            Ok(msg::PathState::Failed) => PathState::Failed,
+            _ => return,
+        };
+        let failure = (m.error_code != 0).then(|| PathFailure {
+            code: ErrorCode::from_wire(m.error_code).unwrap_or(ErrorCode::Internal),
+            reason: m.reason.clone(),
+        });
+        if let Some(info) = self.paths.get_mut(&path) {
+            info.rtt = Duration::from_micros(m.rtt_us);
+            info.bytes_received = m.bytes_received;
+            info.last_active = ctx.now;
+        }
+        if state == PathState::Active {
+            self.add_deadlines.remove(&path);
+        }
+        self.set_path_state(path, state, failure, ctx);
+    }
+
+    // ----- paths: secondary side -----
+
+    fn on_delegated(&mut self, m: msg::Delegate, ctx: &mut Ctx<'_>) {
+        let stream = StreamId(m.stream_id);
+        let half = self.streams.source_half(stream);
+        half.credit = half.credit.max(m.credit);
+        ctx.events.push_back(Event::Delegated {
+            session: self.handle,
+            delegation: Delegation {
+                id: DelegationId(m.delegation_id),
+                path: self.joined_path,
+                stream,
+                range: m.offset..m.offset + m.length,
+                fin: m.fin,
+                descriptor: m.descriptor,
+            },
+        });
+    }
+
+    // ----- timers and sending -----
+
+    fn on_timers(&mut self, ctx: &mut Ctx<'_>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let now = ctx.now;
+        if self.ack_due.is_some_and(|t| t <= now) {
+            self.send_acks();
+        }
+        // Primary: AddPath requests the client never answered.
+        let expired: Vec<PathId> = self
+            .add_deadlines
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for path in expired {
+            self.add_deadlines.remove(&path);
+            let failure = PathFailure {
+                code: ErrorCode::PathDead,
+                reason: "the client did not answer AddPath in time".into(),
+            };
+            self.set_path_state(path, PathState::Failed, Some(failure), ctx);
+        }
+        if self.role != Role::Client {
+            return;
+        }
+        // Client: liveness of secondary paths, and graceful removals.
+        let paths: Vec<PathId> = self.client_paths.keys().copied().collect();
+        for path in paths {
+            let Some(conn) = self.conns.get(&path) else {
+                continue;
+            };
+            if conn.closed {
+                continue;
+            }
+            let cp = &self.client_paths[&path];
+            if let Some(deadline) = cp.closing {
+                let streams = &self.streams;
+                let drained = cp.owed.iter().all(|(s, r)| streams.received(*s, r.clone()));
+                if drained || deadline <= now {
+                    self.set_path_state(path, PathState::Closed, None, ctx);
+                    continue;
+                }
+            }
+            if !conn.joined {
+                continue;
+            }
+            let dead_after = self.policy.dead_after(conn.quic.rtt());
+            let silent = now.saturating_duration_since(conn.last_rx);
+            if silent >= dead_after {
+                let failure = PathFailure {
+                    code: ErrorCode::PathDead,
+                    reason: format!("nothing heard for {} ms", silent.as_millis()),
+                };
+                self.set_path_state(path, PathState::Dead, Some(failure), ctx);
+            } else if silent >= dead_after / 2 {
+                self.set_path_state(path, PathState::Degraded, None, ctx);
+            } else if self.paths[&path].state == PathState::Degraded {
+                self.set_path_state(path, PathState::Active, None, ctx);
+            }
+        }
+    }
+
+    /// Encodes what the stream table wants sent, routes it, and pushes every
+    /// connection's control queue into its control stream.
+    fn flush(&mut self, _ctx: &mut Ctx<'_>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.phase == Phase::Active {
+            let mut out = Vec::new();
+            self.streams.drain_control(&mut out);
+            for (route, body) in out {
+                if let Some(stream) = route {
+                    for source in self.streams.sources(stream).to_vec() {
+                        if let Some(conn) = self.conns.get_mut(&source)
+                            && conn.joined
+                            && !conn.closed
+                        {
+                            conn.send(body.clone());
+                        }
+                    }
+                }
+                self.main_conn().send(body);
+            }
+        }
+        for conn in self.conns.values_mut() {
+            if !conn.closed {
+                conn.flush_control();
+            }
+        }
+    }
+
+    /// Closes the session on a protocol violation detected on `path`. A
+    /// client closes only a misbehaving secondary path (except for
+    /// conflicting bytes, which poison the session).
+    pub(crate) fn fail_path(&mut self, path: PathId, v: Violation, ctx: &mut Ctx<'_>) {
+        if self.role == Role::Client
+            && path != PathId::PRIMARY
+            && v.code != ErrorCode::OffsetMismatch
+        {
+            tracing::debug!(session = %self.handle, %path, code = %v.code, reason = %v.reason, "closing path");
+            let joined = self.conns.get(&path).is_some_and(|c| c.joined);
+            let state = if joined {
+                PathState::Dead
+            } else {
+                PathState::Failed
+            };
+            let failure = PathFailure {
+                code: v.code,
+                reason: v.reason,
+            };
+            self.set_path_state(path, state, Some(failure), ctx);
+            return;
+        }
+        self.fail(v, ctx);
+    }
+
+    /// Closes the whole session on a protocol violation.
     pub(crate) fn fail(&mut self, v: Violation, ctx: &mut Ctx<'_>) {
         if self.close_reason.is_some() {
             return;
         }
         tracing::debug!(session = %self.handle, code = %v.code, reason = %v.reason, "closing session");
-        let reason = truncate(&v.reason);
-        self.conn.close(
-            ctx.now,
-            VarInt::from_u64(v.code.wire()).expect("small"),
-            reason,
-        );
-        self.phase = Phase::Closed;
         let reason = CloseReason::Protocol {
             code: v.code,
-            reason: v.reason,
+            reason: v.reason.clone(),
             by_peer: false,
         };
         self.close_reason = Some(reason.clone());
@@ -507,7 +1147,26 @@ impl Session {
             session: self.handle,
             reason,
         });
-        self.deadline = self.conn.poll_timeout();
+        self.shut_down(v.code.wire(), v.reason.as_bytes(), ctx);
+    }
+
+    /// Closes every connection with `code` and marks every path closed.
+    fn shut_down(&mut self, code: u64, reason: &[u8], ctx: &mut Ctx<'_>) {
+        self.phase = Phase::Closed;
+        let code = VarInt::from_u64(code).expect("small");
+        let reason = truncate(&String::from_utf8_lossy(reason));
+        for conn in self.conns.values_mut() {
+            if !conn.closed {
+                conn.quic.close(ctx.now, code, reason.clone());
+                conn.closed = true;
+            }
+        }
+        let now = ctx.now;
+        for info in self.paths.values_mut() {
+            info.set_state(PathState::Closed, now);
+        }
+        self.client_paths.clear();
+        self.add_deadlines.clear();
     }
 
     /// Closes the session at the application's request.
@@ -521,13 +1180,22 @@ impl Session {
         if self.close_reason.is_some() {
             return;
         }
-        self.conn.close(now, code, Bytes::copy_from_slice(reason));
-        self.phase = Phase::Closed;
         self.close_reason = Some(CloseReason::LocallyClosed);
         events.push_back(Event::SessionClosed {
             session: self.handle,
             reason: CloseReason::LocallyClosed,
         });
+        self.phase = Phase::Closed;
+        let reason = Bytes::copy_from_slice(reason);
+        for conn in self.conns.values_mut() {
+            if !conn.closed {
+                conn.quic.close(now, code, reason.clone());
+                conn.closed = true;
+            }
+        }
+        for info in self.paths.values_mut() {
+            info.set_state(PathState::Closed, now);
+        }
     }
 
     // ----- application operations (called through the views) -----
@@ -536,7 +1204,7 @@ impl Session {
         if let Some(reason) = self.closed_error() {
             return Err(OpenError::SessionClosed(reason));
         }
-        if self.phase != Phase::Active {
+        if self.phase != Phase::Active || self.role == Role::Secondary {
             return Err(OpenError::NotEstablished);
         }
         self.streams.open(dir).ok_or(OpenError::Blocked)
@@ -547,27 +1215,68 @@ impl Session {
         stream: StreamId,
         data: &mut Bytes,
     ) -> Result<usize, WriteError> {
+        let Some(send) = self.streams.send_mut(stream) else {
+            return Err(self.closed_write_error());
+        };
+        let offset = send.offset;
+        let written = self.write_at(stream, offset, data, false)?;
+        if let Some(send) = self.streams.send_mut(stream) {
+            send.offset = offset + written as u64;
+        }
+        Ok(written)
+    }
+
+    fn closed_write_error(&self) -> WriteError {
+        match self.closed_error() {
+            Some(reason) => WriteError::SessionClosed(reason),
+            None => WriteError::ClosedStream,
+        }
+    }
+
+    /// Writes `data` at logical `offset` of `stream` as far as credit and
+    /// the lane allow; `fin` ends the stream after the last byte of `data`.
+    pub(crate) fn write_at(
+        &mut self,
+        stream: StreamId,
+        offset: u64,
+        data: &mut Bytes,
+        fin: bool,
+    ) -> Result<usize, WriteError> {
         if let Some(reason) = self.closed_error() {
             return Err(WriteError::SessionClosed(reason));
         }
+        if self.phase != Phase::Active {
+            return Err(WriteError::Blocked);
+        }
         let frame_limit = self.send_frame_limit;
-        let Some(send) = self.streams.send_mut(stream) else {
-            return Err(WriteError::ClosedStream);
+        let secondary = self.role == Role::Secondary;
+        let send = if secondary {
+            self.streams.source_half(stream)
+        } else {
+            self.streams
+                .send_mut(stream)
+                .ok_or(WriteError::ClosedStream)?
         };
         match send.state {
             SendState::Open => {}
             SendState::Stopped(code) => {
-                self.streams.free_send(stream);
+                if !secondary {
+                    self.streams.free_send(stream);
+                }
                 return Err(WriteError::Stopped(code));
             }
             SendState::FinPending | SendState::Finished => return Err(WriteError::ClosedStream),
         }
-        if data.is_empty() {
+        if data.is_empty() && !fin {
             return Ok(0);
         }
+        let conn = self
+            .conns
+            .get_mut(&PathId::PRIMARY)
+            .expect("the primary connection lives as long as the session");
         let lane = match send.lane {
             Some(lane) => lane,
-            None => match self.lanes.assign(&mut self.conn, stream) {
+            None => match conn.lanes.assign(&mut conn.quic, stream) {
                 Some(lane) => {
                     send.lane = Some(lane);
                     lane
@@ -579,22 +1288,29 @@ impl Session {
             },
         };
         let mut written = 0;
-        while !data.is_empty() {
-            let room = send.credit - send.offset;
-            if room == 0 || !self.lanes.ready(lane, stream) {
+        let mut offset = offset;
+        let mut fin_sent = false;
+        loop {
+            let room = send.credit.saturating_sub(offset);
+            if (room == 0 && !data.is_empty()) || !conn.lanes.ready(lane, stream) {
                 break;
             }
             let n = (data.len() as u64).min(room).min(frame_limit) as usize;
-            let header = encode_data_header(stream, send.offset, n as u64, false);
+            let last = n == data.len();
+            let header = encode_data_header(stream, offset, n as u64, fin && last);
             let payload = data.slice(..n);
-            match self
+            match conn
                 .lanes
-                .write_record(&mut self.conn, lane, stream, header, payload)
+                .write_record(&mut conn.quic, lane, stream, header, payload)
             {
                 Ok(()) => {
                     bytes::Buf::advance(data, n);
-                    send.offset += n as u64;
+                    offset += n as u64;
                     written += n;
+                    if last {
+                        fin_sent = fin;
+                        break;
+                    }
                 }
                 Err(LaneBlocked::Full) => break,
                 Err(LaneBlocked::Broken) => {
@@ -606,7 +1322,7 @@ impl Session {
             }
         }
         self.stats.bytes_sent += written as u64;
-        if written == 0 {
+        if written == 0 && !fin_sent {
             send.want_writable = true;
             return Err(WriteError::Blocked);
         }
@@ -636,9 +1352,13 @@ impl Session {
         let Some(send) = self.streams.send_mut(stream) else {
             return;
         };
+        let conn = self
+            .conns
+            .get_mut(&PathId::PRIMARY)
+            .expect("the primary connection lives as long as the session");
         let lane = match send.lane {
             Some(lane) => lane,
-            None => match self.lanes.assign(&mut self.conn, stream) {
+            None => match conn.lanes.assign(&mut conn.quic, stream) {
                 Some(lane) => {
                     send.lane = Some(lane);
                     lane
@@ -646,18 +1366,18 @@ impl Session {
                 None => return,
             },
         };
-        if !self.lanes.ready(lane, stream) {
+        if !conn.lanes.ready(lane, stream) {
             return;
         }
         let header = encode_data_header(stream, send.offset, 0, true);
-        if self
+        if conn
             .lanes
-            .write_record(&mut self.conn, lane, stream, header, Bytes::new())
+            .write_record(&mut conn.quic, lane, stream, header, Bytes::new())
             .is_ok()
         {
             let released = self.streams.fin_written(stream);
             if let Some(lane) = released.lane {
-                self.lanes.release(lane);
+                self.main_conn().lanes.release(lane);
             }
         }
     }
@@ -668,7 +1388,7 @@ impl Session {
         }
         let released = self.streams.reset(stream, code)?;
         if let Some(lane) = released.lane {
-            self.lanes.release(lane);
+            self.main_conn().lanes.release(lane);
         }
         Ok(())
     }
@@ -691,13 +1411,188 @@ impl Session {
         self.streams.stop(stream, code)
     }
 
+    // ----- multi-server operations -----
+
+    fn path_usable(&self, path: PathId) -> Result<(), PathError> {
+        if self.phase != Phase::Active {
+            return Err(PathError::SessionClosed);
+        }
+        let info = self.paths.get(&path).ok_or(PathError::NotFound(path))?;
+        match info.state {
+            PathState::Active | PathState::Degraded => Ok(()),
+            PathState::Connecting => Err(PathError::NotReady(path)),
+            PathState::Dead | PathState::Closed | PathState::Failed => Err(PathError::Dead(path)),
+        }
+    }
+
+    /// Primary: asks the client to join `address` as a new path.
+    pub(crate) fn add_path(
+        &mut self,
+        now: Instant,
+        unix_now: Duration,
+        address: SocketAddr,
+        server_name: &str,
+    ) -> Result<PathId, PathError> {
+        if self.role != Role::Primary {
+            return Err(PathError::WrongRole);
+        }
+        if self.phase != Phase::Active {
+            return Err(PathError::SessionClosed);
+        }
+        let key = self
+            .primary
+            .token_key
+            .clone()
+            .ok_or(PathError::NoTokenKey)?;
+        let path = PathId(self.next_path);
+        self.next_path += 1;
+        let claims = TokenClaims {
+            session_id: self.id.expect("active"),
+            path_id: path.0,
+            expiry_unix: (unix_now + self.primary.token_lifetime).as_secs(),
+        };
+        let mac = token::mint(&key, &claims);
+        self.paths
+            .insert(path, PathInfo::new(path, address, server_name, now));
+        self.add_deadlines
+            .insert(path, now + self.primary.add_path_timeout);
+        self.main_conn().send(Body::AddPath(msg::AddPath {
+            path_id: path.0,
+            address: address.to_string(),
+            server_name: server_name.to_string(),
+            expiry_unix: claims.expiry_unix,
+            token: Bytes::from(mac),
+        }));
+        Ok(path)
+    }
+
+    /// Primary asks the client to drop `path` gracefully; a client drops it
+    /// itself (and tells the primary).
+    pub(crate) fn remove_path(&mut self, path: PathId, now: Instant) -> Result<(), PathError> {
+        if path == PathId::PRIMARY {
+            return Err(PathError::WrongRole);
+        }
+        self.path_usable(path).or_else(|e| match e {
+            PathError::NotReady(_) => Ok(()),
+            e => Err(e),
+        })?;
+        match self.role {
+            Role::Primary => {
+                self.main_conn()
+                    .send(Body::RemovePath(msg::RemovePath { path_id: path.0 }));
+                Ok(())
+            }
+            Role::Client => {
+                self.begin_remove(path, now);
+                Ok(())
+            }
+            _ => Err(PathError::WrongRole),
+        }
+    }
+
+    /// Primary: hands `[range)` of `stream` to `path`.
+    pub(crate) fn delegate(
+        &mut self,
+        path: PathId,
+        stream: StreamId,
+        range: Range<u64>,
+        fin: bool,
+        descriptor: Bytes,
+    ) -> Result<Delegation, PathError> {
+        if self.role != Role::Primary {
+            return Err(PathError::WrongRole);
+        }
+        if path == PathId::PRIMARY {
+            return Err(PathError::NotFound(path));
+        }
+        self.path_usable(path)?;
+        if stream.initiator() != Side::Server || self.streams.send_mut(stream).is_none() {
+            return Err(PathError::WrongRole);
+        }
+        let d = self
+            .ledger
+            .add(path, stream, range.clone(), fin, descriptor.clone());
+        self.main_conn().send(Body::Delegate(msg::Delegate {
+            path_id: path.0,
+            delegation_id: d.id.0,
+            stream_id: stream.0,
+            offset: range.start,
+            length: range.end - range.start,
+            fin,
+            descriptor,
+            credit: 0,
+        }));
+        Ok(d)
+    }
+
+    /// Primary: delegated ranges the client has not acknowledged.
+    pub(crate) fn outstanding(&self) -> Vec<Delegation> {
+        self.ledger.outstanding()
+    }
+
+    /// Primary: relays `payload` to `path`'s server through the client;
+    /// client: sends it to `path`'s server directly.
+    pub(crate) fn send_raw(&mut self, path: PathId, payload: Bytes) -> Result<(), PathError> {
+        if path == PathId::PRIMARY {
+            return Err(PathError::NotFound(path));
+        }
+        self.path_usable(path)?;
+        let limit = (self.peer_max_control as usize).saturating_sub(RELAY_OVERHEAD);
+        if payload.len() > limit {
+            return Err(PathError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        match self.role {
+            Role::Primary => {
+                self.main_conn().send(Body::RawRelay(msg::RawRelay {
+                    path_id: path.0,
+                    payload,
+                }));
+                Ok(())
+            }
+            Role::Client => {
+                self.forward_raw(path, payload);
+                Ok(())
+            }
+            _ => Err(PathError::WrongRole),
+        }
+    }
+
+    /// Paths known to this side, refreshed from the live connections.
+    pub(crate) fn paths(&mut self) -> Vec<PathInfo> {
+        for (path, conn) in &self.conns {
+            if let Some(info) = self.paths.get_mut(path) {
+                let stats = conn.quic.stats();
+                info.rtt = conn.quic.rtt();
+                info.bytes_sent = stats.udp_tx.bytes;
+                info.bytes_received = stats.udp_rx.bytes;
+                info.lost_packets = stats.path.lost_packets;
+                info.last_active = info.last_active.max(conn.last_rx);
+            }
+        }
+        self.paths.values().cloned().collect()
+    }
+
+    /// The peer's address on the primary connection.
+    pub(crate) fn remote_address(&self) -> SocketAddr {
+        self.conns[&PathId::PRIMARY].quic.remote_address()
+    }
+
+    /// Secondary: the path id the primary assigned to this connection.
+    pub(crate) fn joined_path(&self) -> Option<PathId> {
+        (self.role == Role::Secondary).then_some(self.joined_path)
+    }
+
     pub(crate) fn stats(&self) -> SessionStats {
-        let q = self.conn.stats();
+        let conn = &self.conns[&PathId::PRIMARY];
+        let q = conn.quic.stats();
         SessionStats {
             buffered: self.streams.buffered(),
             open_streams: self.streams.len() as u64,
-            lanes_opened: self.lanes.count() as u64,
-            rtt_us: self.conn.rtt().as_micros() as u64,
+            lanes_opened: conn.lanes.count() as u64,
+            rtt_us: conn.quic.rtt().as_micros() as u64,
             datagrams_sent: q.udp_tx.datagrams,
             lost_packets: q.path.lost_packets,
             cwnd: q.path.cwnd,
@@ -727,7 +1622,7 @@ pub(crate) fn negotiate(hello: &Hello, server_features: u64) -> Result<Limits, V
     }
     hello
         .limits
-        .ok_or_else(|| Violation::new(ErrorCode::InvalidFrame, "hello without limits"))
+        .ok_or_else(|| violation("hello without limits"))
 }
 
 fn truncate(reason: &str) -> Bytes {

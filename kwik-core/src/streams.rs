@@ -15,8 +15,10 @@ use crate::codec::DataPiece;
 use crate::error::{ErrorCode, ReadError, StreamError, Violation};
 use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, Side, StreamId};
+use crate::paths::PathId;
 use crate::proto::control::{
-    ResetStream, StopSending, StreamComplete, StreamCredit, StreamsCredit, control_message::Body,
+    Ack, ByteRange, ResetStream, StopSending, StreamComplete, StreamCredit, StreamsCredit,
+    control_message::Body,
 };
 
 fn dir_index(dir: Dir) -> usize {
@@ -86,6 +88,12 @@ pub(crate) struct RecvHalf {
     /// `StreamReadable` was announced and the reader has not hit `Blocked` since.
     readable_announced: bool,
     complete_sent: bool,
+    /// Secondary paths that write into this stream (credit goes to them too).
+    sources: Vec<PathId>,
+    /// Ranges of this stream were delegated: acknowledge receipt to the primary.
+    delegated: bool,
+    /// New bytes arrived since the last acknowledgement.
+    ack_pending: bool,
 }
 
 impl RecvHalf {
@@ -99,6 +107,9 @@ impl RecvHalf {
             state: RecvState::Open,
             readable_announced: false,
             complete_sent: false,
+            sources: Vec::new(),
+            delegated: false,
+            ack_pending: false,
         }
     }
 
@@ -141,6 +152,8 @@ pub(crate) struct Streams {
     pending_credit: BTreeSet<StreamId>,
     pending_streams_credit: [bool; 2],
     control: VecDeque<Body>,
+    /// Secondary-server role: writes into streams the client's primary opened.
+    secondary: bool,
 }
 
 fn violation(reason: impl Into<String>) -> Violation {
@@ -170,7 +183,24 @@ impl Streams {
             pending_credit: BTreeSet::new(),
             pending_streams_credit: [false; 2],
             control: VecDeque::new(),
+            secondary: false,
         }
+    }
+
+    /// Switches to the secondary-server role: send halves are created on
+    /// demand for the streams the client names.
+    pub(crate) fn set_secondary(&mut self) {
+        self.secondary = true;
+    }
+
+    /// The sending half a secondary writes `id` through, created on demand.
+    pub(crate) fn source_half(&mut self, id: StreamId) -> &mut SendHalf {
+        let window = self.peer_window;
+        self.map
+            .entry(id)
+            .or_default()
+            .send
+            .get_or_insert_with(|| SendHalf::new(window))
     }
 
     /// Applies the peer's handshake limits.
@@ -286,6 +316,13 @@ impl Streams {
         id: StreamId,
         events: &mut VecDeque<Event>,
     ) -> Result<(), Violation> {
+        if self.secondary {
+            if id.initiator() != self.side {
+                return Err(violation(format!("{id} is not a server stream")));
+            }
+            self.source_half(id);
+            return Ok(());
+        }
         if id.initiator() == self.side {
             let d = dir_index(id.dir());
             if id.index() >= self.next_local[d] {
@@ -306,6 +343,7 @@ impl Streams {
     pub(crate) fn on_data(
         &mut self,
         piece: DataPiece,
+        source: PathId,
         events: &mut VecDeque<Event>,
     ) -> Result<(), Violation> {
         self.peer_sends_on(piece.stream, events)?;
@@ -341,9 +379,13 @@ impl Streams {
             recv.final_offset = Some(end);
         }
         recv.max_seen = recv.max_seen.max(end);
+        if source != PathId::PRIMARY && !recv.sources.contains(&source) {
+            recv.sources.push(source);
+        }
         if !matches!(recv.state, RecvState::Open) {
             return Ok(());
         }
+        recv.ack_pending |= recv.delegated;
         let became_readable = recv.asm.insert(piece.offset, piece.data).map_err(|c| {
             Violation::new(
                 ErrorCode::OffsetMismatch,
@@ -575,8 +617,9 @@ impl Streams {
             Body::StreamComplete(StreamComplete { stream_id }) => {
                 let id = StreamId(stream_id);
                 self.peer_receives_on(id, events)?;
+                // Open too: the FIN may have come from a secondary.
                 if let Some(send) = self.send_mut(id)
-                    && send.state == SendState::Finished
+                    && matches!(send.state, SendState::Finished | SendState::Open)
                 {
                     self.free_send(id);
                     events.push_back(Event::StreamFinished {
@@ -588,31 +631,129 @@ impl Streams {
             Body::Hello(_) | Body::Welcome(_) => {
                 return Err(violation("handshake message after the handshake"));
             }
+            _ => return Err(violation("unexpected control message")),
         }
         Ok(())
     }
 
-    /// Control messages this table wants sent, oldest first.
-    pub(crate) fn drain_control(&mut self, out: &mut Vec<Body>) {
-        out.extend(self.control.drain(..));
+    /// Control messages this table wants sent, oldest first. `Some(stream)`
+    /// routes a message to the primary and every source of that stream (a
+    /// reader's credit and stop concern every writer), `None` to the
+    /// primary only.
+    pub(crate) fn drain_control(&mut self, out: &mut Vec<(Option<StreamId>, Body)>) {
+        for body in self.control.drain(..) {
+            let route = match &body {
+                Body::StopSending(m) => Some(StreamId(m.stream_id)),
+                _ => None,
+            };
+            out.push((route, body));
+        }
         for id in std::mem::take(&mut self.pending_credit) {
             if let Some(recv) = self.map.get(&id).and_then(|s| s.recv.as_ref()) {
-                out.push(Body::StreamCredit(StreamCredit {
+                let credit = Body::StreamCredit(StreamCredit {
                     stream_id: id.0,
                     max_offset: recv.granted,
-                }));
+                });
+                out.push((Some(id), credit));
             }
         }
         for (d, dir) in DIRS.iter().enumerate() {
             if std::mem::take(&mut self.pending_streams_credit[d]) {
-                out.push(Body::StreamsCredit(StreamsCredit {
-                    bidi: *dir == Dir::Bi,
-                    max_streams: self.remote_limit[d],
-                }));
+                out.push((
+                    None,
+                    Body::StreamsCredit(StreamsCredit {
+                        bidi: *dir == Dir::Bi,
+                        max_streams: self.remote_limit[d],
+                    }),
+                ));
             }
         }
     }
+
+    /// Secondary paths that write into `id`.
+    pub(crate) fn sources(&self, id: StreamId) -> &[PathId] {
+        self.map
+            .get(&id)
+            .and_then(|s| s.recv.as_ref())
+            .map_or(&[], |r| r.sources.as_slice())
+    }
+
+    /// Client: a delegation of `id` to `path` passes through. Opens the
+    /// stream if needed, records the source, and returns the credit to hand
+    /// the path (0 if the stream is no longer read).
+    pub(crate) fn delegated(
+        &mut self,
+        id: StreamId,
+        path: PathId,
+        events: &mut VecDeque<Event>,
+    ) -> Result<u64, Violation> {
+        if id.initiator() == self.side {
+            return Err(violation(format!("delegation of client stream {id}")));
+        }
+        self.peer_sends_on(id, events)?;
+        let Some(recv) = self.map.get_mut(&id).and_then(|s| s.recv.as_mut()) else {
+            return Ok(0);
+        };
+        recv.delegated = true;
+        if !recv.sources.contains(&path) {
+            recv.sources.push(path);
+        }
+        Ok(recv.granted)
+    }
+
+    /// True if every byte of `range` of `id` has arrived (or the stream is
+    /// released, which happens only once everything arrived or was given up).
+    pub(crate) fn received(&self, id: StreamId, range: std::ops::Range<u64>) -> bool {
+        let Some(recv) = self.map.get(&id).and_then(|s| s.recv.as_ref()) else {
+            return true;
+        };
+        if !matches!(recv.state, RecvState::Open) {
+            return true;
+        }
+        let from = range.start.max(recv.asm.contiguous_end());
+        from >= range.end
+            || recv
+                .asm
+                .pending_ranges()
+                .any(|(s, e)| s <= from && e >= range.end)
+    }
+
+    /// Acknowledgements due for delegated streams.
+    pub(crate) fn take_acks(&mut self, out: &mut Vec<Body>) {
+        for (id, stream) in self.map.iter_mut() {
+            let Some(recv) = stream.recv.as_mut() else {
+                continue;
+            };
+            if std::mem::take(&mut recv.ack_pending) {
+                out.push(ack_of(*id, recv));
+            }
+        }
+    }
+
+    /// True if some delegated stream has unacknowledged arrivals.
+    pub(crate) fn acks_pending(&self) -> bool {
+        self.map
+            .values()
+            .any(|s| s.recv.as_ref().is_some_and(|r| r.ack_pending))
+    }
 }
+
+fn ack_of(id: StreamId, recv: &RecvHalf) -> Body {
+    let ranges = recv
+        .asm
+        .pending_ranges()
+        .take(MAX_ACK_RANGES)
+        .map(|(start, end)| ByteRange { start, end })
+        .collect();
+    Body::Ack(Ack {
+        stream_id: id.0,
+        contiguous: recv.asm.contiguous_end(),
+        ranges,
+    })
+}
+
+/// Most received ranges an acknowledgement lists above its contiguous prefix.
+const MAX_ACK_RANGES: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -638,7 +779,8 @@ mod tests {
         let mut t = table(Side::Server);
         let mut ev = VecDeque::new();
         let second = StreamId::new(Side::Client, Dir::Uni, 1);
-        t.on_data(piece(second, 0, b"x", false), &mut ev).unwrap();
+        t.on_data(piece(second, 0, b"x", false), PathId::PRIMARY, &mut ev)
+            .unwrap();
         assert_eq!(
             t.accept(Dir::Uni),
             Some(StreamId::new(Side::Client, Dir::Uni, 0))
@@ -646,11 +788,13 @@ mod tests {
         assert_eq!(t.accept(Dir::Uni), Some(second));
         let third = StreamId::new(Side::Client, Dir::Uni, 2);
         let err = t
-            .on_data(piece(third, 0, b"x", false), &mut ev)
+            .on_data(piece(third, 0, b"x", false), PathId::PRIMARY, &mut ev)
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::StreamLimit);
         let ours = StreamId::new(Side::Server, Dir::Bi, 0);
-        let err = t.on_data(piece(ours, 0, b"x", false), &mut ev).unwrap_err();
+        let err = t
+            .on_data(piece(ours, 0, b"x", false), PathId::PRIMARY, &mut ev)
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidFrame);
     }
 
@@ -660,20 +804,27 @@ mod tests {
         let mut ev = VecDeque::new();
         let id = StreamId::new(Side::Client, Dir::Uni, 0);
         let data: &'static [u8] = &[7; 100];
-        t.on_data(piece(id, 0, data, false), &mut ev).unwrap();
-        let err = t.on_data(piece(id, 100, b"!", false), &mut ev).unwrap_err();
+        t.on_data(piece(id, 0, data, false), PathId::PRIMARY, &mut ev)
+            .unwrap();
+        let err = t
+            .on_data(piece(id, 100, b"!", false), PathId::PRIMARY, &mut ev)
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::FlowControl);
         assert_eq!(t.read(id, 60).unwrap().unwrap().len(), 60);
         let mut out = Vec::new();
         t.drain_control(&mut out);
         assert_eq!(
             out,
-            vec![Body::StreamCredit(StreamCredit {
-                stream_id: id.0,
-                max_offset: 160
-            })]
+            vec![(
+                Some(id),
+                Body::StreamCredit(StreamCredit {
+                    stream_id: id.0,
+                    max_offset: 160
+                })
+            )]
         );
-        t.on_data(piece(id, 100, b"!", true), &mut ev).unwrap();
+        t.on_data(piece(id, 100, b"!", true), PathId::PRIMARY, &mut ev)
+            .unwrap();
     }
 
     #[test]
@@ -681,18 +832,21 @@ mod tests {
         let mut t = table(Side::Server);
         let mut ev = VecDeque::new();
         let id = StreamId::new(Side::Client, Dir::Uni, 0);
-        t.on_data(piece(id, 0, b"hi", true), &mut ev).unwrap();
+        t.on_data(piece(id, 0, b"hi", true), PathId::PRIMARY, &mut ev)
+            .unwrap();
         assert_eq!(t.read(id, 10).unwrap().unwrap(), Bytes::from_static(b"hi"));
         assert_eq!(t.read(id, 10).unwrap(), None);
         assert_eq!(t.read(id, 10), Err(ReadError::ClosedStream));
         let mut out = Vec::new();
         t.drain_control(&mut out);
-        assert!(out.contains(&Body::StreamComplete(StreamComplete { stream_id: id.0 })));
-        assert!(out.contains(&Body::StreamsCredit(StreamsCredit {
+        let bodies: Vec<Body> = out.into_iter().map(|(_, b)| b).collect();
+        assert!(bodies.contains(&Body::StreamComplete(StreamComplete { stream_id: id.0 })));
+        assert!(bodies.contains(&Body::StreamsCredit(StreamsCredit {
             bidi: false,
             max_streams: 3
         })));
         // Late duplicates for the closed stream are ignored.
-        t.on_data(piece(id, 0, b"hi", true), &mut ev).unwrap();
+        t.on_data(piece(id, 0, b"hi", true), PathId::PRIMARY, &mut ev)
+            .unwrap();
     }
 }

@@ -8,22 +8,26 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn_proto::VarInt;
 
+use crate::delegation::Delegation;
 use crate::error::{
     CloseError, ErrorCode, KWIK_CODE_BASE, OpenError, ReadError, StreamError, WriteError,
 };
 use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
-use crate::session::{Phase, Session, SessionStats};
+use crate::paths::{PathError, PathFilter, PathId, PathInfo};
+use crate::session::{Phase, Role, Session, SessionStats};
 
 /// A session of this endpoint.
 pub struct SessionView<'a> {
     pub(crate) session: &'a mut Session,
     pub(crate) now: Instant,
+    pub(crate) unix_now: Duration,
     pub(crate) events: &'a mut VecDeque<Event>,
 }
 
@@ -50,7 +54,7 @@ impl SessionView<'_> {
     }
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
-        self.session.conn.remote_address()
+        self.session.remote_address()
     }
     /// Counters.
     pub fn stats(&self) -> SessionStats {
@@ -92,6 +96,87 @@ impl SessionView<'_> {
         }
         self.session.close(self.now, code, reason, self.events);
         Ok(())
+    }
+
+    /// Which part this session plays (client, primary or secondary).
+    pub fn role(&self) -> Role {
+        self.session.role
+    }
+
+    // ----- multi-server -----
+
+    /// Primary: asks the client to join the secondary server at `address`
+    /// (its certificate validated for `server_name`). Returns the path id at
+    /// once; [`Event::PathAdded`] or [`Event::PathFailed`] follows.
+    pub fn add_path(
+        &mut self,
+        address: SocketAddr,
+        server_name: &str,
+    ) -> Result<PathId, PathError> {
+        self.session
+            .add_path(self.now, self.unix_now, address, server_name)
+    }
+
+    /// Removes a secondary path gracefully: data in flight on it drains
+    /// first, then its connection closes ([`Event::PathClosed`]). On the
+    /// primary this asks the client; on the client it tells the primary.
+    pub fn remove_path(&mut self, path: PathId) -> Result<(), PathError> {
+        self.session.remove_path(path, self.now)
+    }
+
+    /// Paths of this session (client and primary), in id order.
+    pub fn paths(&mut self, filter: PathFilter) -> Vec<PathInfo> {
+        let all = self.session.paths();
+        all.into_iter()
+            .filter(|p| match filter {
+                PathFilter::All => true,
+                PathFilter::Live => p.state.is_live(),
+                PathFilter::Dead => p.state == crate::PathState::Dead,
+            })
+            .collect()
+    }
+
+    /// Primary: relays `payload` to the server of `path` through the client,
+    /// untouched and with its boundaries; client: sends it to that server.
+    pub fn send_raw(&mut self, path: PathId, payload: Bytes) -> Result<(), PathError> {
+        self.session.send_raw(path, payload)
+    }
+
+    /// Primary: hands bytes `range` of `stream` (a stream this primary
+    /// opened) to the server of `path`, with an opaque `descriptor` for its
+    /// application; `fin` if the range ends the stream.
+    pub fn delegate(
+        &mut self,
+        path: PathId,
+        stream: StreamId,
+        range: Range<u64>,
+        fin: bool,
+        descriptor: Bytes,
+    ) -> Result<Delegation, PathError> {
+        self.session.delegate(path, stream, range, fin, descriptor)
+    }
+
+    /// Primary: delegated ranges the client has not acknowledged yet.
+    pub fn outstanding(&self) -> Vec<Delegation> {
+        self.session.outstanding()
+    }
+
+    /// Secondary: the path id the primary assigned to this connection.
+    pub fn joined_path(&self) -> Option<PathId> {
+        self.session.joined_path()
+    }
+
+    /// Primary or secondary: writes `data` at logical `offset` of `stream`
+    /// as far as credit and the lane allow, advancing `data` past what was
+    /// taken; `fin` ends the stream after the last byte of `data`.
+    pub fn write_at(
+        &mut self,
+        stream: StreamId,
+        offset: u64,
+        data: &mut Bytes,
+        fin: bool,
+    ) -> Result<usize, WriteError> {
+        self.session.write_at(stream, offset, data, fin)
     }
 
     /// Closes the session with a kwik protocol code (for kwik's own layers).

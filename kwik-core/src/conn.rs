@@ -1,0 +1,237 @@
+//! One QUIC connection of a session: its control stream and its lanes.
+//!
+//! A client session owns one connection per path (the primary and each
+//! secondary); a server session owns one. This module moves bytes between
+//! quinn-proto's streams and kwik's records and knows nothing of what the
+//! records mean — that is the session's business.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
+use quinn_proto::{Connection, ConnectionHandle, Dir as QDir, StreamId as QStreamId};
+
+use crate::codec::{DataPiece, LaneReader, RecordReader, encode_record};
+use crate::error::{ErrorCode, Violation};
+use crate::lanes::Lanes;
+use crate::paths::PathId;
+use crate::proto::control::{ControlMessage, control_message::Body};
+
+/// Priority of the control stream over the lanes.
+const CONTROL_PRIORITY: i32 = 1;
+
+pub(crate) struct Conn {
+    pub path: PathId,
+    pub handle: ConnectionHandle,
+    pub quic: Connection,
+    /// The kwik handshake on this connection completed.
+    pub joined: bool,
+    /// quinn-proto reported the connection lost or it was closed.
+    pub closed: bool,
+    control: Option<QStreamId>,
+    control_reader: RecordReader,
+    control_out: VecDeque<Bytes>,
+    pub lanes: Lanes,
+    recv_lanes: BTreeMap<QStreamId, LaneReader>,
+    /// Last time a datagram arrived on this connection.
+    pub last_rx: Instant,
+    scratch: Vec<Bytes>,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        path: PathId,
+        handle: ConnectionHandle,
+        quic: Connection,
+        max_control_message: u64,
+        streams_per_lane: usize,
+        now: Instant,
+    ) -> Self {
+        Self {
+            path,
+            handle,
+            quic,
+            joined: false,
+            closed: false,
+            control: None,
+            control_reader: RecordReader::new(max_control_message as usize),
+            control_out: VecDeque::new(),
+            lanes: Lanes::new(streams_per_lane),
+            recv_lanes: BTreeMap::new(),
+            last_rx: now,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Client side: opens the control stream.
+    pub(crate) fn open_control(&mut self) -> Result<(), Violation> {
+        let id =
+            self.quic.streams().open(QDir::Bi).ok_or_else(|| {
+                Violation::new(ErrorCode::Internal, "peer allows no control stream")
+            })?;
+        let _ = self.quic.send_stream(id).set_priority(CONTROL_PRIORITY);
+        self.control = Some(id);
+        Ok(())
+    }
+
+    /// Accepts peer-opened streams: the control stream (server side) and
+    /// lanes. Returns whether a new control stream appeared.
+    pub(crate) fn accept_streams(&mut self, may_accept_control: bool) -> Result<bool, Violation> {
+        let mut new_control = false;
+        while let Some(id) = self.quic.streams().accept(QDir::Bi) {
+            if !may_accept_control || self.control.is_some() {
+                return Err(Violation::new(
+                    ErrorCode::InvalidFrame,
+                    "unexpected bidirectional stream",
+                ));
+            }
+            let _ = self.quic.send_stream(id).set_priority(CONTROL_PRIORITY);
+            self.control = Some(id);
+            new_control = true;
+        }
+        while let Some(id) = self.quic.streams().accept(QDir::Uni) {
+            self.recv_lanes.insert(id, LaneReader::default());
+        }
+        Ok(new_control)
+    }
+
+    pub(crate) fn is_control(&self, id: QStreamId) -> bool {
+        self.control == Some(id)
+    }
+
+    pub(crate) fn is_lane(&self, id: QStreamId) -> bool {
+        self.recv_lanes.contains_key(&id)
+    }
+
+    pub(crate) fn lane_ids(&self) -> Vec<QStreamId> {
+        self.recv_lanes.keys().copied().collect()
+    }
+
+    /// Queues a control message.
+    pub(crate) fn send(&mut self, body: Body) {
+        self.control_out
+            .push_back(encode_record(&ControlMessage { body: Some(body) }));
+    }
+
+    /// Pushes queued control messages into the control stream.
+    pub(crate) fn flush_control(&mut self) {
+        let Some(id) = self.control else { return };
+        while !self.control_out.is_empty() {
+            match self
+                .quic
+                .send_stream(id)
+                .write_chunks(self.control_out.make_contiguous())
+            {
+                Ok(written) => {
+                    self.control_out.drain(..written.chunks);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Every complete control message received so far.
+    pub(crate) fn read_control(&mut self) -> Result<Vec<Body>, Violation> {
+        let Some(id) = self.control else {
+            return Ok(Vec::new());
+        };
+        let mut ended = None;
+        {
+            let mut recv = self.quic.recv_stream(id);
+            if let Ok(mut chunks) = recv.read(true) {
+                loop {
+                    match chunks.next(usize::MAX) {
+                        Ok(Some(chunk)) => self.control_reader.push(&chunk.bytes),
+                        Ok(None) => {
+                            ended = Some("peer finished the control stream");
+                            break;
+                        }
+                        Err(quinn_proto::ReadError::Blocked) => break,
+                        Err(quinn_proto::ReadError::Reset(_)) => {
+                            ended = Some("peer reset the control stream");
+                            break;
+                        }
+                    }
+                }
+                let _ = chunks.finalize();
+            }
+        }
+        let mut bodies = Vec::new();
+        while let Some(record) = self.control_reader.next_record()? {
+            let message = ControlMessage::decode(record).map_err(|e| {
+                Violation::new(ErrorCode::InvalidFrame, format!("bad control message: {e}"))
+            })?;
+            bodies.push(
+                message.body.ok_or_else(|| {
+                    Violation::new(ErrorCode::InvalidFrame, "empty control message")
+                })?,
+            );
+        }
+        match ended {
+            Some(reason) if bodies.is_empty() => {
+                Err(Violation::new(ErrorCode::InvalidFrame, reason))
+            }
+            _ => Ok(bodies),
+        }
+    }
+
+    /// Reads a lane, handing every payload piece to `sink`.
+    pub(crate) fn read_lane(
+        &mut self,
+        id: QStreamId,
+        max_payload: u64,
+        sink: &mut dyn FnMut(DataPiece) -> Result<(), Violation>,
+    ) -> Result<(), Violation> {
+        let mut chunks_out = std::mem::take(&mut self.scratch);
+        let mut ended = None;
+        {
+            let mut recv = self.quic.recv_stream(id);
+            if let Ok(mut chunks) = recv.read(true) {
+                loop {
+                    match chunks.next(usize::MAX) {
+                        Ok(Some(chunk)) => chunks_out.push(chunk.bytes),
+                        Ok(None) => {
+                            ended = Some(false);
+                            break;
+                        }
+                        Err(quinn_proto::ReadError::Blocked) => break,
+                        Err(quinn_proto::ReadError::Reset(_)) => {
+                            ended = Some(true);
+                            break;
+                        }
+                    }
+                }
+                let _ = chunks.finalize();
+            }
+        }
+        let Some(reader) = self.recv_lanes.get_mut(&id) else {
+            chunks_out.clear();
+            self.scratch = chunks_out;
+            return Ok(());
+        };
+        let mut result = Ok(());
+        for chunk in chunks_out.drain(..) {
+            result = reader.feed(chunk, max_payload, &mut *sink);
+            if result.is_err() {
+                break;
+            }
+        }
+        chunks_out.clear();
+        self.scratch = chunks_out;
+        result?;
+        match ended {
+            // A lane may end cleanly between records.
+            Some(false) if reader.at_record_boundary() => {
+                self.recv_lanes.remove(&id);
+                Ok(())
+            }
+            Some(false) => Err(Violation::new(
+                ErrorCode::InvalidFrame,
+                "lane ended inside a record",
+            )),
+            Some(true) => Err(Violation::new(ErrorCode::InvalidFrame, "peer reset a lane")),
+            None => Ok(()),
+        }
+    }
+}

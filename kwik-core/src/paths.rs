@@ -1,0 +1,297 @@
+//! Paths of a multi-server session: their identity, observable state and
+//! history, the client's policy for accepting them, and their errors.
+//!
+//! Path 0 is the primary connection. Other paths are secondary connections
+//! the client dialled on the primary's request. Both the client and the
+//! primary keep a [`PathInfo`] per path (the primary from the client's
+//! reports), so either can list active, dead and all paths.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::error::ErrorCode;
+
+/// Identity of a path within a session, assigned by the primary (0 is the
+/// primary connection itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PathId(pub u64);
+
+impl PathId {
+    /// The primary connection.
+    pub const PRIMARY: PathId = PathId(0);
+}
+
+impl fmt::Display for PathId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "path{}", self.0)
+    }
+}
+
+/// Where a path stands. Transitions: Connecting → Active ⇄ Degraded →
+/// Dead | Closed, or Connecting → Failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathState {
+    /// Being dialled and joined.
+    Connecting,
+    /// Joined and healthy.
+    Active,
+    /// Joined, but nothing heard for a while (more than a third of the dead
+    /// timeout).
+    Degraded,
+    /// Declared dead (silent for the dead timeout, or its connection failed).
+    Dead,
+    /// Removed gracefully.
+    Closed,
+    /// Never became active (refused by policy, token refused, dial failed,
+    /// timed out).
+    Failed,
+}
+
+impl PathState {
+    /// True for Active and Degraded.
+    pub fn is_live(self) -> bool {
+        matches!(self, PathState::Active | PathState::Degraded)
+    }
+
+    /// True once the path can never carry data again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            PathState::Dead | PathState::Closed | PathState::Failed
+        )
+    }
+}
+
+/// Why a path failed or died: a kwik code and a human-readable reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathFailure {
+    /// The kwik code (`KWIK_AUTH_FAILED`, `KWIK_PATH_DEAD`, …).
+    pub code: ErrorCode,
+    /// Detail.
+    pub reason: String,
+}
+
+impl fmt::Display for PathFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.reason)
+    }
+}
+
+/// Everything known about one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    /// Its id.
+    pub id: PathId,
+    /// The server's address.
+    pub address: SocketAddr,
+    /// The name its certificate is validated for.
+    pub server_name: String,
+    /// True for the primary connection.
+    pub primary: bool,
+    /// Current state.
+    pub state: PathState,
+    /// Every state it has been in, with when.
+    pub history: Vec<(Instant, PathState)>,
+    /// When it was created.
+    pub created: Instant,
+    /// Last time anything was heard on it.
+    pub last_active: Instant,
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Bytes sent on it (QUIC payload).
+    pub bytes_sent: u64,
+    /// Bytes received on it (QUIC payload).
+    pub bytes_received: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// Why it failed or died.
+    pub failure: Option<PathFailure>,
+}
+
+impl PathInfo {
+    pub(crate) fn new(id: PathId, address: SocketAddr, server_name: &str, now: Instant) -> Self {
+        Self {
+            id,
+            address,
+            server_name: server_name.to_string(),
+            primary: id == PathId::PRIMARY,
+            state: PathState::Connecting,
+            history: vec![(now, PathState::Connecting)],
+            created: now,
+            last_active: now,
+            rtt: Duration::ZERO,
+            bytes_sent: 0,
+            bytes_received: 0,
+            lost_packets: 0,
+            failure: None,
+        }
+    }
+
+    /// Moves to `state`, recording the transition; false if already there
+    /// or if the path already reached a final state.
+    pub(crate) fn set_state(&mut self, state: PathState, now: Instant) -> bool {
+        if self.state == state || self.state.is_final() {
+            return false;
+        }
+        self.state = state;
+        self.history.push((now, state));
+        true
+    }
+}
+
+/// Which paths to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathFilter {
+    /// Active or degraded.
+    Live,
+    /// Dead.
+    Dead,
+    /// Every path ever created, in id order.
+    All,
+}
+
+/// A target the client's policy allows a path to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathTarget {
+    /// Exactly this address.
+    Address(SocketAddr),
+    /// Any address, if the certificate is validated for this name.
+    ServerName(String),
+    /// Anything the primary names (use only with a trusted primary).
+    Any,
+}
+
+/// The client's rules for secondary paths.
+///
+/// The default allows nothing: a primary can only make the client dial
+/// targets the application listed, so a compromised or hostile primary cannot
+/// turn clients into a traffic cannon.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PathPolicy {
+    /// Allowed targets (empty: every AddPath is refused).
+    pub allow: Vec<PathTarget>,
+    /// Most secondary paths live at once.
+    pub max_paths: usize,
+    /// A path silent for this long is dead. `None`: three probe timeouts
+    /// derived from the path's RTT (at least `min_dead_after`).
+    pub dead_after: Option<Duration>,
+    /// Floor of the derived dead timeout.
+    pub min_dead_after: Duration,
+    /// Keep-alive interval on secondary connections, so that a silent path
+    /// is noticed even when no data is due.
+    pub keep_alive: Duration,
+}
+
+impl Default for PathPolicy {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            max_paths: 8,
+            dead_after: None,
+            min_dead_after: Duration::from_millis(150),
+            keep_alive: Duration::from_millis(50),
+        }
+    }
+}
+
+impl PathPolicy {
+    /// A policy that allows exactly these targets.
+    pub fn allow(targets: impl IntoIterator<Item = PathTarget>) -> Self {
+        Self {
+            allow: targets.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn permits(&self, address: SocketAddr, server_name: &str) -> bool {
+        self.allow.iter().any(|t| match t {
+            PathTarget::Address(a) => *a == address,
+            PathTarget::ServerName(n) => n == server_name,
+            PathTarget::Any => true,
+        })
+    }
+
+    /// The dead timeout for a path with smoothed RTT `rtt`.
+    pub(crate) fn dead_after(&self, rtt: Duration) -> Duration {
+        self.dead_after.unwrap_or_else(|| {
+            // One probe timeout ≈ 1.5 RTT + max ACK delay; three of them.
+            let pto = rtt * 3 / 2 + Duration::from_millis(25);
+            (pto * 3).max(self.min_dead_after)
+        })
+    }
+}
+
+/// Error of a path operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathError {
+    /// No such path in this session (`KWIK_PATH_NOT_FOUND`).
+    NotFound(PathId),
+    /// The path is dead, closed or failed (`KWIK_PATH_DEAD`).
+    Dead(PathId),
+    /// The path has not finished joining yet.
+    NotReady(PathId),
+    /// This side of the session cannot do that (e.g. `add_path` on a client).
+    WrongRole,
+    /// The message exceeds the peer's control-message limit
+    /// (`KWIK_PACKET_TOO_LARGE`).
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The primary has no path-token key configured.
+    NoTokenKey,
+    /// The session is not established or has ended.
+    SessionClosed,
+}
+
+impl PathError {
+    /// The kwik code this error corresponds to.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PathError::NotFound(_) => ErrorCode::PathNotFound,
+            PathError::Dead(_) | PathError::NotReady(_) => ErrorCode::PathDead,
+            PathError::TooLarge { .. } => ErrorCode::PacketTooLarge,
+            PathError::WrongRole | PathError::NoTokenKey | PathError::SessionClosed => {
+                ErrorCode::Internal
+            }
+        }
+    }
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:?})", self.code(), self)
+    }
+}
+
+impl std::error::Error for PathError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_denies_by_default_and_allows_listed_targets() {
+        let a: SocketAddr = "10.0.0.9:4433".parse().unwrap();
+        assert!(!PathPolicy::default().permits(a, "x"));
+        let p = PathPolicy::allow([PathTarget::ServerName("cdn".into())]);
+        assert!(p.permits(a, "cdn"));
+        assert!(!p.permits(a, "other"));
+        assert!(PathPolicy::allow([PathTarget::Address(a)]).permits(a, "other"));
+    }
+
+    #[test]
+    fn final_states_stick() {
+        let now = Instant::now();
+        let mut info = PathInfo::new(PathId(1), "10.0.0.9:1".parse().unwrap(), "n", now);
+        assert!(info.set_state(PathState::Active, now));
+        assert!(info.set_state(PathState::Dead, now));
+        assert!(!info.set_state(PathState::Active, now));
+        assert_eq!(info.history.len(), 3);
+    }
+}
