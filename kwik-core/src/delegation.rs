@@ -119,16 +119,6 @@ impl Ledger {
             .collect()
     }
 
-    /// Unacknowledged bytes currently delegated to `path`.
-    pub(crate) fn owed_by(&self, path: PathId) -> u64 {
-        self.delegations
-            .values()
-            .filter(|d| d.path == path)
-            .flat_map(|d| self.missing(d))
-            .map(|d| d.range.end - d.range.start)
-            .sum()
-    }
-
     /// Forgets `path`'s delegations, returning what they still owed.
     pub(crate) fn take_path(&mut self, path: PathId) -> Vec<Delegation> {
         let ids: Vec<DelegationId> = self
@@ -158,7 +148,6 @@ mod tests {
         let b = l.add(PathId(2), s, 100..200, true, Bytes::new());
         let done = l.on_ack(s, 50, &[120..150]);
         assert!(done.is_empty());
-        assert_eq!(l.owed_by(PathId(2)), 70);
         let lost = l.take_path(PathId(2));
         let ranges: Vec<_> = lost
             .iter()

@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{ConnectionHandle, DatagramEvent, EcnCodepoint};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,6 +39,7 @@ use crate::paths::{PathId, PathPolicy};
 use crate::seeded::{SeededCids, Seeds, no_wall_clock};
 use crate::session::{Ctx, Phase, PrimarySettings, Request, Session};
 use crate::token::TokenVerifier;
+use crate::transfer::SharedResource;
 use crate::view::{SessionView, StreamView};
 
 /// The incoming attempt is unknown (already decided, or never existed).
@@ -65,6 +66,7 @@ pub struct KwikEndpoint {
     /// Client configurations sessions dial their secondary paths with.
     dial_configs: BTreeMap<SessionHandle, ClientConfig>,
     tokens: TokenVerifier,
+    resources: BTreeMap<Bytes, SharedResource>,
     incoming: BTreeMap<IncomingId, quinn_proto::Incoming>,
     next_session: u64,
     next_incoming: u64,
@@ -125,6 +127,7 @@ impl KwikEndpoint {
             by_conn: Vec::new(),
             dial_configs: BTreeMap::new(),
             tokens: TokenVerifier::default(),
+            resources: BTreeMap::new(),
             incoming: BTreeMap::new(),
             next_session: 0,
             next_incoming: 0,
@@ -490,6 +493,7 @@ impl KwikEndpoint {
                 mint_id: &mut mint,
                 tokens: &mut self.tokens,
                 trusted,
+                resources: &self.resources,
             };
             session.drive(&mut ctx);
             self.serve_requests(handle);
@@ -567,6 +571,13 @@ impl KwikEndpoint {
         let SessionView { session, .. } = self.session(handle)?;
         session.streams.get_mut(stream)?;
         Some(StreamView::new(session, stream))
+    }
+
+    /// Secondary: serves every delegation whose descriptor is `descriptor`
+    /// from `resource` automatically (no [`Event::Delegated`] is emitted for
+    /// them).
+    pub fn serve_resource(&mut self, descriptor: Bytes, resource: SharedResource) {
+        self.resources.insert(descriptor, resource);
     }
 
     /// Handles of live sessions, in order.

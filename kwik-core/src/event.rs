@@ -14,6 +14,7 @@ use crate::delegation::Delegation;
 use crate::error::CloseReason;
 use crate::ids::{Dir, IncomingId, SessionHandle, SessionId, StreamId};
 use crate::paths::{PathFailure, PathId};
+use crate::transfer::TransferId;
 
 /// One step of output; drain until [`Output::Timeout`].
 #[derive(Debug)]
@@ -193,5 +194,14 @@ pub enum Event {
         session: SessionHandle,
         /// The message, boundaries kept.
         payload: Bytes,
+    },
+    /// Primary: the client acknowledged every byte of a transfer.
+    TransferComplete {
+        /// The session.
+        session: SessionHandle,
+        /// The transfer.
+        transfer: TransferId,
+        /// Its stream.
+        stream: StreamId,
     },
 }

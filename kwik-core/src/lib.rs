@@ -46,6 +46,7 @@ mod seeded;
 mod session;
 mod streams;
 mod token;
+mod transfer;
 mod view;
 
 pub use config::{
@@ -66,4 +67,5 @@ pub use paths::{
 pub use ranges::RangeSet;
 pub use session::{Role, SessionStats};
 pub use token::TokenKey;
+pub use transfer::{Resource, SharedResource, TransferConfig, TransferId};
 pub use view::{SessionView, StreamView};

@@ -36,12 +36,16 @@ use crate::proto::common::Limits;
 use crate::proto::control::{self as msg, Hello, Welcome, control_message::Body};
 use crate::streams::{SendState, Streams};
 use crate::token::{self, TokenClaims, TokenKey, TokenVerifier};
+use crate::transfer::{Job, PathView, SharedResource, Transfer, TransferConfig, TransferId};
 
 /// How long the client batches acknowledgements of delegated streams.
 const ACK_DELAY: Duration = Duration::from_millis(5);
 
 /// Bytes a control record may add around a relayed payload.
 const RELAY_OVERHEAD: usize = 32;
+
+/// Most bytes a feeder job reads from its resource per write attempt.
+const FEED_CHUNK: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -88,6 +92,8 @@ pub(crate) struct Ctx<'a> {
     pub tokens: &'a mut TokenVerifier,
     /// Keys this server accepts path tokens from.
     pub trusted: &'a [TokenKey],
+    /// Secondary: resources served automatically, by descriptor.
+    pub resources: &'a BTreeMap<Bytes, SharedResource>,
 }
 
 /// Counters of one session.
@@ -162,6 +168,10 @@ pub(crate) struct Session {
     joined_path: PathId,
     ack_due: Option<Instant>,
     dial_failures: Vec<(PathId, String)>,
+    transfers: BTreeMap<TransferId, Transfer>,
+    next_transfer: u64,
+    /// Ranges this side writes from a resource (own share, served delegations).
+    jobs: Vec<Job>,
 }
 
 fn violation(reason: impl Into<String>) -> Violation {
@@ -232,6 +242,9 @@ impl Session {
             joined_path: PathId::PRIMARY,
             ack_due: None,
             dial_failures: Vec::new(),
+            transfers: BTreeMap::new(),
+            next_transfer: 0,
+            jobs: Vec::new(),
         }
     }
 
@@ -291,6 +304,8 @@ impl Session {
             }
         }
         self.on_timers(ctx);
+        self.run_transfers(ctx);
+        self.pump_jobs();
         self.flush(ctx);
         self.update_deadline();
     }
@@ -833,6 +848,10 @@ impl Session {
             self.report_path(path);
         } else if self.role == Role::Primary && state.is_final() {
             self.add_deadlines.remove(&path);
+            for t in self.transfers.values_mut() {
+                let received = self.ledger.received(t.stream).cloned().unwrap_or_default();
+                t.path_lost(path, &received);
+            }
             let lost = self.ledger.take_path(path);
             if !lost.is_empty() {
                 ctx.events.push_back(Event::RangesLost {
@@ -926,6 +945,10 @@ impl Session {
         let path = PathId(m.path_id);
         let stream = StreamId(m.stream_id);
         let credit = self.streams.delegated(stream, path, ctx.events)?;
+        if path == PathId::PRIMARY {
+            // The primary serves this range itself; only the acks matter.
+            return Ok(());
+        }
         let live = self.paths.get(&path).is_some_and(|p| p.state.is_live());
         let Some(cp) = self.client_paths.get_mut(&path) else {
             return Ok(());
@@ -998,6 +1021,15 @@ impl Session {
         let stream = StreamId(m.stream_id);
         let half = self.streams.source_half(stream);
         half.credit = half.credit.max(m.credit);
+        if let Some(resource) = ctx.resources.get(&m.descriptor) {
+            self.jobs.push(Job {
+                stream,
+                range: m.offset..m.offset + m.length,
+                fin: m.fin,
+                resource: resource.clone(),
+            });
+            return;
+        }
         ctx.events.push_back(Event::Delegated {
             session: self.handle,
             delegation: Delegation {
@@ -1009,6 +1041,133 @@ impl Session {
                 descriptor: m.descriptor,
             },
         });
+    }
+
+    // ----- multi-source transfers -----
+
+    /// Primary: runs every transfer's scheduler and carries out what it
+    /// assigns.
+    fn run_transfers(&mut self, ctx: &mut Ctx<'_>) {
+        if self.role != Role::Primary || self.phase != Phase::Active || self.transfers.is_empty() {
+            return;
+        }
+        let mut live = vec![PathView {
+            id: PathId::PRIMARY,
+            rtt: self.conns[&PathId::PRIMARY].quic.rtt(),
+        }];
+        live.extend(
+            self.paths
+                .values()
+                .filter(|p| !p.primary && p.state == PathState::Active)
+                .map(|p| PathView {
+                    id: p.id,
+                    rtt: p.rtt,
+                }),
+        );
+        let mut work = Vec::new();
+        let mut finished = Vec::new();
+        for (id, t) in &mut self.transfers {
+            let received = self.ledger.received(t.stream).cloned().unwrap_or_default();
+            if t.complete(&received) {
+                finished.push((*id, t.stream));
+                continue;
+            }
+            for assign in t.schedule(ctx.now, &live, &received) {
+                work.push((t.stream, t.descriptor.clone(), t.resource.clone(), assign));
+            }
+        }
+        for (stream, descriptor, resource, a) in work {
+            let own = a.path == PathId::PRIMARY
+                // The path went away since scheduling: serve it here.
+                || self.delegate(a.path, stream, a.range.clone(), a.fin, descriptor).is_err();
+            if own {
+                self.jobs.push(Job {
+                    stream,
+                    range: a.range,
+                    fin: a.fin,
+                    resource,
+                });
+            }
+        }
+        for (id, stream) in finished {
+            self.transfers.remove(&id);
+            ctx.events.push_back(Event::TransferComplete {
+                session: self.handle,
+                transfer: id,
+                stream,
+            });
+        }
+    }
+
+    /// Writes what the jobs owe, as far as credit and lanes allow.
+    fn pump_jobs(&mut self) {
+        if self.jobs.is_empty() || self.phase != Phase::Active {
+            return;
+        }
+        let mut jobs = std::mem::take(&mut self.jobs);
+        jobs.retain_mut(|job| {
+            loop {
+                let remaining = job.range.end - job.range.start;
+                let want = remaining.min(FEED_CHUNK);
+                let mut data = job.resource.read(job.range.start, want as usize);
+                if (data.len() as u64) < want {
+                    return false; // the resource is shorter than the range
+                }
+                let last = want == remaining;
+                match self.write_at(job.stream, job.range.start, &mut data, job.fin && last) {
+                    Ok(n) => {
+                        job.range.start += n as u64;
+                        if job.range.is_empty() && (last || !job.fin) {
+                            return false;
+                        }
+                    }
+                    Err(WriteError::Blocked) => return true,
+                    Err(_) => return false,
+                }
+            }
+        });
+        jobs.append(&mut self.jobs);
+        self.jobs = jobs;
+    }
+
+    /// Primary: serves `resource` over `stream` (opened by this primary)
+    /// from this server and every live secondary that holds `descriptor`.
+    pub(crate) fn serve(
+        &mut self,
+        stream: StreamId,
+        resource: SharedResource,
+        descriptor: Bytes,
+        config: TransferConfig,
+    ) -> Result<TransferId, PathError> {
+        if self.role != Role::Primary {
+            return Err(PathError::WrongRole);
+        }
+        if self.phase != Phase::Active {
+            return Err(PathError::SessionClosed);
+        }
+        if stream.initiator() != Side::Server || self.streams.send_mut(stream).is_none() {
+            return Err(PathError::WrongRole);
+        }
+        let id = TransferId(self.next_transfer);
+        self.next_transfer += 1;
+        if resource.is_empty() {
+            self.jobs.push(Job {
+                stream,
+                range: 0..0,
+                fin: true,
+                resource,
+            });
+            return Ok(id);
+        }
+        // Tell the client to acknowledge this stream's progress.
+        self.main_conn().send(Body::Delegate(msg::Delegate {
+            path_id: PathId::PRIMARY.0,
+            stream_id: stream.0,
+            ..Default::default()
+        }));
+        self.transfers
+            .insert(id, Transfer::new(stream, descriptor, resource, config));
+        Ok(id)
     }
 
     // ----- timers and sending -----

@@ -695,7 +695,7 @@ impl Streams {
             return Ok(0);
         };
         recv.delegated = true;
-        if !recv.sources.contains(&path) {
+        if path != PathId::PRIMARY && !recv.sources.contains(&path) {
             recv.sources.push(path);
         }
         Ok(recv.granted)

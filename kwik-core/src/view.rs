@@ -22,6 +22,7 @@ use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
 use crate::paths::{PathError, PathFilter, PathId, PathInfo};
 use crate::session::{Phase, Role, Session, SessionStats};
+use crate::transfer::{SharedResource, TransferConfig, TransferId};
 
 /// A session of this endpoint.
 pub struct SessionView<'a> {
@@ -154,6 +155,24 @@ impl SessionView<'_> {
         descriptor: Bytes,
     ) -> Result<Delegation, PathError> {
         self.session.delegate(path, stream, range, fin, descriptor)
+    }
+
+    /// Primary: serves `resource` over `stream` (a stream this primary
+    /// opened) from this server and every live secondary path, whose servers
+    /// must serve `descriptor` (see
+    /// [`KwikEndpoint::serve_resource`](crate::KwikEndpoint::serve_resource)).
+    /// Ranges are weighted by each path's measured rate, each path's
+    /// outstanding work is bounded, the tail is stolen by idle paths, and the
+    /// ranges of dead paths are re-assigned. [`Event::TransferComplete`]
+    /// follows once the client acknowledged every byte.
+    pub fn serve(
+        &mut self,
+        stream: StreamId,
+        resource: SharedResource,
+        descriptor: Bytes,
+        config: TransferConfig,
+    ) -> Result<TransferId, PathError> {
+        self.session.serve(stream, resource, descriptor, config)
     }
 
     /// Primary: delegated ranges the client has not acknowledged yet.

@@ -1,0 +1,479 @@
+//! The multi-source transfer helper: serve one resource of known length over
+//! one logical stream from the primary and every live secondary at once.
+//!
+//! The primary's scheduler hands out consecutive chunks of the resource. Each
+//! path gets a chunk sized to about `chunk_time` of its measured rate, and
+//! new work only while what it owes stays below its budget (≈ rate × the
+//! time an assignment takes to be confirmed): a slow server can never hoard
+//! work and become the head of line. Ranges lost with a dead path are
+//! re-assigned first. When nothing is left to assign, an idle path takes a
+//! copy of the oldest range a slower path still owes (tail stealing), so all
+//! paths finish together; the client keeps the first copy and drops the
+//! identical second.
+//!
+//! The scheduler is a pure function of what it is told (acknowledged ranges,
+//! path rates and RTTs, time), so it is unit-tested without a network.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::ids::StreamId;
+use crate::paths::PathId;
+use crate::ranges::RangeSet;
+
+/// Bytes a server can serve: the whole resource or any range of it.
+///
+/// `read` should be cheap (slices of memory already held are ideal): the
+/// feeder may read a range again when a write was only partly accepted.
+pub trait Resource: Send + Sync {
+    /// Total length in bytes.
+    fn len(&self) -> u64;
+    /// True if the resource is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Up to `len` bytes from `offset` (fewer only at the end).
+    fn read(&self, offset: u64, len: usize) -> Bytes;
+}
+
+impl Resource for Bytes {
+    fn len(&self) -> u64 {
+        Bytes::len(self) as u64
+    }
+    fn read(&self, offset: u64, len: usize) -> Bytes {
+        let start = (offset as usize).min(Bytes::len(self));
+        let end = start.saturating_add(len).min(Bytes::len(self));
+        self.slice(start..end)
+    }
+}
+
+/// A shared, thread-safe resource.
+pub type SharedResource = Arc<dyn Resource>;
+
+/// Identity of a transfer within a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransferId(pub u64);
+
+/// Tuning of the multi-source scheduler.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TransferConfig {
+    /// A chunk lasts about this long at its path's measured rate.
+    pub chunk_time: Duration,
+    /// Smallest chunk.
+    pub min_chunk: u64,
+    /// Largest chunk.
+    pub max_chunk: u64,
+    /// Duplicate the tail onto idle faster paths.
+    pub steal_tail: bool,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            chunk_time: Duration::from_millis(100),
+            min_chunk: 128 << 10,
+            max_chunk: 8 << 20,
+            steal_tail: true,
+        }
+    }
+}
+
+/// What the scheduler knows of one live path when it runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PathView {
+    pub id: PathId,
+    pub rtt: Duration,
+}
+
+/// One range given to one path.
+#[derive(Debug, Clone)]
+struct Assignment {
+    range: Range<u64>,
+    at: Instant,
+    /// It is a copy of another path's range, or was copied already: never
+    /// copy it (again).
+    no_steal: bool,
+}
+
+#[derive(Debug, Default)]
+struct PathLoad {
+    assigned: Vec<Assignment>,
+    /// Bytes of fully acknowledged assignments already pruned.
+    delivered_pruned: u64,
+    rate: f64,
+    sample_at: Option<(Instant, u64)>,
+}
+
+impl PathLoad {
+    fn owed(&self, received: &RangeSet) -> u64 {
+        self.assigned
+            .iter()
+            .flat_map(|a| received.gaps(a.range.clone()))
+            .map(|g| g.end - g.start)
+            .sum()
+    }
+
+    fn delivered(&self, received: &RangeSet) -> u64 {
+        let assigned: u64 = self
+            .assigned
+            .iter()
+            .map(|a| a.range.end - a.range.start)
+            .sum();
+        self.delivered_pruned + assigned - self.owed(received)
+    }
+}
+
+/// A new assignment the session must carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Assign {
+    pub path: PathId,
+    pub range: Range<u64>,
+    pub fin: bool,
+}
+
+/// The primary's state of one multi-source transfer.
+pub(crate) struct Transfer {
+    pub stream: StreamId,
+    pub len: u64,
+    pub descriptor: Bytes,
+    pub resource: SharedResource,
+    config: TransferConfig,
+    next: u64,
+    /// Lost ranges waiting for a new owner, lowest first.
+    reassign: VecDeque<Range<u64>>,
+    loads: BTreeMap<PathId, PathLoad>,
+}
+
+impl Transfer {
+    pub(crate) fn new(
+        stream: StreamId,
+        descriptor: Bytes,
+        resource: SharedResource,
+        config: TransferConfig,
+    ) -> Self {
+        Self {
+            stream,
+            len: resource.len(),
+            descriptor,
+            resource,
+            config,
+            next: 0,
+            reassign: VecDeque::new(),
+            loads: BTreeMap::new(),
+        }
+    }
+
+    /// True once the client acknowledged every byte.
+    pub(crate) fn complete(&self, received: &RangeSet) -> bool {
+        received.contains(0..self.len)
+    }
+
+    /// `path` ended: its unacknowledged ranges go back into the pool.
+    pub(crate) fn path_lost(&mut self, path: PathId, received: &RangeSet) {
+        let Some(load) = self.loads.remove(&path) else {
+            return;
+        };
+        let mut gaps: Vec<Range<u64>> = load
+            .assigned
+            .iter()
+            .flat_map(|a| received.gaps(a.range.clone()))
+            .collect();
+        gaps.extend(self.reassign.drain(..));
+        gaps.sort_by_key(|r| r.start);
+        self.reassign = gaps.into();
+    }
+
+    fn rate(&self, path: PathId) -> f64 {
+        self.loads.get(&path).map_or(0.0, |l| l.rate)
+    }
+
+    fn chunk_for(&self, path: PathId) -> u64 {
+        let by_rate = (self.rate(path) * self.config.chunk_time.as_secs_f64()) as u64;
+        by_rate.clamp(self.config.min_chunk, self.config.max_chunk)
+    }
+
+    /// Most bytes `path` may owe: enough to stay busy until new work can
+    /// reach it (its rate over the primary's and its own round trip, twice),
+    /// plus one chunk.
+    fn budget(&self, path: PathView, primary_rtt: Duration) -> u64 {
+        let horizon = (primary_rtt + path.rtt + Duration::from_millis(20)).as_secs_f64();
+        let by_rate = (self.rate(path.id) * horizon * 2.0) as u64;
+        by_rate + 2 * self.chunk_for(path.id)
+    }
+
+    /// Next range to hand out, at most `max` long.
+    fn take_range(&mut self, max: u64) -> Option<Range<u64>> {
+        if let Some(front) = self.reassign.front_mut() {
+            let end = front.end.min(front.start + max);
+            let range = front.start..end;
+            front.start = end;
+            if front.start >= front.end {
+                self.reassign.pop_front();
+            }
+            return Some(range);
+        }
+        if self.next >= self.len {
+            return None;
+        }
+        let end = self.len.min(self.next + max);
+        let range = self.next..end;
+        self.next = end;
+        Some(range)
+    }
+
+    /// Updates rate estimates and returns the new assignments due now.
+    /// `paths` are the live paths (the primary included), `received` what
+    /// the client acknowledged of the stream.
+    pub(crate) fn schedule(
+        &mut self,
+        now: Instant,
+        paths: &[PathView],
+        received: &RangeSet,
+    ) -> Vec<Assign> {
+        for p in paths {
+            let load = self.loads.entry(p.id).or_default();
+            // Prune fully acknowledged assignments.
+            let mut pruned = 0;
+            load.assigned.retain(|a| {
+                let done = received.contains(a.range.clone());
+                if done {
+                    pruned += a.range.end - a.range.start;
+                }
+                !done
+            });
+            load.delivered_pruned += pruned;
+            let delivered = load.delivered(received);
+            match load.sample_at {
+                None => load.sample_at = Some((now, delivered)),
+                Some((at, before)) => {
+                    let dt = now.saturating_duration_since(at);
+                    if dt >= Duration::from_millis(50) {
+                        let sample = (delivered - before) as f64 / dt.as_secs_f64();
+                        load.rate = if load.rate == 0.0 {
+                            sample
+                        } else {
+                            0.6 * load.rate + 0.4 * sample
+                        };
+                        load.sample_at = Some((now, delivered));
+                    }
+                }
+            }
+        }
+        let primary_rtt = paths
+            .iter()
+            .find(|p| p.id == PathId::PRIMARY)
+            .map_or(Duration::ZERO, |p| p.rtt);
+        // Fastest first, so that scarce work goes where it finishes soonest.
+        let mut order: Vec<PathView> = paths.to_vec();
+        order.sort_by(|a, b| {
+            self.rate(b.id)
+                .partial_cmp(&self.rate(a.id))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.id.cmp(&b.id))
+        });
+        let mut out = Vec::new();
+        for p in order {
+            let budget = self.budget(p, primary_rtt);
+            let chunk = self.chunk_for(p.id);
+            loop {
+                let owed = self.loads.get(&p.id).map_or(0, |l| l.owed(received));
+                if owed >= budget {
+                    break;
+                }
+                let (range, copy) = match self.take_range(chunk) {
+                    Some(r) => (r, false),
+                    None if self.config.steal_tail && owed < chunk => {
+                        match self.steal_for(p, received, now) {
+                            Some(r) => (r, true),
+                            None => break,
+                        }
+                    }
+                    None => break,
+                };
+                self.loads
+                    .entry(p.id)
+                    .or_default()
+                    .assigned
+                    .push(Assignment {
+                        range: range.clone(),
+                        at: now,
+                        no_steal: copy,
+                    });
+                out.push(Assign {
+                    path: p.id,
+                    fin: range.end == self.len,
+                    range,
+                });
+            }
+        }
+        out
+    }
+
+    /// The lowest range a slower path still owes that `thief` would finish
+    /// sooner; marks it so it is copied only once. A range is only copied
+    /// once its owner had time to show progress on it.
+    fn steal_for(
+        &mut self,
+        thief: PathView,
+        received: &RangeSet,
+        now: Instant,
+    ) -> Option<Range<u64>> {
+        let patience = thief.rtt * 2 + Duration::from_millis(50);
+        let thief_rate = self.rate(thief.id).max(1.0);
+        let mut best: Option<(u64, PathId, usize, Range<u64>)> = None;
+        for (owner, load) in &self.loads {
+            if *owner == thief.id {
+                continue;
+            }
+            let owner_rate = load.rate.max(1.0);
+            let owner_backlog = load.owed(received) as f64 / owner_rate;
+            for (i, a) in load.assigned.iter().enumerate() {
+                if a.no_steal || now.saturating_duration_since(a.at) < patience {
+                    continue;
+                }
+                let Some(gap) = received.gaps(a.range.clone()).into_iter().next() else {
+                    continue;
+                };
+                let missing = a.range.end - gap.start;
+                let thief_time = thief.rtt.as_secs_f64() + missing as f64 / thief_rate;
+                if thief_time < owner_backlog && best.as_ref().is_none_or(|b| gap.start < b.0) {
+                    best = Some((gap.start, *owner, i, gap.start..a.range.end));
+                }
+            }
+        }
+        let (_, owner, i, range) = best?;
+        self.loads.get_mut(&owner).expect("listed").assigned[i].no_steal = true;
+        Some(range)
+    }
+}
+
+/// A range a server writes from a resource.
+pub(crate) struct Job {
+    pub stream: StreamId,
+    pub range: Range<u64>,
+    pub fin: bool,
+    pub resource: SharedResource,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(len: usize) -> SharedResource {
+        Arc::new(Bytes::from(vec![7u8; len]))
+    }
+
+    fn transfer(len: usize) -> Transfer {
+        let config = TransferConfig {
+            min_chunk: 100,
+            max_chunk: 1000,
+            ..TransferConfig::default()
+        };
+        Transfer::new(StreamId(3), Bytes::new(), resource(len), config)
+    }
+
+    fn view(id: u64, rtt_ms: u64) -> PathView {
+        PathView {
+            id: PathId(id),
+            rtt: Duration::from_millis(rtt_ms),
+        }
+    }
+
+    #[test]
+    fn hands_out_every_byte_once_and_marks_the_end() {
+        let mut t = transfer(1000);
+        let now = Instant::now();
+        let paths = [view(0, 10), view(1, 10)];
+        let mut got = RangeSet::new();
+        let mut fins = 0;
+        let mut received = RangeSet::new();
+        for step in 0..50 {
+            for a in t.schedule(now + Duration::from_millis(step * 60), &paths, &received) {
+                assert!(
+                    !got.contains(a.range.clone()) || a.range.is_empty(),
+                    "{a:?} twice"
+                );
+                got.insert(a.range.clone());
+                fins += a.fin as u32;
+                received.insert(a.range.clone());
+            }
+        }
+        assert!(got.contains(0..1000));
+        assert!(t.complete(&received));
+        assert_eq!(fins, 1);
+    }
+
+    #[test]
+    fn bounded_outstanding_per_path() {
+        let mut t = transfer(1_000_000);
+        let received = RangeSet::new();
+        let out = t.schedule(Instant::now(), &[view(0, 10), view(1, 10)], &received);
+        for p in [0, 1] {
+            let owed: u64 = out
+                .iter()
+                .filter(|a| a.path == PathId(p))
+                .map(|a| a.range.end - a.range.start)
+                .sum();
+            assert!(owed <= 2 * 100 + 100, "path {p} owes {owed}");
+        }
+    }
+
+    #[test]
+    fn lost_ranges_are_reassigned_first() {
+        let mut t = transfer(10_000);
+        let now = Instant::now();
+        let mut received = RangeSet::new();
+        let out = t.schedule(now, &[view(0, 10), view(1, 10)], &received);
+        let of_1: Vec<Range<u64>> = out
+            .iter()
+            .filter(|a| a.path == PathId(1))
+            .map(|a| a.range.clone())
+            .collect();
+        assert!(!of_1.is_empty());
+        // Path 1 delivered half of its first range, then died.
+        received.insert(of_1[0].start..of_1[0].start + 50);
+        t.path_lost(PathId(1), &received);
+        for a in &out {
+            if a.path == PathId::PRIMARY {
+                received.insert(a.range.clone());
+            }
+        }
+        let next = t.schedule(now + Duration::from_millis(100), &[view(0, 10)], &received);
+        assert_eq!(
+            next[0].range.start,
+            of_1[0].start + 50,
+            "the lost remainder comes first"
+        );
+    }
+
+    #[test]
+    fn an_idle_fast_path_copies_a_slow_tail() {
+        let mut t = transfer(400);
+        let start = Instant::now();
+        let mut received = RangeSet::new();
+        let paths = [view(0, 10), view(1, 10)];
+        let first = t.schedule(start, &paths, &received);
+        // The primary delivers everything it got; path 1 delivers nothing.
+        for a in first.iter().filter(|a| a.path == PathId::PRIMARY) {
+            received.insert(a.range.clone());
+        }
+        t.loads.get_mut(&PathId::PRIMARY).unwrap().rate = 10_000.0;
+        t.loads.get_mut(&PathId(1)).unwrap().rate = 10.0;
+        let later = t.schedule(start + Duration::from_millis(200), &paths, &received);
+        let copies: Vec<&Assign> = later.iter().filter(|a| a.path == PathId::PRIMARY).collect();
+        let owed_by_1: Vec<Range<u64>> = first
+            .iter()
+            .filter(|a| a.path == PathId(1))
+            .map(|a| a.range.clone())
+            .collect();
+        assert!(
+            copies.iter().any(|c| owed_by_1.contains(&c.range)),
+            "{later:?} vs {owed_by_1:?}"
+        );
+    }
+}
