@@ -174,9 +174,25 @@ impl Assembler {
         Some(data)
     }
 
-    /// Received ranges above the contiguous end, in order.
+    /// Received ranges above the contiguous end, in order, adjacent pieces
+    /// merged.
     pub(crate) fn pending_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.pending.iter().map(|(&k, v)| (k, k + v.len() as u64))
+        let mut pieces = self
+            .pending
+            .iter()
+            .map(|(&k, v)| (k, k + v.len() as u64))
+            .peekable();
+        std::iter::from_fn(move || {
+            let (start, mut end) = pieces.next()?;
+            while let Some(&(s, e)) = pieces.peek() {
+                if s != end {
+                    break;
+                }
+                end = e;
+                pieces.next();
+            }
+            Some((start, end))
+        })
     }
 
     /// Drops everything held (after a reset or stop).
@@ -216,6 +232,18 @@ mod tests {
         assert_eq!(read_all(&mut a), text);
         assert_eq!(a.buffered(), 0);
         assert!(!a.insert(0, piece(0, 10)).unwrap());
+    }
+
+    #[test]
+    fn pending_ranges_merge_adjacent_pieces() {
+        let mut a = Assembler::default();
+        for off in [10u64, 12, 14, 20, 22] {
+            a.insert(off, Bytes::from_static(b"xx")).unwrap();
+        }
+        assert_eq!(
+            a.pending_ranges().collect::<Vec<_>>(),
+            vec![(10, 16), (20, 24)]
+        );
     }
 
     #[test]

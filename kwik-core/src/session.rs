@@ -343,7 +343,13 @@ impl Session {
                 continue;
             }
             let dead_after = self.policy.dead_after(conn.quic.rtt());
-            consider(conn.last_rx + dead_after / 2);
+            if self
+                .paths
+                .get(path)
+                .is_some_and(|p| p.state == PathState::Active)
+            {
+                consider(conn.last_rx + dead_after / 2);
+            }
             consider(conn.last_rx + dead_after);
         }
         for cp in self.client_paths.values() {
@@ -1068,7 +1074,9 @@ impl Session {
         let mut finished = Vec::new();
         for (id, t) in &mut self.transfers {
             let received = self.ledger.received(t.stream).cloned().unwrap_or_default();
-            if t.complete(&received) {
+            // StreamComplete releases the send half: the client has it all.
+            let released = self.streams.send_mut(t.stream).is_none();
+            if released || t.complete(&received) {
                 finished.push((*id, t.stream));
                 continue;
             }

@@ -753,7 +753,7 @@ fn ack_of(id: StreamId, recv: &RecvHalf) -> Body {
 }
 
 /// Most received ranges an acknowledgement lists above its contiguous prefix.
-const MAX_ACK_RANGES: usize = 32;
+const MAX_ACK_RANGES: usize = 64;
 
 #[cfg(test)]
 mod tests {

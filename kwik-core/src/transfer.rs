@@ -70,6 +70,13 @@ pub struct TransferConfig {
     pub max_chunk: u64,
     /// Duplicate the tail onto idle faster paths.
     pub steal_tail: bool,
+    /// Work a path may owe, in time at its measured rate. Long enough that
+    /// a path is never starved while its rate ramps up (a path that owes
+    /// `rate × backlog` can still grow by `backlog ÷ round trip` per round
+    /// trip), short enough that a slow path never holds much.
+    pub backlog: Duration,
+    /// Work any path may owe regardless of its rate (the start of a ramp).
+    pub min_backlog: u64,
 }
 
 impl Default for TransferConfig {
@@ -79,6 +86,8 @@ impl Default for TransferConfig {
             min_chunk: 128 << 10,
             max_chunk: 8 << 20,
             steal_tail: true,
+            backlog: Duration::from_millis(250),
+            min_backlog: 1 << 20,
         }
     }
 }
@@ -100,13 +109,18 @@ struct Assignment {
     no_steal: bool,
 }
 
+/// Window over which a path's delivery rate is measured.
+const RATE_WINDOW: Duration = Duration::from_millis(300);
+
 #[derive(Debug, Default)]
 struct PathLoad {
     assigned: Vec<Assignment>,
     /// Bytes of fully acknowledged assignments already pruned.
     delivered_pruned: u64,
+    /// Bytes per second delivered over the last [`RATE_WINDOW`].
     rate: f64,
-    sample_at: Option<(Instant, u64)>,
+    /// (time, bytes delivered so far), oldest first.
+    samples: VecDeque<(Instant, u64)>,
 }
 
 impl PathLoad {
@@ -197,13 +211,11 @@ impl Transfer {
         by_rate.clamp(self.config.min_chunk, self.config.max_chunk)
     }
 
-    /// Most bytes `path` may owe: enough to stay busy until new work can
-    /// reach it (its rate over the primary's and its own round trip, twice),
-    /// plus one chunk.
-    fn budget(&self, path: PathView, primary_rtt: Duration) -> u64 {
-        let horizon = (primary_rtt + path.rtt + Duration::from_millis(20)).as_secs_f64();
-        let by_rate = (self.rate(path.id) * horizon * 2.0) as u64;
-        by_rate + 2 * self.chunk_for(path.id)
+    /// Most bytes `path` may owe: its measured rate over the configured
+    /// backlog time (at least the floor), plus one chunk.
+    fn budget(&self, path: PathId) -> u64 {
+        let by_rate = (self.rate(path) * self.config.backlog.as_secs_f64()) as u64;
+        by_rate.max(self.config.min_backlog) + self.chunk_for(path)
     }
 
     /// Next range to hand out, at most `max` long.
@@ -248,26 +260,19 @@ impl Transfer {
             });
             load.delivered_pruned += pruned;
             let delivered = load.delivered(received);
-            match load.sample_at {
-                None => load.sample_at = Some((now, delivered)),
-                Some((at, before)) => {
-                    let dt = now.saturating_duration_since(at);
-                    if dt >= Duration::from_millis(50) {
-                        let sample = (delivered - before) as f64 / dt.as_secs_f64();
-                        load.rate = if load.rate == 0.0 {
-                            sample
-                        } else {
-                            0.6 * load.rate + 0.4 * sample
-                        };
-                        load.sample_at = Some((now, delivered));
-                    }
-                }
+            load.samples.push_back((now, delivered));
+            while load.samples.len() > 2
+                && now.saturating_duration_since(load.samples[1].0) >= RATE_WINDOW
+            {
+                load.samples.pop_front();
+            }
+            let (t0, d0) = load.samples[0];
+            let dt = now.saturating_duration_since(t0);
+            if dt >= RATE_WINDOW / 4 {
+                load.rate = (delivered - d0) as f64 / dt.as_secs_f64();
             }
         }
-        let primary_rtt = paths
-            .iter()
-            .find(|p| p.id == PathId::PRIMARY)
-            .map_or(Duration::ZERO, |p| p.rtt);
+
         // Fastest first, so that scarce work goes where it finishes soonest.
         let mut order: Vec<PathView> = paths.to_vec();
         order.sort_by(|a, b| {
@@ -278,7 +283,7 @@ impl Transfer {
         });
         let mut out = Vec::new();
         for p in order {
-            let budget = self.budget(p, primary_rtt);
+            let budget = self.budget(p.id);
             let chunk = self.chunk_for(p.id);
             loop {
                 let owed = self.loads.get(&p.id).map_or(0, |l| l.owed(received));
@@ -288,7 +293,7 @@ impl Transfer {
                 let (range, copy) = match self.take_range(chunk) {
                     Some(r) => (r, false),
                     None if self.config.steal_tail && owed < chunk => {
-                        match self.steal_for(p, received, now) {
+                        match self.steal_for(p, received, now, chunk) {
                             Some(r) => (r, true),
                             None => break,
                         }
@@ -322,6 +327,7 @@ impl Transfer {
         thief: PathView,
         received: &RangeSet,
         now: Instant,
+        max: u64,
     ) -> Option<Range<u64>> {
         let patience = thief.rtt * 2 + Duration::from_millis(50);
         let thief_rate = self.rate(thief.id).max(1.0);
@@ -342,7 +348,8 @@ impl Transfer {
                 let missing = a.range.end - gap.start;
                 let thief_time = thief.rtt.as_secs_f64() + missing as f64 / thief_rate;
                 if thief_time < owner_backlog && best.as_ref().is_none_or(|b| gap.start < b.0) {
-                    best = Some((gap.start, *owner, i, gap.start..a.range.end));
+                    let end = a.range.end.min(gap.start + max);
+                    best = Some((gap.start, *owner, i, gap.start..end));
                 }
             }
         }
@@ -372,6 +379,7 @@ mod tests {
         let config = TransferConfig {
             min_chunk: 100,
             max_chunk: 1000,
+            min_backlog: 200,
             ..TransferConfig::default()
         };
         Transfer::new(StreamId(3), Bytes::new(), resource(len), config)
@@ -419,7 +427,7 @@ mod tests {
                 .filter(|a| a.path == PathId(p))
                 .map(|a| a.range.end - a.range.start)
                 .sum();
-            assert!(owed <= 2 * 100 + 100, "path {p} owes {owed}");
+            assert!(owed <= 200 + 100, "path {p} owes {owed}");
         }
     }
 

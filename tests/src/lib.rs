@@ -24,6 +24,7 @@ pub mod certs;
 pub mod hostile;
 pub mod kwik_node;
 pub mod link;
+pub mod multi;
 pub mod node;
 pub mod quinn_node;
 pub mod seeding;

@@ -1,0 +1,330 @@
+//! Multi-server scenarios in the simulator: aggregation over heterogeneous
+//! paths, failover, path authorisation, raw relay, removal, primary death.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kwik_core::{CloseReason, ErrorCode, Event, PathError, PathFilter, PathId, PathState};
+use kwik_sim::multi::{MultiOptions, MultiSetup, ServerLink, Start, first_server_stream};
+
+fn heterogeneous() -> Vec<ServerLink> {
+    vec![
+        ServerLink::new(100, 40),
+        ServerLink::new(50, 80),
+        ServerLink::new(200, 20),
+        ServerLink::new(25, 120),
+    ]
+}
+
+fn run(s: &mut MultiSetup, limit: Duration) {
+    if let Err(e) = s.sim.run_until_done(limit) {
+        let interesting = s.sim.trace().lines().iter().filter(|l| {
+            !l.text.starts_with("StreamReadable") && !l.text.starts_with("StreamWritable")
+        });
+        for l in interesting.take(80) {
+            eprintln!("{l}");
+        }
+        let c = s.client();
+        let p = s.primary();
+        eprintln!(
+            "client read {:?} closed {:?}; primary added {:?} failed {:?} dead {:?} lost {}",
+            c.read,
+            c.closed,
+            p.added,
+            p.failed,
+            p.dead,
+            p.lost.len()
+        );
+        panic!("{e:?}");
+    }
+}
+
+fn assert_intact(s: &MultiSetup, size: u64) {
+    let c = s.client();
+    assert_eq!(c.corrupt, 0, "every byte identical");
+    let stream = first_server_stream();
+    assert_eq!(
+        c.read.get(&stream).copied(),
+        Some(size),
+        "every byte exactly once"
+    );
+    assert!(c.finished.contains(&stream), "end of stream seen");
+}
+
+fn client_paths(s: &mut MultiSetup) -> Vec<kwik_core::PathInfo> {
+    let client = s.client_node();
+    let h = client.app.session.unwrap();
+    client.endpoint.session(h).unwrap().paths(PathFilter::All)
+}
+
+#[test]
+fn four_servers_deliver_one_resource_and_each_contributes() {
+    let size = 256 << 20;
+    let mut s = MultiSetup::new(MultiOptions::new(101, heterogeneous(), size), |_| {});
+    run(&mut s, Duration::from_secs(120));
+    assert_intact(&s, size);
+    let p = s.primary();
+    assert_eq!(p.added.len(), 3, "three secondaries joined: {:?}", p.failed);
+    assert!(
+        p.complete_at.is_some(),
+        "the primary learned the transfer completed"
+    );
+    let paths = client_paths(&mut s);
+    assert_eq!(paths.len(), 4);
+    for info in &paths {
+        assert_eq!(info.state, PathState::Active);
+        assert!(
+            info.bytes_received > 8 << 20,
+            "{} contributed only {} bytes",
+            info.id,
+            info.bytes_received
+        );
+    }
+}
+
+#[test]
+fn a_secondary_blackholed_midway_loses_nothing_and_duplicates_nothing() {
+    let size = 64 << 20;
+    let links = vec![ServerLink::new(100, 50); 4];
+    let mut s = MultiSetup::new(MultiOptions::new(102, links, size), |_| {});
+    let client = s.client;
+    let stream = first_server_stream();
+    s.sim
+        .run_while(Duration::from_secs(60), |sim| {
+            let c = &sim
+                .node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
+                .app;
+            c.read.get(&stream).copied().unwrap_or(0) < size * 4 / 10
+        })
+        .expect("40 % arrives");
+    let victim = s.servers[2];
+    s.sim.set_down(victim, true);
+    run(&mut s, Duration::from_secs(120));
+    assert_intact(&s, size);
+    let p = s.primary();
+    let dead_path = p.path_ids[&victim];
+    assert!(
+        p.dead
+            .iter()
+            .any(|(path, f)| *path == dead_path && f.code == ErrorCode::PathDead),
+        "the primary learned the path died: {:?}",
+        p.dead
+    );
+    assert!(!p.lost.is_empty(), "the primary got the missing ranges");
+    assert!(p.lost.iter().all(|d| d.path == dead_path));
+    assert!(
+        s.client().max_stall < Duration::from_secs(2),
+        "delivery resumed quickly: {:?}",
+        s.client().max_stall
+    );
+    let paths = client_paths(&mut s);
+    let info = paths.iter().find(|p| p.id == dead_path).unwrap();
+    assert_eq!(info.state, PathState::Dead);
+}
+
+#[test]
+fn the_client_policy_and_the_secondary_trust_refuse_paths() {
+    let links = vec![ServerLink::new(100, 20); 4];
+    let mut opts = MultiOptions::new(103, links, 4 << 20);
+    // The client allows only the first and the third secondary …
+    opts.tune_client = Box::new(|c| {
+        c.path_policy.allow.remove(1);
+    });
+    // … the third trusts another key, and the first mints with a zero lifetime? no: the
+    // primary's tokens are fine; server 3 simply does not trust them.
+    opts.tune_server = Box::new(|i, cfg| {
+        if i == 3 {
+            cfg.trusted_keys = vec![kwik_core::TokenKey::new([0xee; 32])];
+        }
+    });
+    let mut s = MultiSetup::new(opts, |_| {});
+    run(&mut s, Duration::from_secs(60));
+    assert_intact(&s, 4 << 20);
+    let p = s.primary();
+    let refused = p.path_ids[&s.servers[2]];
+    let untrusted = p.path_ids[&s.servers[3]];
+    let code_of = |path: PathId| {
+        p.failed
+            .iter()
+            .find(|(id, _)| *id == path)
+            .map(|(_, f)| f.code)
+    };
+    assert_eq!(code_of(refused), Some(ErrorCode::Refused), "{:?}", p.failed);
+    assert_eq!(
+        code_of(untrusted),
+        Some(ErrorCode::AuthFailed),
+        "{:?}",
+        p.failed
+    );
+    assert_eq!(p.added.len(), 1);
+    assert!(
+        s.secondary(1).joined.is_empty(),
+        "the refused target was never dialled"
+    );
+    assert!(
+        s.secondary(2).joined.is_empty(),
+        "nothing kept on an untrusted token"
+    );
+}
+
+#[test]
+fn an_expired_token_is_refused() {
+    let links = vec![ServerLink::new(100, 20); 2];
+    let mut opts = MultiOptions::new(104, links, 1 << 20);
+    opts.tune_server = Box::new(|i, cfg| {
+        if i == 0 {
+            cfg.token_lifetime = Duration::ZERO;
+        }
+    });
+    let mut s = MultiSetup::new(opts, |_| {});
+    run(&mut s, Duration::from_secs(60));
+    assert_intact(&s, 1 << 20);
+    let p = s.primary();
+    assert_eq!(p.failed.len(), 1);
+    assert_eq!(p.failed[0].1.code, ErrorCode::AuthFailed);
+    assert!(p.failed[0].1.reason.contains("expired"), "{:?}", p.failed);
+}
+
+#[test]
+fn raw_messages_keep_order_and_boundaries_and_dead_paths_refuse_them() {
+    let links = vec![ServerLink::new(100, 20); 2];
+    let mut s = MultiSetup::new(MultiOptions::new(105, links, 1 << 20), |p| {
+        p.start = Start::Manual
+    });
+    let primary = s.primary;
+    s.sim
+        .run_while(Duration::from_secs(10), |sim| {
+            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiPrimary>>(primary)
+                .app
+                .added
+                .is_empty()
+        })
+        .expect("the path joins");
+    let messages: Vec<Bytes> = (0..50u32)
+        .map(|i| Bytes::from(vec![i as u8; 1 + (i as usize * 97) % 3000]))
+        .collect();
+    let node = s.primary_node();
+    let h = node.app.session.unwrap();
+    let path = *node.app.added.iter().next().unwrap();
+    {
+        let mut view = node.endpoint.session(h).unwrap();
+        for m in &messages {
+            view.send_raw(path, m.clone()).expect("relayed");
+        }
+        let too_big = Bytes::from(vec![0u8; 70_000]);
+        assert!(matches!(
+            view.send_raw(path, too_big),
+            Err(PathError::TooLarge { .. })
+        ));
+        assert_eq!(
+            view.send_raw(PathId(99), Bytes::new()),
+            Err(PathError::NotFound(PathId(99)))
+        );
+    }
+    s.sim.touch(s.primary);
+    s.sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        s.secondary(0).raw,
+        messages,
+        "in order, boundaries kept, untouched"
+    );
+
+    // The path dies; raw messages to it are refused with PATH_DEAD.
+    s.sim.set_down(s.servers[1], true);
+    let primary = s.primary;
+    s.sim
+        .run_while(Duration::from_secs(10), |sim| {
+            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiPrimary>>(primary)
+                .app
+                .dead
+                .is_empty()
+        })
+        .expect("the death is reported");
+    let node = s.primary_node();
+    let err = node
+        .endpoint
+        .session(h)
+        .unwrap()
+        .send_raw(path, Bytes::from_static(b"late"))
+        .unwrap_err();
+    assert_eq!(err, PathError::Dead(path));
+    assert_eq!(err.code(), ErrorCode::PathDead);
+}
+
+#[test]
+fn remove_path_drains_then_closes_and_the_history_shows_it() {
+    let links = vec![ServerLink::new(50, 40); 2];
+    let size = 16 << 20;
+    let mut s = MultiSetup::new(MultiOptions::new(106, links, size), |_| {});
+    let client = s.client;
+    let stream = first_server_stream();
+    s.sim
+        .run_while(Duration::from_secs(60), |sim| {
+            let c = &sim
+                .node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
+                .app;
+            c.read.get(&stream).copied().unwrap_or(0) < size / 4
+        })
+        .expect("a quarter arrives");
+    let node = s.primary_node();
+    let h = node.app.session.unwrap();
+    let path = *node.app.added.iter().next().unwrap();
+    node.endpoint
+        .session(h)
+        .unwrap()
+        .remove_path(path)
+        .expect("removal starts");
+    s.sim.touch(s.primary);
+    run(&mut s, Duration::from_secs(120));
+    s.sim.run_for(Duration::from_secs(2));
+    assert_intact(&s, size);
+    let p = s.primary();
+    assert_eq!(p.closed_paths, vec![path], "the primary saw the path close");
+    assert!(p.dead.is_empty());
+    let paths = client_paths(&mut s);
+    let info = paths.iter().find(|p| p.id == path).unwrap();
+    let states: Vec<PathState> = info.history.iter().map(|(_, st)| *st).collect();
+    assert_eq!(states.first(), Some(&PathState::Connecting));
+    assert!(states.contains(&PathState::Active));
+    assert_eq!(states.last(), Some(&PathState::Closed), "{states:?}");
+    assert!(
+        s.client()
+            .path_events
+            .iter()
+            .any(|e| matches!(e, Event::PathClosed { path: p, .. } if *p == path))
+    );
+}
+
+#[test]
+fn the_primary_dying_ends_the_client_session_with_a_reason() {
+    let links = vec![ServerLink::new(100, 20); 2];
+    let mut opts = MultiOptions::new(107, links, 256 << 20);
+    let idle = Duration::from_secs(3);
+    opts.tune_client = Box::new(move |c| c.transport.idle_timeout = idle);
+    opts.tune_server = Box::new(move |_, c| c.transport.idle_timeout = idle);
+    let mut s = MultiSetup::new(opts, |_| {});
+    s.sim.run_for(Duration::from_secs(1));
+    assert!(s.client().total() > 0, "data flows");
+    s.sim.set_down(s.servers[0], true);
+    let client = s.client;
+    let ended = s
+        .sim
+        .run_while(Duration::from_secs(30), |sim| {
+            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
+                .app
+                .closed
+                .is_none()
+        })
+        .expect("no hang");
+    assert!(ended < Duration::from_secs(1) + idle + Duration::from_secs(1));
+    assert_eq!(s.client().closed, Some(CloseReason::TimedOut));
+    s.sim.run_for(Duration::from_secs(1));
+    assert!(
+        s.secondary(0)
+            .closed
+            .iter()
+            .any(|r| matches!(r, CloseReason::ApplicationClosed { .. })),
+        "the secondary was closed by the client: {:?}",
+        s.secondary(0).closed
+    );
+}
