@@ -80,7 +80,7 @@ impl Default for TransportConfig {
             max_uni_streams: 256,
             streams_per_lane: 4,
             max_lanes: 1024,
-            max_frame_payload: 64 << 10,
+            max_frame_payload: 1 << 20,
             max_control_message: 64 << 10,
             send_window: 16 << 20,
             keep_alive_interval: Some(Duration::from_secs(5)),

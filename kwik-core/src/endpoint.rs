@@ -455,8 +455,9 @@ impl KwikEndpoint {
             if let Some(t) =
                 poll_session_transmit(session, self.now, self.config.max_gso_segments, buf)
             {
+                // Sending raises no application event; the deadline is
+                // refreshed once the session has nothing more to send.
                 self.sending.push_back(handle);
-                self.dirty.insert(handle);
                 return Output::Transmit(transmit_of(&t));
             }
             self.in_sending.remove(&handle);
@@ -557,20 +558,20 @@ impl KwikEndpoint {
     /// A view of a session (`None` once it has drained).
     pub fn session(&mut self, handle: SessionHandle) -> Option<SessionView<'_>> {
         let session = self.sessions.get_mut(&handle)?;
-        self.dirty.insert(handle);
         Some(SessionView {
             session,
             now: self.now,
             unix_now: self.config.unix_time + self.now.saturating_duration_since(self.start),
             events: &mut self.events,
+            dirty: &mut self.dirty,
         })
     }
 
     /// A view of one stream of a session.
     pub fn stream(&mut self, handle: SessionHandle, stream: StreamId) -> Option<StreamView<'_>> {
-        let SessionView { session, .. } = self.session(handle)?;
+        let SessionView { session, dirty, .. } = self.session(handle)?;
         session.streams.get_mut(stream)?;
-        Some(StreamView::new(session, stream))
+        Some(StreamView::new(session, stream, dirty))
     }
 
     /// Secondary: serves every delegation whose descriptor is `descriptor`
@@ -626,10 +627,9 @@ fn poll_session_transmit(
 ) -> Option<quinn_proto::Transmit> {
     let count = session.conns.len().max(1);
     let start = session.tx_cursor % count;
-    let mut conns: Vec<&mut Conn> = session.conns.values_mut().collect();
-    let found = (0..conns.len()).map(|k| (start + k) % count).find_map(|i| {
-        conns[i]
-            .quic
+    let found = (0..count).map(|k| (start + k) % count).find_map(|i| {
+        let conn = session.conns.values_mut().nth(i)?;
+        conn.quic
             .poll_transmit(now, max_segments, buf)
             .map(|t| (i, t))
     });

@@ -291,13 +291,11 @@ impl Session {
             };
             self.set_path_state(path, PathState::Failed, Some(failure), ctx);
         }
-        let paths: Vec<PathId> = self.conns.keys().copied().collect();
-        for path in paths {
-            loop {
-                let Some(conn) = self.conns.get_mut(&path) else {
-                    break;
-                };
-                let Some(event) = conn.quic.poll() else { break };
+        for i in 0..self.conns.len() {
+            let Some(&path) = self.conns.keys().nth(i) else {
+                break;
+            };
+            while let Some(event) = self.conns.get_mut(&path).and_then(|c| c.quic.poll()) {
                 if let Err(v) = self.on_quinn_event(path, event, ctx) {
                     self.fail_path(path, v, ctx);
                 }
@@ -307,7 +305,8 @@ impl Session {
         self.run_transfers(ctx);
         self.pump_jobs();
         self.flush(ctx);
-        self.update_deadline();
+        // The endpoint refreshes the deadline once it settled the
+        // connections' endpoint events.
     }
 
     /// Recomputes the next deadline after the connections changed.

@@ -154,6 +154,8 @@ pub(crate) struct Streams {
     control: VecDeque<Body>,
     /// Secondary-server role: writes into streams the client's primary opened.
     secondary: bool,
+    /// Some delegated stream has arrivals not yet acknowledged.
+    acks_due: bool,
 }
 
 fn violation(reason: impl Into<String>) -> Violation {
@@ -184,6 +186,7 @@ impl Streams {
             pending_streams_credit: [false; 2],
             control: VecDeque::new(),
             secondary: false,
+            acks_due: false,
         }
     }
 
@@ -386,6 +389,7 @@ impl Streams {
             return Ok(());
         }
         recv.ack_pending |= recv.delegated;
+        self.acks_due |= recv.delegated;
         let became_readable = recv.asm.insert(piece.offset, piece.data).map_err(|c| {
             Violation::new(
                 ErrorCode::OffsetMismatch,
@@ -641,6 +645,12 @@ impl Streams {
     /// reader's credit and stop concern every writer), `None` to the
     /// primary only.
     pub(crate) fn drain_control(&mut self, out: &mut Vec<(Option<StreamId>, Body)>) {
+        if self.control.is_empty()
+            && self.pending_credit.is_empty()
+            && self.pending_streams_credit == [false; 2]
+        {
+            return;
+        }
         for body in self.control.drain(..) {
             let route = match &body {
                 Body::StopSending(m) => Some(StreamId(m.stream_id)),
@@ -720,6 +730,9 @@ impl Streams {
 
     /// Acknowledgements due for delegated streams.
     pub(crate) fn take_acks(&mut self, out: &mut Vec<Body>) {
+        if !std::mem::take(&mut self.acks_due) {
+            return;
+        }
         for (id, stream) in self.map.iter_mut() {
             let Some(recv) = stream.recv.as_mut() else {
                 continue;
@@ -732,9 +745,14 @@ impl Streams {
 
     /// True if some delegated stream has unacknowledged arrivals.
     pub(crate) fn acks_pending(&self) -> bool {
-        self.map
-            .values()
-            .any(|s| s.recv.as_ref().is_some_and(|r| r.ack_pending))
+        self.acks_due
+    }
+
+    /// True if control messages wait to be sent.
+    pub(crate) fn has_control(&self) -> bool {
+        !self.control.is_empty()
+            || !self.pending_credit.is_empty()
+            || self.pending_streams_credit != [false; 2]
     }
 }
 

@@ -6,7 +6,7 @@
 //! session for driving, so whatever the call changed goes out on the next
 //! [`KwikEndpoint::poll_output`](crate::KwikEndpoint::poll_output).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -30,9 +30,16 @@ pub struct SessionView<'a> {
     pub(crate) now: Instant,
     pub(crate) unix_now: Duration,
     pub(crate) events: &'a mut VecDeque<Event>,
+    /// The endpoint's set of sessions to drive; operations that leave
+    /// something to send add this session to it.
+    pub(crate) dirty: &'a mut BTreeSet<SessionHandle>,
 }
 
 impl SessionView<'_> {
+    fn mark(&mut self) {
+        self.dirty.insert(self.session.handle);
+    }
+
     /// The local handle.
     pub fn handle(&self) -> SessionHandle {
         self.session.handle
@@ -76,10 +83,7 @@ impl SessionView<'_> {
     /// A view of one of this session's streams (`None` if it is gone).
     pub fn stream(&mut self, id: StreamId) -> Option<StreamView<'_>> {
         self.session.streams.get_mut(id)?;
-        Some(StreamView {
-            session: self.session,
-            id,
-        })
+        Some(StreamView::new(self.session, id, self.dirty))
     }
 
     /// Bytes buffered for the application on stream `id`.
@@ -95,6 +99,7 @@ impl SessionView<'_> {
         if reserved {
             return Err(CloseError::ReservedCode(code.into_inner()));
         }
+        self.mark();
         self.session.close(self.now, code, reason, self.events);
         Ok(())
     }
@@ -114,6 +119,7 @@ impl SessionView<'_> {
         address: SocketAddr,
         server_name: &str,
     ) -> Result<PathId, PathError> {
+        self.mark();
         self.session
             .add_path(self.now, self.unix_now, address, server_name)
     }
@@ -122,6 +128,7 @@ impl SessionView<'_> {
     /// first, then its connection closes ([`Event::PathClosed`]). On the
     /// primary this asks the client; on the client it tells the primary.
     pub fn remove_path(&mut self, path: PathId) -> Result<(), PathError> {
+        self.mark();
         self.session.remove_path(path, self.now)
     }
 
@@ -140,6 +147,7 @@ impl SessionView<'_> {
     /// Primary: relays `payload` to the server of `path` through the client,
     /// untouched and with its boundaries; client: sends it to that server.
     pub fn send_raw(&mut self, path: PathId, payload: Bytes) -> Result<(), PathError> {
+        self.mark();
         self.session.send_raw(path, payload)
     }
 
@@ -154,6 +162,7 @@ impl SessionView<'_> {
         fin: bool,
         descriptor: Bytes,
     ) -> Result<Delegation, PathError> {
+        self.mark();
         self.session.delegate(path, stream, range, fin, descriptor)
     }
 
@@ -172,6 +181,7 @@ impl SessionView<'_> {
         descriptor: Bytes,
         config: TransferConfig,
     ) -> Result<TransferId, PathError> {
+        self.mark();
         self.session.serve(stream, resource, descriptor, config)
     }
 
@@ -195,6 +205,7 @@ impl SessionView<'_> {
         data: &mut Bytes,
         fin: bool,
     ) -> Result<usize, WriteError> {
+        self.mark();
         self.session.write_at(stream, offset, data, fin)
     }
 
@@ -202,6 +213,7 @@ impl SessionView<'_> {
     #[doc(hidden)]
     pub fn close_with(&mut self, code: ErrorCode, reason: &[u8]) {
         let code = VarInt::from_u64(code.wire()).expect("small");
+        self.mark();
         self.session.close(self.now, code, reason, self.events);
     }
 }
@@ -210,11 +222,27 @@ impl SessionView<'_> {
 pub struct StreamView<'a> {
     session: &'a mut Session,
     id: StreamId,
+    dirty: &'a mut BTreeSet<SessionHandle>,
 }
 
 impl<'a> StreamView<'a> {
-    pub(crate) fn new(session: &'a mut Session, id: StreamId) -> Self {
-        Self { session, id }
+    pub(crate) fn new(
+        session: &'a mut Session,
+        id: StreamId,
+        dirty: &'a mut BTreeSet<SessionHandle>,
+    ) -> Self {
+        Self { session, id, dirty }
+    }
+
+    fn mark(&mut self) {
+        self.dirty.insert(self.session.handle);
+    }
+
+    /// Reading sends nothing unless it returned credit or released the stream.
+    fn mark_if_control(&mut self) {
+        if self.session.streams.has_control() {
+            self.mark();
+        }
     }
 
     /// The stream's id.
@@ -226,34 +254,42 @@ impl<'a> StreamView<'a> {
     /// much was taken (copied once into a `Bytes`).
     pub fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
         let mut chunk = Bytes::copy_from_slice(data);
+        self.mark();
         self.session.write(self.id, &mut chunk)
     }
 
     /// Writes from `data` without copying; advances it past what was taken.
     pub fn write_chunk(&mut self, data: &mut Bytes) -> Result<usize, WriteError> {
+        self.mark();
         self.session.write(self.id, data)
     }
 
     /// Ends the sending half; the reader sees end of stream after the data.
     pub fn finish(&mut self) -> Result<(), StreamError> {
+        self.mark();
         self.session.finish(self.id)
     }
 
     /// Abandons the sending half; the reader sees `code`.
     pub fn reset(&mut self, code: u64) -> Result<(), StreamError> {
+        self.mark();
         self.session.reset(self.id, code)
     }
 
     /// Next contiguous bytes (at most `max`); `Ok(None)` at end of stream.
     /// Read until `Err(Blocked)` to be woken again by `StreamReadable`.
     pub fn read(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
-        self.session.read(self.id, max)
+        let result = self.session.read(self.id, max);
+        self.mark_if_control();
+        result
     }
 
     /// Copies the next contiguous bytes into `buf` (possibly fewer than fit);
     /// `Ok(None)` at end of stream.
     pub fn read_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
-        Ok(self.session.read(self.id, buf.len())?.map(|chunk| {
+        let result = self.session.read(self.id, buf.len());
+        self.mark_if_control();
+        Ok(result?.map(|chunk| {
             buf[..chunk.len()].copy_from_slice(&chunk);
             chunk.len()
         }))
@@ -261,6 +297,7 @@ impl<'a> StreamView<'a> {
 
     /// Tells the peer to stop sending; unread data is discarded.
     pub fn stop(&mut self, code: u64) -> Result<(), StreamError> {
+        self.mark();
         self.session.stop(self.id, code)
     }
 }

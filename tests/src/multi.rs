@@ -295,12 +295,11 @@ impl App for MultiPrimary {
         match event {
             Event::SessionEstablished { session, .. } => {
                 self.session = Some(*session);
-                let mut view = ep.session(*session).expect("live");
                 for a in self.secondaries.clone() {
+                    let mut view = ep.session(*session).expect("live");
                     let id = view.add_path(a, SERVER_NAME).expect("add_path");
                     self.path_ids.insert(a, id);
                 }
-                drop(view);
                 if self.start == Start::Immediately {
                     self.start_transfer(ep);
                 }
@@ -400,6 +399,9 @@ pub struct MultiSetup {
     pub client_addr: SocketAddr,
 }
 
+/// Adjusts the configuration of server `i` (0 is the primary).
+pub type ServerTuner = Box<dyn Fn(usize, &mut ServerConfig)>;
+
 /// Knobs of a [`MultiSetup`].
 pub struct MultiOptions {
     /// Simulation seed.
@@ -415,7 +417,7 @@ pub struct MultiOptions {
     /// Adjusts the client configuration.
     pub tune_client: Box<dyn Fn(&mut ClientConfig)>,
     /// Adjusts every server configuration (index 0 = primary).
-    pub tune_server: Box<dyn Fn(usize, &mut ServerConfig)>,
+    pub tune_server: ServerTuner,
 }
 
 impl MultiOptions {
