@@ -1,0 +1,344 @@
+//! The driver: one task per endpoint that moves datagrams between the UDP
+//! socket and the sans-IO core and sleeps until the core's next deadline.
+//!
+//! Each step (1) flushes queued transmits, (2) receives what the socket has,
+//! (3) under the lock feeds the datagrams and any due timeout to the core and
+//! drains `poll_output`, dispatching events to the waiting futures, (4) arms
+//! the timer. Socket calls happen outside the lock.
+//!
+//! Backpressure: at most [`OUTBOX_MAX`] transmits are taken from the core
+//! before they are sent, and none while the socket is not writable, so a
+//! slow socket leaves data in quinn-proto's bounded buffers (and, through
+//! them, the writers' futures pending) instead of in an unbounded queue here.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use kwik_core::{EndpointConfig, KwikEndpoint, Output, ServerConfig, Transmit};
+use quinn_udp::{EcnCodepoint, RecvMeta, UdpSocketState};
+
+use crate::runtime::{AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
+use crate::shared::{Shared, register};
+
+/// Transmits taken from the core before they are sent.
+const OUTBOX_MAX: usize = 16;
+/// Receive buffer per datagram slot: the largest UDP payload, which is also
+/// the most one GRO batch can hold.
+const RECV_SLOT: usize = 64 * 1024;
+/// Slots per receive call.
+const RECV_SLOTS: usize = if quinn_udp::BATCH_SIZE < 8 {
+    quinn_udp::BATCH_SIZE
+} else {
+    8
+};
+/// Steps per poll before yielding to other tasks.
+const STEPS_PER_POLL: usize = 32;
+/// Kernel socket buffers requested (best effort; the OS caps them). Many
+/// sessions starting at once burst far beyond the usual default.
+const SOCKET_BUFFER: usize = 2 << 20;
+
+/// Binds the core to `socket` and spawns its driver on `runtime`.
+pub(crate) fn start(
+    runtime: Arc<dyn Runtime>,
+    socket: std::net::UdpSocket,
+    server: Option<ServerConfig>,
+) -> io::Result<Arc<Shared>> {
+    socket.set_nonblocking(true)?;
+    let udp = UdpSocketState::new((&socket).into())?;
+    let _ = udp.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+    let _ = udp.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+    let local_addr = socket.local_addr()?;
+    let socket = runtime.wrap_udp_socket(socket)?;
+
+    // Session ids are only as unguessable as this seed is secret.
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(io::Error::other)?;
+    let now = runtime.now();
+    let mut config = EndpointConfig::new(seed);
+    config.max_gso_segments = config.max_gso_segments.min(udp.max_gso_segments()).max(1);
+    // The core reads no clock; path tokens expire in wall-clock time.
+    config.unix_time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let server = server.map(crate::endpoint::manual_accept);
+    let span = tracing::info_span!("kwik_endpoint", local = %local_addr);
+    span.in_scope(|| {
+        tracing::debug!(
+            gso = udp.max_gso_segments(),
+            gro = udp.gro_segments(),
+            server = server.is_some(),
+            "endpoint started"
+        );
+    });
+    let endpoint = KwikEndpoint::new(config, server, now);
+    let shared = Arc::new(Shared::new(endpoint, runtime.clone(), local_addr, span));
+    let driver = Driver {
+        shared: shared.clone(),
+        socket,
+        udp,
+        timer: runtime.new_timer(now),
+        armed: None,
+        fired: false,
+        recv_buf: vec![0; RECV_SLOT * RECV_SLOTS].into_boxed_slice(),
+        meta: [RecvMeta::default(); RECV_SLOTS],
+        received: Vec::new(),
+        outbox: VecDeque::with_capacity(OUTBOX_MAX),
+        spare: Vec::new(),
+        wake: Vec::new(),
+    };
+    runtime.spawn(Box::pin(driver));
+    Ok(shared)
+}
+
+struct Datagram {
+    remote: SocketAddr,
+    local_ip: Option<IpAddr>,
+    ecn: Option<u8>,
+    data: BytesMut,
+}
+
+struct Outgoing {
+    transmit: Transmit,
+    buf: Vec<u8>,
+    /// Bytes already sent (when a GSO batch must be split).
+    sent: usize,
+}
+
+enum Step {
+    /// More may be done right away.
+    Busy,
+    /// Everything waits on a registered waker.
+    Idle,
+    /// The endpoint is finished.
+    Exit,
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    socket: Box<dyn AsyncUdpSocket>,
+    udp: UdpSocketState,
+    timer: Box<dyn AsyncTimer>,
+    /// The deadline the timer is set to, if it is in use.
+    armed: Option<Instant>,
+    fired: bool,
+    recv_buf: Box<[u8]>,
+    meta: [RecvMeta; RECV_SLOTS],
+    received: Vec<Datagram>,
+    outbox: VecDeque<Outgoing>,
+    spare: Vec<Vec<u8>>,
+    wake: Vec<Waker>,
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let span = this.shared.span.clone();
+        let _entered = span.enter();
+        for _ in 0..STEPS_PER_POLL {
+            match this.step(cx) {
+                Ok(Step::Busy) => {}
+                Ok(Step::Idle) => return Poll::Pending,
+                Ok(Step::Exit) => {
+                    tracing::debug!("endpoint finished");
+                    return Poll::Ready(());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "UDP socket failed; endpoint stops");
+                    return Poll::Ready(());
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Driver {
+    fn step(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
+        let flushed = self.flush(cx);
+        let received = self.receive(cx)?;
+        let now = self.shared.runtime.now();
+        let due = self.fired || self.armed.is_some_and(|deadline| deadline <= now);
+
+        let mut state = self.shared.lock();
+        for d in self.received.drain(..) {
+            state
+                .endpoint
+                .handle_datagram(now, d.remote, d.local_ip, d.ecn, d.data);
+        }
+        if due {
+            // A timer may fire a hair early by the clock; never feed a time
+            // before the deadline, or the core would ask for it again.
+            let at = self.armed.map_or(now, |deadline| deadline.max(now));
+            state.endpoint.handle_timeout(at);
+            self.armed = None;
+            self.fired = false;
+        }
+        let mut next = None;
+        if flushed {
+            while self.outbox.len() < OUTBOX_MAX {
+                let mut buf = self.spare.pop().unwrap_or_default();
+                match state.endpoint.poll_output(&mut buf) {
+                    Output::Transmit(transmit) => {
+                        buf.truncate(transmit.size);
+                        self.outbox.push_back(Outgoing {
+                            transmit,
+                            buf,
+                            sent: 0,
+                        });
+                    }
+                    Output::Event(event) => {
+                        self.spare.push(buf);
+                        state.dispatch(event, &mut self.wake);
+                    }
+                    Output::Timeout(deadline) => {
+                        self.spare.push(buf);
+                        next = Some(deadline);
+                        break;
+                    }
+                }
+            }
+        }
+        let drained = next.is_some();
+        if drained {
+            // Registered in the same critical section that found nothing
+            // left to do, so no application call can slip in between.
+            register(&mut state.driver, cx.waker());
+        }
+        let exit = drained && state.should_exit();
+        drop(state);
+        for waker in self.wake.drain(..) {
+            waker.wake();
+        }
+        if exit {
+            return Ok(Step::Exit);
+        }
+
+        let mut busy = received > 0 || (flushed && (!drained || !self.outbox.is_empty()));
+        if let Some(deadline) = next {
+            match deadline {
+                None => self.armed = None,
+                Some(deadline) if self.armed != Some(deadline) => {
+                    self.timer.reset(deadline);
+                    self.armed = Some(deadline);
+                }
+                Some(_) => {}
+            }
+        }
+        if self.armed.is_some() && self.timer.poll_elapsed(cx).is_ready() {
+            self.fired = true;
+            busy = true;
+        }
+        Ok(if busy { Step::Busy } else { Step::Idle })
+    }
+
+    /// Sends queued transmits; false if the socket is not writable (its
+    /// readiness then wakes the task).
+    fn flush(&mut self, cx: &mut Context<'_>) -> bool {
+        while let Some(out) = self.outbox.front_mut() {
+            let t = out.transmit;
+            let segment = t.segment_size.unwrap_or(t.size).max(1);
+            // quinn-udp may turn GSO off after a send error: split batches
+            // the core built for more segments than the socket now takes.
+            let split = t.size.div_ceil(segment) > self.udp.max_gso_segments();
+            let end = if split {
+                (out.sent + segment).min(out.buf.len())
+            } else {
+                out.buf.len()
+            };
+            let contents = &out.buf[out.sent..end];
+            let transmit = quinn_udp::Transmit {
+                destination: t.destination,
+                ecn: t.ecn.and_then(EcnCodepoint::from_bits),
+                contents,
+                segment_size: (contents.len() > segment).then_some(segment),
+                src_ip: t.src_ip,
+            };
+            let udp = &self.udp;
+            let mut send = |sock: UdpSockRef<'_>| udp.send(sock, &transmit).map(|()| 0);
+            match self.socket.poll_io(cx, Interest::Writable, &mut send) {
+                Poll::Pending => return false,
+                Poll::Ready(Ok(_)) => out.sent = end,
+                Poll::Ready(Err(e)) => {
+                    // quinn-udp reports only WouldBlock, which poll_io
+                    // absorbs; anything else loses this datagram, as UDP may.
+                    tracing::debug!(error = %e, "send failed");
+                    out.sent = out.buf.len();
+                }
+            }
+            if out.sent >= out.buf.len()
+                && let Some(done) = self.outbox.pop_front()
+            {
+                let mut buf = done.buf;
+                buf.clear();
+                self.spare.push(buf);
+            }
+        }
+        true
+    }
+
+    /// Receives one batch (at most [`RECV_SLOTS`] buffers) so that one
+    /// critical section never digests more than that; returns how many
+    /// datagrams were queued for the core.
+    fn receive(&mut self, cx: &mut Context<'_>) -> io::Result<usize> {
+        let mut slots = self.recv_buf.chunks_mut(RECV_SLOT);
+        let mut bufs: [IoSliceMut<'_>; RECV_SLOTS] =
+            std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("one chunk per slot")));
+        let udp = &self.udp;
+        let meta = &mut self.meta;
+        let mut recv = |sock: UdpSockRef<'_>| udp.recv(sock, &mut bufs, meta);
+        let n = match self.socket.poll_io(cx, Interest::Readable, &mut recv) {
+            Poll::Pending => return Ok(0),
+            Poll::Ready(Ok(n)) => n,
+            // ICMP errors of earlier sends, reported by some platforms: try
+            // again on the next step.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(1),
+            Poll::Ready(Err(e)) => return Err(e),
+        };
+        let mut count = 0;
+        for (meta, buf) in self.meta.iter().zip(bufs.iter()).take(n) {
+            // One copy into a buffer the core may keep; GRO batches are
+            // split without copying again.
+            let mut data = BytesMut::from(&buf[..meta.len]);
+            let stride = if meta.stride == 0 {
+                meta.len
+            } else {
+                meta.stride
+            };
+            while !data.is_empty() {
+                let datagram = data.split_to(stride.min(data.len()));
+                self.received.push(Datagram {
+                    remote: meta.addr,
+                    local_ip: meta.dst_ip,
+                    ecn: meta.ecn.map(|e| e as u8),
+                    data: datagram,
+                });
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let Some(mut state) = self.shared.lock_for_drop() else {
+            return;
+        };
+        let mut wake = Vec::new();
+        state.shut_down(&mut wake);
+        drop(state);
+        for waker in wake {
+            waker.wake();
+        }
+    }
+}
