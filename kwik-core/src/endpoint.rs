@@ -161,6 +161,12 @@ impl KwikEndpoint {
         self.server = server;
     }
 
+    /// Changes the most datagrams returned in one GSO batch (1 disables
+    /// batching, e.g. after the socket refused a GSO send).
+    pub fn set_max_gso_segments(&mut self, segments: usize) {
+        self.config.max_gso_segments = segments.max(1);
+    }
+
     /// The time of the latest input.
     pub fn now(&self) -> Instant {
         self.now

@@ -66,6 +66,7 @@ pub use paths::{
 };
 pub use ranges::RangeSet;
 pub use session::{Role, SessionStats};
+pub use streams::SendState;
 pub use token::TokenKey;
 pub use transfer::{Resource, SharedResource, TransferConfig, TransferId};
 pub use view::{SessionView, StreamView};

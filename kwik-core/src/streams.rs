@@ -32,14 +32,15 @@ const DIRS: [Dir; 2] = [Dir::Bi, Dir::Uni];
 
 /// Where the sending half of a stream stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SendState {
+pub enum SendState {
     /// Accepting writes.
     Open,
     /// `finish` was called; the FIN record waits for its lane.
     FinPending,
     /// The FIN record is on its lane; waiting for the peer's StreamComplete.
     Finished,
-    /// The peer asked to stop; reported to the application on its next call.
+    /// The peer asked to stop with this code; reported to the application
+    /// on its next call.
     Stopped(u64),
 }
 
@@ -214,6 +215,10 @@ impl Streams {
 
     pub(crate) fn get_mut(&mut self, id: StreamId) -> Option<&mut Stream> {
         self.map.get_mut(&id)
+    }
+
+    pub(crate) fn send_state(&self, id: StreamId) -> Option<SendState> {
+        Some(self.map.get(&id)?.send.as_ref()?.state)
     }
 
     pub(crate) fn send_mut(&mut self, id: StreamId) -> Option<&mut SendHalf> {
@@ -606,6 +611,7 @@ impl Streams {
                     released.push(lane);
                 }
                 let offset = send.offset;
+                let app_done = matches!(send.state, SendState::FinPending | SendState::Finished);
                 send.state = SendState::Stopped(error_code);
                 self.control.push_back(Body::ResetStream(ResetStream {
                     stream_id,
@@ -617,6 +623,11 @@ impl Streams {
                     stream: id,
                     code: error_code,
                 });
+                if app_done {
+                    // The application finished and will not write again:
+                    // nothing is left to report to it.
+                    self.free_send(id);
+                }
             }
             Body::StreamComplete(StreamComplete { stream_id }) => {
                 let id = StreamId(stream_id);

@@ -24,6 +24,19 @@ impl TokenKey {
     pub fn new(secret: [u8; 32]) -> Self {
         Self(hmac::Key::new(hmac::HMAC_SHA256, &secret))
     }
+
+    /// The token authorising path `path` of session `session` until
+    /// `expiry_unix` (seconds since the Unix epoch). Primaries mint tokens
+    /// themselves in `add_path`; this is for orchestration outside kwik and
+    /// for tests.
+    pub fn mint(&self, session: SessionId, path: crate::PathId, expiry_unix: u64) -> bytes::Bytes {
+        let claims = TokenClaims {
+            session_id: session,
+            path_id: path.0,
+            expiry_unix,
+        };
+        bytes::Bytes::from(mint(self, &claims))
+    }
 }
 
 impl std::fmt::Debug for TokenKey {

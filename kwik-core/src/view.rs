@@ -22,6 +22,7 @@ use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
 use crate::paths::{PathError, PathFilter, PathId, PathInfo};
 use crate::session::{Phase, Role, Session, SessionStats};
+use crate::streams::SendState;
 use crate::transfer::{SharedResource, TransferConfig, TransferId};
 
 /// A session of this endpoint.
@@ -293,6 +294,12 @@ impl<'a> StreamView<'a> {
             buf[..chunk.len()].copy_from_slice(&chunk);
             chunk.len()
         }))
+    }
+
+    /// Where the sending half stands (`None` if this side has none, or it
+    /// is released), without changing anything.
+    pub fn send_state(&self) -> Option<SendState> {
+        self.session.streams.send_state(self.id)
     }
 
     /// Tells the peer to stop sending; unread data is discarded.
