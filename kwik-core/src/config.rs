@@ -219,6 +219,11 @@ pub struct ServerConfig {
     pub token_lifetime: Duration,
     /// Primary: how long to wait for the client's answer to AddPath.
     pub add_path_timeout: Duration,
+    /// Primary: when a path ends, re-delegate its unacknowledged ranges to
+    /// the live secondary paths in turn (ranges of transfers started with
+    /// `serve` are always re-assigned by their scheduler). Off: the
+    /// application handles [`Event::RangesLost`](crate::Event::RangesLost).
+    pub auto_reassign: bool,
 }
 
 impl ServerConfig {
@@ -236,6 +241,7 @@ impl ServerConfig {
             trusted_keys: Vec::new(),
             token_lifetime: Duration::from_secs(60),
             add_path_timeout: Duration::from_secs(10),
+            auto_reassign: false,
         })
     }
 }

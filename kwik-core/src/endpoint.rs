@@ -209,6 +209,7 @@ impl KwikEndpoint {
                 token_key: None,
                 token_lifetime: Duration::ZERO,
                 add_path_timeout: Duration::ZERO,
+                auto_reassign: false,
             },
             self.now,
         );
@@ -392,6 +393,7 @@ impl KwikEndpoint {
                         token_key: server.token_key.clone(),
                         token_lifetime: server.token_lifetime,
                         add_path_timeout: server.add_path_timeout,
+                        auto_reassign: server.auto_reassign,
                     },
                     self.now,
                 );

@@ -125,6 +125,7 @@ pub(crate) struct PrimarySettings {
     pub token_key: Option<TokenKey>,
     pub token_lifetime: Duration,
     pub add_path_timeout: Duration,
+    pub auto_reassign: bool,
 }
 
 /// Client-side state of a secondary path.
@@ -862,9 +863,32 @@ impl Session {
                 ctx.events.push_back(Event::RangesLost {
                     session,
                     path,
-                    ranges: lost,
+                    ranges: lost.clone(),
                 });
+                if self.primary.auto_reassign {
+                    self.reassign(lost);
+                }
             }
+        }
+    }
+
+    /// Primary: hands lost delegations to the live secondary paths in turn
+    /// (ranges of running transfers are re-assigned by their scheduler).
+    fn reassign(&mut self, lost: Vec<Delegation>) {
+        let live: Vec<PathId> = self
+            .paths
+            .values()
+            .filter(|p| !p.primary && p.state == PathState::Active)
+            .map(|p| p.id)
+            .collect();
+        let transfer_streams: Vec<StreamId> = self.transfers.values().map(|t| t.stream).collect();
+        let mut next = live.iter().cycle();
+        for d in lost {
+            if transfer_streams.contains(&d.stream) {
+                continue;
+            }
+            let Some(&path) = next.next() else { return };
+            let _ = self.delegate(path, d.stream, d.range, d.fin, d.descriptor);
         }
     }
 

@@ -328,3 +328,82 @@ fn the_primary_dying_ends_the_client_session_with_a_reason() {
         s.secondary(0).closed
     );
 }
+
+#[test]
+fn lost_manual_delegations_are_reassigned_by_the_built_in_policy() {
+    let size: u64 = 24 << 20;
+    let links = vec![ServerLink::new(50, 40); 4];
+    let mut opts = MultiOptions::new(108, links, size);
+    opts.tune_server = Box::new(|i, cfg| {
+        if i == 0 {
+            cfg.auto_reassign = true;
+        }
+    });
+    let mut s = MultiSetup::new(opts, |p| p.start = Start::Manual);
+    let primary = s.primary;
+    s.sim
+        .run_while(Duration::from_secs(10), |sim| {
+            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiPrimary>>(primary)
+                .app
+                .added
+                .len()
+                < 3
+        })
+        .expect("all paths join");
+    // Hand a third of the resource to each secondary by hand.
+    let node = s.primary_node();
+    let h = node.app.session.unwrap();
+    let paths: Vec<PathId> = node.app.added.iter().copied().collect();
+    let mut view = node.endpoint.session(h).unwrap();
+    let stream = view.open(kwik_core::Dir::Uni).unwrap();
+    let third = size / 3;
+    for (i, path) in paths.iter().enumerate() {
+        let start = i as u64 * third;
+        let end = if i == 2 { size } else { start + third };
+        view.delegate(
+            *path,
+            stream,
+            start..end,
+            i == 2,
+            Bytes::from_static(kwik_sim::multi::DESCRIPTOR),
+        )
+        .expect("delegated");
+    }
+    assert_eq!(view.outstanding().len(), 3);
+    s.sim.touch(s.primary);
+    let client = s.client;
+    s.sim
+        .run_while(Duration::from_secs(30), |sim| {
+            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
+                .app
+                .total()
+                < size / 4
+        })
+        .expect("data flows");
+    s.sim.set_down(s.servers[2], true);
+    s.sim
+        .run_while(Duration::from_secs(60), |sim| {
+            !sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
+                .app
+                .finished
+                .contains(&stream)
+        })
+        .expect("completes after the re-assignment");
+    assert_intact(&s, size);
+    let p = s.primary();
+    let dead = p.path_ids[&s.servers[2]];
+    assert_eq!(
+        p.dead.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![dead]
+    );
+    assert!(
+        p.lost.iter().all(|d| d.path == dead) && !p.lost.is_empty(),
+        "the primary was told what was lost"
+    );
+    let node = s.primary_node();
+    let view = node.endpoint.session(h).unwrap();
+    assert!(
+        view.outstanding().iter().all(|d| d.path != dead),
+        "nothing is left owed by the dead path"
+    );
+}
