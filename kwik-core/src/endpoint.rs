@@ -54,7 +54,9 @@ impl std::fmt::Display for UnknownIncoming {
 impl std::error::Error for UnknownIncoming {}
 
 /// A sans-IO kwik endpoint: clients and servers of any number of sessions
-/// over one UDP socket. See the [module docs](self) for the driver loop.
+/// over one UDP socket. It is driven by one loop: feed inputs ([`handle_datagram`](Self::handle_datagram),
+/// [`handle_timeout`](Self::handle_timeout), application calls), then drain
+/// [`poll_output`](Self::poll_output) until it returns [`Output::Timeout`].
 pub struct KwikEndpoint {
     config: EndpointConfig,
     quinn: quinn_proto::Endpoint,

@@ -6,6 +6,16 @@
 //! QUIC streams, with per-logical-stream credit so that streams sharing a
 //! real stream never block each other.
 //!
+//! A session can be served by several servers at once. The **primary** (the
+//! server the client dialled) asks the client to join **secondary** servers
+//! ([`SessionView::add_path`]), authorised by single-use HMAC path tokens
+//! ([`TokenKey`]); it then delegates byte ranges of its streams to them
+//! ([`SessionView::delegate`]) or lets the multi-source scheduler do it
+//! ([`SessionView::serve`]). Secondaries write at logical offsets
+//! ([`SessionView::write_at`]); the client reassembles one ordered stream,
+//! acknowledges what arrived, and reports dead paths so that their missing
+//! ranges are re-assigned: no byte is lost, none is delivered twice.
+//!
 //! [`KwikEndpoint`] is a pure state machine: it reads no clock, opens no
 //! socket and spawns nothing. Time and datagrams go in; transmits, events and
 //! the next deadline come out of [`KwikEndpoint::poll_output`]. The same seed
