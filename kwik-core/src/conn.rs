@@ -29,6 +29,8 @@ pub(crate) struct Conn {
     pub joined: bool,
     /// quinn-proto reported the connection lost or it was closed.
     pub closed: bool,
+    /// quinn-proto drained it; its handle may belong to another connection.
+    pub drained: bool,
     control: Option<QStreamId>,
     control_reader: RecordReader,
     control_out: VecDeque<Bytes>,
@@ -54,6 +56,7 @@ impl Conn {
             quic,
             joined: false,
             closed: false,
+            drained: false,
             control: None,
             control_reader: RecordReader::new(max_control_message as usize),
             control_out: VecDeque::new(),

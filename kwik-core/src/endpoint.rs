@@ -522,7 +522,7 @@ impl KwikEndpoint {
             return false;
         };
         let mut drained = Vec::new();
-        for (path, conn) in session.conns.iter_mut() {
+        for (path, conn) in session.conns.iter_mut().filter(|(_, c)| !c.drained) {
             while let Some(event) = conn.quic.poll_endpoint_events() {
                 if event.is_drained() {
                     drained.push((*path, conn.handle));
@@ -550,7 +550,7 @@ impl KwikEndpoint {
             return;
         };
         self.dial_configs.remove(&handle);
-        for conn in session.conns.values() {
+        for conn in session.conns.values().filter(|c| !c.drained) {
             if let Some(slot) = self.by_conn.get_mut(conn.handle.0) {
                 *slot = None;
             }

@@ -277,8 +277,17 @@ impl Session {
 
     /// Removes a drained connection; true when none is left.
     pub(crate) fn detach(&mut self, path: PathId) -> bool {
-        self.conns.remove(&path);
-        self.conns.is_empty()
+        if path == PathId::PRIMARY {
+            // Kept (inert) for the views until the session goes: its stats
+            // and address stay readable while secondaries drain.
+            if let Some(conn) = self.conns.get_mut(&path) {
+                conn.drained = true;
+                conn.closed = true;
+            }
+        } else {
+            self.conns.remove(&path);
+        }
+        self.conns.values().all(|c| c.drained)
     }
 
     // ----- driving -----
@@ -640,6 +649,11 @@ impl Session {
         }
         let session_id = SessionId::from_slice(&join.session_id)
             .ok_or_else(|| Violation::new(ErrorCode::AuthFailed, "session id is not 16 bytes"))?;
+        // Reject a malformed Join before the token is spent on it.
+        let limits = join
+            .limits
+            .ok_or_else(|| violation("join without limits"))?;
+        check_limits(&limits)?;
         let claims = TokenClaims {
             session_id,
             path_id: join.path_id,
@@ -648,9 +662,6 @@ impl Session {
         ctx.tokens
             .verify(ctx.trusted, &claims, &join.token, ctx.unix_now)
             .map_err(|r| Violation::new(ErrorCode::AuthFailed, r.reason()))?;
-        let limits = join
-            .limits
-            .ok_or_else(|| violation("join without limits"))?;
         self.role = Role::Secondary;
         self.joined_path = PathId(join.path_id);
         self.streams.set_secondary();
@@ -673,9 +684,7 @@ impl Session {
         peer: Limits,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Violation> {
-        if peer.max_frame_payload == 0 || peer.max_control_message < 64 {
-            return Err(violation("unusable limits"));
-        }
+        check_limits(&peer)?;
         self.send_frame_limit = self.transport.max_frame_payload.min(peer.max_frame_payload);
         self.peer_max_control = peer.max_control_message;
         self.streams.set_peer_limits(
@@ -1813,6 +1822,14 @@ pub(crate) fn negotiate(hello: &Hello, server_features: u64) -> Result<Limits, V
     hello
         .limits
         .ok_or_else(|| violation("hello without limits"))
+}
+
+/// A peer's limits must leave room for data and control messages.
+fn check_limits(limits: &Limits) -> Result<(), Violation> {
+    if limits.max_frame_payload == 0 || limits.max_control_message < 64 {
+        return Err(violation("unusable limits"));
+    }
+    Ok(())
 }
 
 fn truncate(reason: &str) -> Bytes {
