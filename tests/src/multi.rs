@@ -531,6 +531,35 @@ impl MultiSetup {
             .app
     }
 
+    /// Runs until `done(client app)` holds; panics after `limit` of virtual
+    /// time. Returns the time elapsed since the start.
+    pub fn run_until_client(
+        &mut self,
+        limit: Duration,
+        done: impl Fn(&MultiClient) -> bool,
+    ) -> Duration {
+        let id = self.client;
+        self.sim
+            .run_while(limit, |sim| {
+                !done(&sim.node::<KwikNode<MultiClient>>(id).app)
+            })
+            .expect("the client reached the expected state in time")
+    }
+
+    /// Runs until `done(primary app)` holds; panics after `limit`.
+    pub fn run_until_primary(
+        &mut self,
+        limit: Duration,
+        done: impl Fn(&MultiPrimary) -> bool,
+    ) -> Duration {
+        let id = self.primary;
+        self.sim
+            .run_while(limit, |sim| {
+                !done(&sim.node::<KwikNode<MultiPrimary>>(id).app)
+            })
+            .expect("the primary reached the expected state in time")
+    }
+
     /// The client node (endpoint + app), mutable.
     pub fn client_node(&mut self) -> &mut KwikNode<MultiClient> {
         self.sim.node_mut::<KwikNode<MultiClient>>(self.client)

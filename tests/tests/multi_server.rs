@@ -87,16 +87,10 @@ fn a_secondary_blackholed_midway_loses_nothing_and_duplicates_nothing() {
     let size = 64 << 20;
     let links = vec![ServerLink::new(100, 50); 4];
     let mut s = MultiSetup::new(MultiOptions::new(102, links, size), |_| {});
-    let client = s.client;
     let stream = first_server_stream();
-    s.sim
-        .run_while(Duration::from_secs(60), |sim| {
-            let c = &sim
-                .node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
-                .app;
-            c.read.get(&stream).copied().unwrap_or(0) < size * 4 / 10
-        })
-        .expect("40 % arrives");
+    s.run_until_client(Duration::from_secs(60), |c| {
+        c.read.get(&stream).copied().unwrap_or(0) >= size * 4 / 10
+    });
     let victim = s.servers[2];
     s.sim.set_down(victim, true);
     run(&mut s, Duration::from_secs(120));
@@ -191,15 +185,7 @@ fn raw_messages_keep_order_and_boundaries_and_dead_paths_refuse_them() {
     let mut s = MultiSetup::new(MultiOptions::new(105, links, 1 << 20), |p| {
         p.start = Start::Manual
     });
-    let primary = s.primary;
-    s.sim
-        .run_while(Duration::from_secs(10), |sim| {
-            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiPrimary>>(primary)
-                .app
-                .added
-                .is_empty()
-        })
-        .expect("the path joins");
+    s.run_until_primary(Duration::from_secs(10), |p| !p.added.is_empty());
     let messages: Vec<Bytes> = (0..50u32)
         .map(|i| Bytes::from(vec![i as u8; 1 + (i as usize * 97) % 3000]))
         .collect();
@@ -231,15 +217,7 @@ fn raw_messages_keep_order_and_boundaries_and_dead_paths_refuse_them() {
 
     // The path dies; raw messages to it are refused with PATH_DEAD.
     s.sim.set_down(s.servers[1], true);
-    let primary = s.primary;
-    s.sim
-        .run_while(Duration::from_secs(10), |sim| {
-            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiPrimary>>(primary)
-                .app
-                .dead
-                .is_empty()
-        })
-        .expect("the death is reported");
+    s.run_until_primary(Duration::from_secs(10), |p| !p.dead.is_empty());
     let node = s.primary_node();
     let err = node
         .endpoint
@@ -256,16 +234,10 @@ fn remove_path_drains_then_closes_and_the_history_shows_it() {
     let links = vec![ServerLink::new(50, 40); 2];
     let size = 16 << 20;
     let mut s = MultiSetup::new(MultiOptions::new(106, links, size), |_| {});
-    let client = s.client;
     let stream = first_server_stream();
-    s.sim
-        .run_while(Duration::from_secs(60), |sim| {
-            let c = &sim
-                .node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
-                .app;
-            c.read.get(&stream).copied().unwrap_or(0) < size / 4
-        })
-        .expect("a quarter arrives");
+    s.run_until_client(Duration::from_secs(60), |c| {
+        c.read.get(&stream).copied().unwrap_or(0) >= size / 4
+    });
     let node = s.primary_node();
     let h = node.app.session.unwrap();
     let path = *node.app.added.iter().next().unwrap();
@@ -306,16 +278,7 @@ fn the_primary_dying_ends_the_client_session_with_a_reason() {
     s.sim.run_for(Duration::from_secs(1));
     assert!(s.client().total() > 0, "data flows");
     s.sim.set_down(s.servers[0], true);
-    let client = s.client;
-    let ended = s
-        .sim
-        .run_while(Duration::from_secs(30), |sim| {
-            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
-                .app
-                .closed
-                .is_none()
-        })
-        .expect("no hang");
+    let ended = s.run_until_client(Duration::from_secs(30), |c| c.closed.is_some());
     assert!(ended < Duration::from_secs(1) + idle + Duration::from_secs(1));
     assert_eq!(s.client().closed, Some(CloseReason::TimedOut));
     s.sim.run_for(Duration::from_secs(1));
@@ -340,16 +303,7 @@ fn lost_manual_delegations_are_reassigned_by_the_built_in_policy() {
         }
     });
     let mut s = MultiSetup::new(opts, |p| p.start = Start::Manual);
-    let primary = s.primary;
-    s.sim
-        .run_while(Duration::from_secs(10), |sim| {
-            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiPrimary>>(primary)
-                .app
-                .added
-                .len()
-                < 3
-        })
-        .expect("all paths join");
+    s.run_until_primary(Duration::from_secs(10), |p| p.added.len() >= 3);
     // Hand a third of the resource to each secondary by hand.
     let node = s.primary_node();
     let h = node.app.session.unwrap();
@@ -371,24 +325,9 @@ fn lost_manual_delegations_are_reassigned_by_the_built_in_policy() {
     }
     assert_eq!(view.outstanding().len(), 3);
     s.sim.touch(s.primary);
-    let client = s.client;
-    s.sim
-        .run_while(Duration::from_secs(30), |sim| {
-            sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
-                .app
-                .total()
-                < size / 4
-        })
-        .expect("data flows");
+    s.run_until_client(Duration::from_secs(30), |c| c.total() >= size / 4);
     s.sim.set_down(s.servers[2], true);
-    s.sim
-        .run_while(Duration::from_secs(60), |sim| {
-            !sim.node::<kwik_sim::KwikNode<kwik_sim::multi::MultiClient>>(client)
-                .app
-                .finished
-                .contains(&stream)
-        })
-        .expect("completes after the re-assignment");
+    s.run_until_client(Duration::from_secs(60), |c| c.finished.contains(&stream));
     assert_intact(&s, size);
     let p = s.primary();
     let dead = p.path_ids[&s.servers[2]];
