@@ -86,7 +86,7 @@ impl Default for TransferConfig {
             min_chunk: 128 << 10,
             max_chunk: 8 << 20,
             steal_tail: true,
-            backlog: Duration::from_millis(250),
+            backlog: Duration::from_millis(150),
             min_backlog: 1 << 20,
         }
     }
