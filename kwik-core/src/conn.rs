@@ -38,6 +38,8 @@ pub(crate) struct Conn {
     recv_lanes: BTreeMap<QStreamId, LaneReader>,
     /// Last time a datagram arrived on this connection.
     pub last_rx: Instant,
+    /// Smallest smoothed RTT seen: the path's RTT without queueing.
+    base_rtt: Option<std::time::Duration>,
     scratch: Vec<Bytes>,
 }
 
@@ -63,8 +65,28 @@ impl Conn {
             lanes: Lanes::new(streams_per_lane),
             recv_lanes: BTreeMap::new(),
             last_rx: now,
+            base_rtt: None,
             scratch: Vec::new(),
         }
+    }
+
+    /// The path's RTT without queueing delay (the smallest smoothed RTT
+    /// seen once the handshake measured one), so that liveness timeouts do
+    /// not stretch when the bottleneck queue fills.
+    pub(crate) fn base_rtt(&mut self) -> std::time::Duration {
+        let rtt = self.quic.rtt();
+        if self.joined {
+            let base = self.base_rtt.get_or_insert(rtt);
+            *base = (*base).min(rtt);
+            *base
+        } else {
+            rtt
+        }
+    }
+
+    /// The last value of [`Conn::base_rtt`], without updating it.
+    pub(crate) fn known_base_rtt(&self) -> std::time::Duration {
+        self.base_rtt.unwrap_or_else(|| self.quic.rtt())
     }
 
     /// Client side: opens the control stream.

@@ -175,7 +175,8 @@ pub struct PathPolicy {
     /// Most secondary paths live at once.
     pub max_paths: usize,
     /// A path silent for this long is dead. `None`: three probe timeouts
-    /// derived from the path's RTT (at least `min_dead_after`).
+    /// derived from the path's RTT without queueing (the smallest smoothed
+    /// RTT seen), at least `min_dead_after`.
     pub dead_after: Option<Duration>,
     /// Floor of the derived dead timeout.
     pub min_dead_after: Duration,

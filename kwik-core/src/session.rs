@@ -351,7 +351,7 @@ impl Session {
             if *path == PathId::PRIMARY || !conn.joined || conn.closed {
                 continue;
             }
-            let dead_after = self.policy.dead_after(conn.quic.rtt());
+            let dead_after = self.policy.dead_after(conn.known_base_rtt());
             if self
                 .paths
                 .get(path)
@@ -1241,6 +1241,9 @@ impl Session {
         // Client: liveness of secondary paths, and graceful removals.
         let paths: Vec<PathId> = self.client_paths.keys().copied().collect();
         for path in paths {
+            let Some(base_rtt) = self.conns.get_mut(&path).map(Conn::base_rtt) else {
+                continue;
+            };
             let Some(conn) = self.conns.get(&path) else {
                 continue;
             };
@@ -1259,7 +1262,7 @@ impl Session {
             if !conn.joined {
                 continue;
             }
-            let dead_after = self.policy.dead_after(conn.quic.rtt());
+            let dead_after = self.policy.dead_after(base_rtt);
             let silent = now.saturating_duration_since(conn.last_rx);
             if silent >= dead_after {
                 let failure = PathFailure {
