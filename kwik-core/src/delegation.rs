@@ -91,6 +91,11 @@ impl Ledger {
             .collect()
     }
 
+    /// The client received all of `stream`: its delegations are settled.
+    pub(crate) fn stream_complete(&mut self, stream: StreamId) {
+        self.delegations.retain(|_, d| d.stream != stream);
+    }
+
     /// Bytes of `stream` the client acknowledged.
     pub(crate) fn received(&self, stream: StreamId) -> Option<&RangeSet> {
         self.received.get(&stream)

@@ -78,6 +78,9 @@ impl fmt::Display for PathFailure {
     }
 }
 
+/// Most state transitions a path's history keeps (the first is kept always).
+const MAX_HISTORY: usize = 64;
+
 /// Everything known about one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathInfo {
@@ -135,6 +138,10 @@ impl PathInfo {
             return false;
         }
         self.state = state;
+        if self.history.len() >= MAX_HISTORY {
+            // Keep the creation; forget the oldest transitions after it.
+            self.history.remove(1);
+        }
         self.history.push((now, state));
         true
     }
@@ -212,6 +219,15 @@ impl PathPolicy {
             PathTarget::ServerName(n) => n == server_name,
             PathTarget::Any => true,
         })
+    }
+
+    /// Silence after which a path counts as degraded: half the dead
+    /// timeout, but never before two keep-alives (plus an ACK delay) could
+    /// have been answered, so that an idle healthy path does not flap.
+    pub(crate) fn degraded_after(&self, dead_after: Duration) -> Duration {
+        (dead_after / 2)
+            .max(self.keep_alive * 2 + Duration::from_millis(25))
+            .min(dead_after * 9 / 10)
     }
 
     /// The dead timeout for a path with smoothed RTT `rtt`.

@@ -357,7 +357,7 @@ impl Session {
                 .get(path)
                 .is_some_and(|p| p.state == PathState::Active)
             {
-                consider(conn.last_rx + dead_after / 2);
+                consider(conn.last_rx + self.policy.degraded_after(dead_after));
             }
             consider(conn.last_rx + dead_after);
         }
@@ -600,6 +600,12 @@ impl Session {
     }
 
     fn stream_control(&mut self, body: Body, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        if let Body::StreamComplete(m) = &body
+            && self.role == Role::Primary
+        {
+            // The client has every byte: nothing delegated on it is owed.
+            self.ledger.stream_complete(StreamId(m.stream_id));
+        }
         let mut released = Vec::new();
         self.streams.on_control(body, ctx.events, &mut released)?;
         let conn = self.main_conn();
@@ -1191,12 +1197,15 @@ impl Session {
         let id = TransferId(self.next_transfer);
         self.next_transfer += 1;
         if resource.is_empty() {
+            // Only the FIN to send; the transfer completes at once.
             self.jobs.push(Job {
                 stream,
                 range: 0..0,
                 fin: true,
-                resource,
+                resource: resource.clone(),
             });
+            self.transfers
+                .insert(id, Transfer::new(stream, descriptor, resource, config));
             return Ok(id);
         }
         // Tell the client to acknowledge this stream's progress.
@@ -1270,7 +1279,7 @@ impl Session {
                     reason: format!("nothing heard for {} ms", silent.as_millis()),
                 };
                 self.set_path_state(path, PathState::Dead, Some(failure), ctx);
-            } else if silent >= dead_after / 2 {
+            } else if silent >= self.policy.degraded_after(dead_after) {
                 self.set_path_state(path, PathState::Degraded, None, ctx);
             } else if self.paths[&path].state == PathState::Degraded {
                 self.set_path_state(path, PathState::Active, None, ctx);
