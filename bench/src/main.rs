@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -11,20 +11,36 @@
 //!   ([`sim_link`]);
 //! * `mux` — 16 concurrent logical streams under 2 % loss with 1, 4 and 8
 //!   logical streams per real QUIC stream ([`mux`]);
-//! * no scenario or `all` — the three in that order.
+//! * `aggregate` — one session served by 2, 4 and 8 servers over
+//!   heterogeneous links: goodput against the sum of the links
+//!   ([`aggregate`]);
+//! * `failover` — 4 servers, one secondary dies at 40 %: longest delivery
+//!   stall, lost or duplicated bytes ([`failover`]);
+//! * `loopback` — real UDP on 127.0.0.1: one kwik-tokio session versus one
+//!   quinn connection, same crypto and run, medians ([`loopback`]);
+//! * `loopback-multi` — real UDP on 127.0.0.1: one session from `--servers`
+//!   servers each capped at `--rate-mbit`, versus one such server
+//!   ([`loopback_multi`]);
+//! * no scenario or `all` — `sim-cpu`, `sim-link` and `mux` in that order
+//!   (the multi-server scenarios run only when named).
 //!
 //! Every scenario writes progress to stderr and JSON lines to stdout; the
 //! last stdout line of each scenario is its summary. A failed check (bytes
 //! missing or corrupt, a stalled simulation) exits with status 1.
 
+mod aggregate;
+mod failover;
 mod harness;
+mod loopback;
+mod loopback_multi;
+mod multi_harness;
 mod mux;
 mod report;
 mod sim_cpu;
 mod sim_link;
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use harness::Cc;
 
@@ -36,11 +52,23 @@ scenarios:
   sim-link   goodput over 100 Mbit/s, 40 ms RTT at 0 % and 1 % loss, Cubic and BBR
   mux        16 x 4 MiB streams at 2 % loss with 1, 4 and 8 streams per lane
   all        the three above, in order (default)
+  aggregate  one session from N servers on heterogeneous links (N = 2, 4, 8)
+  failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
+  loopback   1 GiB over one kwik-tokio session vs one quinn connection, real UDP on 127.0.0.1
+  loopback-multi  one session from --servers rate-capped servers vs one (real UDP)
 
 flags:
-  --mib N    payload size in MiB (sim-cpu: 256, sim-link: 128)
+  --mib N    payload size in MiB (sim-cpu: 256, sim-link: 128, failover: 512)
   --reps N   repetitions per contender in sim-cpu, odd (default 5)
-  --cc NAME  congestion controller of mux: bbr (default) or cubic
+  --cc NAME  congestion controller: bbr or cubic (mux: bbr, aggregate and
+             failover: cubic by default)
+  --servers N  aggregate: only N servers (2..=8; default runs 2, 4 and 8)
+  --secs N   aggregate: resource sized for N s at full capacity (default 40)
+  --verbose  aggregate: per-path rates every second of virtual time
+  --backlog-ms N     aggregate, failover: scheduler backlog (default 150)
+  --dead-after-ms N  failover: client's dead timeout (default: from the RTT)
+  --kill-at PCT      failover: kill when PCT % was read (default 40)
+  --rate-mbit N  loopback-multi: cap of every server's sending (default 200)
   --exact    sim-cpu: kwik's receiver also compares every byte (extra work)
   --max-frame-kib N  override kwik's max_frame_payload (default: kwik's own)
   --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary)
@@ -52,6 +80,10 @@ enum Scenario {
     SimCpu,
     SimLink,
     Mux,
+    Aggregate,
+    Failover,
+    Loopback,
+    LoopbackMulti,
     All,
 }
 
@@ -60,11 +92,18 @@ struct Args {
     scenario: Scenario,
     mib: Option<u64>,
     reps: usize,
-    cc: Cc,
+    cc: Option<Cc>,
     seed: u64,
     only: Option<String>,
     exact: bool,
     max_frame_kib: Option<u64>,
+    servers: Option<usize>,
+    secs: u64,
+    verbose: bool,
+    rate_mbit: Option<u64>,
+    backlog_ms: Option<u64>,
+    dead_after_ms: Option<u64>,
+    kill_at: u64,
 }
 
 fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
@@ -79,11 +118,18 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         scenario: Scenario::All,
         mib: None,
         reps: sim_cpu::Options::default().reps,
-        cc: mux::Options::default().cc,
+        cc: None,
         seed: 1,
         only: None,
         exact: false,
         max_frame_kib: None,
+        servers: None,
+        secs: aggregate::Options::default().secs,
+        verbose: false,
+        rate_mbit: None,
+        backlog_ms: None,
+        dead_after_ms: None,
+        kill_at: failover::Options::default().kill_at,
     };
     let mut scenario = None;
     while let Some(arg) = argv.next() {
@@ -93,12 +139,21 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--reps" => args.reps = parse_number("--reps", argv.next())?,
             "--seed" => args.seed = parse_number("--seed", argv.next())?,
             "--exact" => args.exact = true,
+            "--verbose" => args.verbose = true,
+            "--servers" => args.servers = Some(parse_number("--servers", argv.next())?),
+            "--secs" => args.secs = parse_number("--secs", argv.next())?,
+            "--backlog-ms" => args.backlog_ms = Some(parse_number("--backlog-ms", argv.next())?),
+            "--dead-after-ms" => {
+                args.dead_after_ms = Some(parse_number("--dead-after-ms", argv.next())?);
+            }
+            "--kill-at" => args.kill_at = parse_number("--kill-at", argv.next())?,
+            "--rate-mbit" => args.rate_mbit = Some(parse_number("--rate-mbit", argv.next())?),
             "--max-frame-kib" => {
                 args.max_frame_kib = Some(parse_number("--max-frame-kib", argv.next())?);
             }
             "--only" => {
                 let stack = argv.next().ok_or("--only needs a value")?;
-                if stack != "kwik" && stack != "quinn-proto" {
+                if stack != "kwik" && stack != "quinn-proto" && stack != "quinn" {
                     return Err(format!(
                         "--only: expected kwik or quinn-proto, got {stack:?}"
                     ));
@@ -107,8 +162,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
             }
             "--cc" => {
                 let name = argv.next().ok_or("--cc needs a value")?;
-                args.cc =
-                    Cc::parse(&name).ok_or_else(|| format!("--cc: unknown controller {name:?}"))?;
+                args.cc = Some(
+                    Cc::parse(&name).ok_or_else(|| format!("--cc: unknown controller {name:?}"))?,
+                );
             }
             flag if flag.starts_with('-') => return Err(format!("unknown flag {flag:?}")),
             name => {
@@ -119,6 +175,10 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "sim-cpu" => Scenario::SimCpu,
                     "sim-link" => Scenario::SimLink,
                     "mux" => Scenario::Mux,
+                    "aggregate" => Scenario::Aggregate,
+                    "failover" => Scenario::Failover,
+                    "loopback" => Scenario::Loopback,
+                    "loopback-multi" => Scenario::LoopbackMulti,
                     "all" => Scenario::All,
                     other => return Err(format!("unknown scenario {other:?}")),
                 });
@@ -136,6 +196,24 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }
     if args.mib == Some(0) {
         return Err("--mib must be at least 1".to_string());
+    }
+    if let Some(n) = args.servers
+        && args.scenario == Scenario::Aggregate
+        && !(2..=aggregate::LINKS.len()).contains(&n)
+    {
+        return Err(format!(
+            "--servers must be 2 to {}, got {n}",
+            aggregate::LINKS.len()
+        ));
+    }
+    if args.secs == 0 {
+        return Err("--secs must be at least 1".to_string());
+    }
+    if !(1..=99).contains(&args.kill_at) {
+        return Err(format!("--kill-at must be 1 to 99, got {}", args.kill_at));
+    }
+    if args.dead_after_ms == Some(0) {
+        return Err("--dead-after-ms must be at least 1".to_string());
     }
     Ok(Some(args))
 }
@@ -168,9 +246,53 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if all || args.scenario == Scenario::Mux {
         mux::main(&mux::Options {
-            cc: args.cc,
+            cc: args.cc.unwrap_or(mux::Options::default().cc),
             seed: args.seed,
             max_frame,
+        })?;
+    }
+    if args.scenario == Scenario::Aggregate {
+        let defaults = aggregate::Options::default();
+        aggregate::main(&aggregate::Options {
+            servers: args.servers.map_or(defaults.servers, |n| vec![n]),
+            secs: args.secs,
+            cc: args.cc.unwrap_or(defaults.cc),
+            seed: args.seed,
+            backlog: args
+                .backlog_ms
+                .map_or(defaults.backlog, Duration::from_millis),
+            verbose: args.verbose,
+        })?;
+    }
+    if args.scenario == Scenario::Failover {
+        let defaults = failover::Options::default();
+        failover::main(&failover::Options {
+            mib: args.mib.unwrap_or(defaults.mib),
+            cc: args.cc.unwrap_or(defaults.cc),
+            seed: args.seed,
+            kill_at: args.kill_at,
+            dead_after: args.dead_after_ms.map(Duration::from_millis),
+            backlog: args
+                .backlog_ms
+                .map_or(defaults.backlog, Duration::from_millis),
+        })?;
+    }
+    if args.scenario == Scenario::Loopback {
+        loopback::main(&loopback::Options {
+            mib: args.mib.unwrap_or(loopback::Options::default().mib),
+            reps: args.reps,
+            only: args
+                .only
+                .as_deref()
+                .map(|s| if s == "kwik" { "kwik" } else { "quinn" }.to_string()),
+        })?;
+    }
+    if args.scenario == Scenario::LoopbackMulti {
+        let defaults = loopback_multi::Options::default();
+        loopback_multi::main(&loopback_multi::Options {
+            servers: args.servers.unwrap_or(defaults.servers),
+            rate_mbit: args.rate_mbit.unwrap_or(defaults.rate_mbit),
+            mib: args.mib.unwrap_or(defaults.mib),
         })?;
     }
     if all {
@@ -215,11 +337,23 @@ mod tests {
     fn parses_scenarios_and_flags() {
         let a = parse("").unwrap().unwrap();
         assert_eq!(a.scenario, Scenario::All);
-        assert_eq!((a.mib, a.reps, a.cc), (None, 5, Cc::Bbr));
+        assert_eq!((a.mib, a.reps, a.cc), (None, 5, None));
         let a = parse("sim-cpu --reps 3 --mib 16").unwrap().unwrap();
         assert_eq!((a.scenario, a.mib, a.reps), (Scenario::SimCpu, Some(16), 3));
         let a = parse("mux --cc cubic").unwrap().unwrap();
-        assert_eq!((a.scenario, a.cc), (Scenario::Mux, Cc::Cubic));
+        assert_eq!((a.scenario, a.cc), (Scenario::Mux, Some(Cc::Cubic)));
+        let a = parse("aggregate --servers 4 --secs 10").unwrap().unwrap();
+        assert_eq!(
+            (a.scenario, a.servers, a.secs),
+            (Scenario::Aggregate, Some(4), 10)
+        );
+        let a = parse("failover --mib 64 --cc bbr --kill-at 50 --dead-after-ms 300")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (a.scenario, a.mib, a.cc, a.kill_at, a.dead_after_ms),
+            (Scenario::Failover, Some(64), Some(Cc::Bbr), 50, Some(300))
+        );
         assert!(parse("--help").unwrap().is_none());
     }
 
@@ -231,5 +365,10 @@ mod tests {
         assert!(parse("--cc reno").is_err());
         assert!(parse("sim-cpu mux").is_err());
         assert!(parse("sim-cpu --only quic").is_err());
+        assert!(parse("aggregate --servers 1").is_err());
+        assert!(parse("aggregate --servers 9").is_err());
+        assert!(parse("aggregate --secs 0").is_err());
+        assert!(parse("failover --kill-at 100").is_err());
+        assert!(parse("failover --dead-after-ms 0").is_err());
     }
 }
