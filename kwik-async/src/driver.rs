@@ -1,22 +1,27 @@
-//! The driver: one task per endpoint that moves datagrams between the UDP
-//! socket and the sans-IO core and sleeps until the core's next deadline.
+//! The driver: two tasks per endpoint. The driver proper moves datagrams
+//! from the UDP socket into the sans-IO core, takes the core's output and
+//! sleeps until its next deadline; the sender performs the `sendmsg` calls
+//! (through a second registration of the same socket), so that system calls
+//! run beside the core's work instead of between its steps.
 //!
-//! Each step (1) flushes queued transmits, (2) receives what the socket has,
-//! (3) under the lock feeds the datagrams and any due timeout to the core and
-//! drains `poll_output`, dispatching events to the waiting futures, (4) arms
-//! the timer. Socket calls happen outside the lock.
+//! Each driver step (1) checks room in the outbox, (2) receives what the
+//! socket has, (3) under the lock feeds the datagrams and any due timeout to
+//! the core and drains `poll_output` (transmits as far as the outbox has
+//! room), dispatching events to the waiting futures, (4) hands the
+//! transmits to the sender and arms the timer. Socket calls happen outside
+//! the lock.
 //!
-//! Backpressure: at most [`OUTBOX_MAX`] transmits are taken from the core
-//! before they are sent, and none while the socket is not writable, so a
-//! slow socket leaves data in quinn-proto's bounded buffers (and, through
-//! them, the writers' futures pending) instead of in an unbounded queue here.
+//! Backpressure: at most [`OUTBOX_MAX`] transmits wait for the sender, and
+//! the driver takes none from the core while the outbox is full, so a slow
+//! socket leaves data in quinn-proto's bounded buffers (and, through them,
+//! the writers' futures pending) instead of in an unbounded queue here.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,7 +60,11 @@ pub(crate) fn start(
     let _ = udp.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
     let _ = udp.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
     let local_addr = socket.local_addr()?;
+    // Sends go through a second registration of the same socket, owned by
+    // the sender task.
+    let send_socket = runtime.wrap_udp_socket(socket.try_clone()?)?;
     let socket = runtime.wrap_udp_socket(socket)?;
+    let udp = Arc::new(udp);
 
     // Session ids are only as unguessable as this seed is secret.
     let mut seed = [0u8; 32];
@@ -79,6 +88,15 @@ pub(crate) fn start(
     });
     let endpoint = KwikEndpoint::new(config, server, now);
     let shared = Arc::new(Shared::new(endpoint, runtime.clone(), local_addr, span));
+    let outbox = Arc::new(Mutex::new(Outbox::default()));
+    let sender = Sender {
+        outbox: outbox.clone(),
+        socket: send_socket,
+        udp: udp.clone(),
+        batch: VecDeque::with_capacity(OUTBOX_MAX),
+        done: Vec::new(),
+        span: shared.span.clone(),
+    };
     let driver = Driver {
         shared: shared.clone(),
         socket,
@@ -89,10 +107,12 @@ pub(crate) fn start(
         recv_buf: vec![0; RECV_SLOT * RECV_SLOTS].into_boxed_slice(),
         meta: [RecvMeta::default(); RECV_SLOTS],
         received: Vec::new(),
-        outbox: VecDeque::with_capacity(OUTBOX_MAX),
+        outbox,
+        batch: Vec::with_capacity(OUTBOX_MAX),
         spare: Vec::new(),
         wake: Vec::new(),
     };
+    runtime.spawn(Box::pin(sender));
     runtime.spawn(Box::pin(driver));
     Ok(shared)
 }
@@ -120,10 +140,26 @@ enum Step {
     Exit,
 }
 
+/// Transmits on their way from the driver to the sender task (bounded by
+/// [`OUTBOX_MAX`]), and the buffers coming back.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Outgoing>,
+    spare: Vec<Vec<u8>>,
+    /// The sender, waiting for transmits.
+    sender: Option<Waker>,
+    /// The driver, waiting for room.
+    driver: Option<Waker>,
+    /// The driver has ended: send what is queued (nothing if `abort`), then
+    /// stop.
+    closed: bool,
+    abort: bool,
+}
+
 struct Driver {
     shared: Arc<Shared>,
     socket: Box<dyn AsyncUdpSocket>,
-    udp: UdpSocketState,
+    udp: Arc<UdpSocketState>,
     timer: Box<dyn AsyncTimer>,
     /// The deadline the timer is set to, if it is in use.
     armed: Option<Instant>,
@@ -131,7 +167,9 @@ struct Driver {
     recv_buf: Box<[u8]>,
     meta: [RecvMeta; RECV_SLOTS],
     received: Vec<Datagram>,
-    outbox: VecDeque<Outgoing>,
+    outbox: Arc<Mutex<Outbox>>,
+    /// Transmits taken from the core in this step, for the outbox.
+    batch: Vec<Outgoing>,
     spare: Vec<Vec<u8>>,
     wake: Vec<Waker>,
 }
@@ -164,12 +202,20 @@ impl Future for Driver {
 
 impl Driver {
     fn step(&mut self, cx: &mut Context<'_>) -> io::Result<Step> {
-        let flushed = self.flush(cx);
+        let room = self.outbox_room(cx);
+        let flushed = room > 0;
         let received = self.receive(cx)?;
         let now = self.shared.runtime.now();
         let due = self.fired || self.armed.is_some_and(|deadline| deadline <= now);
 
         let mut state = self.shared.lock();
+        if state.aborted {
+            if let Ok(mut outbox) = self.outbox.lock() {
+                outbox.abort = true;
+                outbox.queue.clear();
+            }
+            return Ok(Step::Exit);
+        }
         for d in self.received.drain(..) {
             state
                 .endpoint
@@ -185,12 +231,12 @@ impl Driver {
         }
         let mut next = None;
         if flushed {
-            while self.outbox.len() < OUTBOX_MAX {
+            while self.batch.len() < room {
                 let mut buf = self.spare.pop().unwrap_or_default();
                 match state.endpoint.poll_output(&mut buf) {
                     Output::Transmit(transmit) => {
                         buf.truncate(transmit.size);
-                        self.outbox.push_back(Outgoing {
+                        self.batch.push(Outgoing {
                             transmit,
                             buf,
                             sent: 0,
@@ -216,6 +262,7 @@ impl Driver {
         }
         let exit = drained && state.should_exit();
         drop(state);
+        self.hand_to_sender();
         for waker in self.wake.drain(..) {
             waker.wake();
         }
@@ -223,7 +270,7 @@ impl Driver {
             return Ok(Step::Exit);
         }
 
-        let mut busy = received > 0 || (flushed && (!drained || !self.outbox.is_empty()));
+        let mut busy = received > 0 || (flushed && !drained);
         if let Some(deadline) = next {
             match deadline {
                 None => self.armed = None,
@@ -241,49 +288,32 @@ impl Driver {
         Ok(if busy { Step::Busy } else { Step::Idle })
     }
 
-    /// Sends queued transmits; false if the socket is not writable (its
-    /// readiness then wakes the task).
-    fn flush(&mut self, cx: &mut Context<'_>) -> bool {
-        while let Some(out) = self.outbox.front_mut() {
-            let t = out.transmit;
-            let segment = t.segment_size.unwrap_or(t.size).max(1);
-            // quinn-udp may turn GSO off after a send error: split batches
-            // the core built for more segments than the socket now takes.
-            let split = t.size.div_ceil(segment) > self.udp.max_gso_segments();
-            let end = if split {
-                (out.sent + segment).min(out.buf.len())
-            } else {
-                out.buf.len()
-            };
-            let contents = &out.buf[out.sent..end];
-            let transmit = quinn_udp::Transmit {
-                destination: t.destination,
-                ecn: t.ecn.and_then(EcnCodepoint::from_bits),
-                contents,
-                segment_size: (contents.len() > segment).then_some(segment),
-                src_ip: t.src_ip,
-            };
-            let udp = &self.udp;
-            let mut send = |sock: UdpSockRef<'_>| udp.send(sock, &transmit).map(|()| 0);
-            match self.socket.poll_io(cx, Interest::Writable, &mut send) {
-                Poll::Pending => return false,
-                Poll::Ready(Ok(_)) => out.sent = end,
-                Poll::Ready(Err(e)) => {
-                    // quinn-udp reports only WouldBlock, which poll_io
-                    // absorbs; anything else loses this datagram, as UDP may.
-                    tracing::debug!(error = %e, "send failed");
-                    out.sent = out.buf.len();
-                }
-            }
-            if out.sent >= out.buf.len()
-                && let Some(done) = self.outbox.pop_front()
-            {
-                let mut buf = done.buf;
-                buf.clear();
-                self.spare.push(buf);
-            }
+    /// How many transmits the outbox can take now, and returns the buffers
+    /// the sender is done with. At 0 the driver waits for the sender, which
+    /// wakes it once it made room.
+    fn outbox_room(&mut self, cx: &mut Context<'_>) -> usize {
+        let mut outbox = self.outbox.lock().expect("outbox poisoned");
+        self.spare.append(&mut outbox.spare);
+        let room = OUTBOX_MAX.saturating_sub(outbox.queue.len());
+        if room == 0 {
+            register(&mut outbox.driver, cx.waker());
         }
-        true
+        room
+    }
+
+    /// Queues this step's transmits for the sender.
+    fn hand_to_sender(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let sender = {
+            let mut outbox = self.outbox.lock().expect("outbox poisoned");
+            outbox.queue.extend(self.batch.drain(..));
+            outbox.sender.take()
+        };
+        if let Some(sender) = sender {
+            sender.wake();
+        }
     }
 
     /// Receives one batch (at most [`RECV_SLOTS`] buffers) so that one
@@ -331,6 +361,13 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let sender = self.outbox.lock().ok().and_then(|mut outbox| {
+            outbox.closed = true;
+            outbox.sender.take()
+        });
+        if let Some(sender) = sender {
+            sender.wake();
+        }
         let Some(mut state) = self.shared.lock_for_drop() else {
             return;
         };
@@ -340,5 +377,116 @@ impl Drop for Driver {
         for waker in wake {
             waker.wake();
         }
+    }
+}
+
+/// The sender task: sends the transmits the driver queued, in order, so
+/// that the `sendmsg` calls run beside the driver's work on the core.
+/// Backpressure: the driver queues at most [`OUTBOX_MAX`] transmits, and
+/// none while the outbox is full.
+struct Sender {
+    outbox: Arc<Mutex<Outbox>>,
+    socket: Box<dyn AsyncUdpSocket>,
+    udp: Arc<UdpSocketState>,
+    /// Transmits taken from the outbox, being sent.
+    batch: VecDeque<Outgoing>,
+    /// Buffers sent, to hand back.
+    done: Vec<Vec<u8>>,
+    span: tracing::Span,
+}
+
+impl Future for Sender {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if this.batch.is_empty() {
+                let mut outbox = this.outbox.lock().expect("outbox poisoned");
+                outbox.spare.append(&mut this.done);
+                let driver = outbox.driver.take();
+                if outbox.abort {
+                    return Poll::Ready(());
+                }
+                std::mem::swap(&mut this.batch, &mut outbox.queue);
+                if this.batch.is_empty() {
+                    let closed = outbox.closed;
+                    if !closed {
+                        register(&mut outbox.sender, cx.waker());
+                    }
+                    drop(outbox);
+                    if let Some(driver) = driver {
+                        driver.wake();
+                    }
+                    return if closed {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    };
+                }
+                drop(outbox);
+                // The outbox is empty again: the driver may fill it.
+                if let Some(driver) = driver {
+                    driver.wake();
+                }
+            }
+            while let Some(out) = this.batch.front_mut() {
+                if send(&mut *this.socket, &this.udp, &this.span, cx, out).is_pending() {
+                    return Poll::Pending;
+                }
+                if let Some(mut done) = this.batch.pop_front() {
+                    done.buf.clear();
+                    this.done.push(done.buf);
+                }
+            }
+        }
+    }
+}
+
+/// Sends `out` (split if the socket no longer takes its GSO batch);
+/// `Pending` while the socket is not writable.
+fn send(
+    socket: &mut dyn AsyncUdpSocket,
+    udp: &UdpSocketState,
+    span: &tracing::Span,
+    cx: &mut Context<'_>,
+    out: &mut Outgoing,
+) -> Poll<()> {
+    {
+        while out.sent < out.buf.len() {
+            let t = out.transmit;
+            let segment = t.segment_size.unwrap_or(t.size).max(1);
+            // quinn-udp may turn GSO off after a send error: split batches
+            // the core built for more segments than the socket now takes.
+            let split = t.size.div_ceil(segment) > udp.max_gso_segments();
+            let end = if split {
+                (out.sent + segment).min(out.buf.len())
+            } else {
+                out.buf.len()
+            };
+            let contents = &out.buf[out.sent..end];
+            let transmit = quinn_udp::Transmit {
+                destination: t.destination,
+                ecn: t.ecn.and_then(EcnCodepoint::from_bits),
+                contents,
+                segment_size: (contents.len() > segment).then_some(segment),
+                src_ip: t.src_ip,
+            };
+            // Reports the bytes sent, for runtimes that meter them.
+            let mut send =
+                |sock: UdpSockRef<'_>| udp.send(sock, &transmit).map(|()| transmit.contents.len());
+            match socket.poll_io(cx, Interest::Writable, &mut send) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(_)) => out.sent = end,
+                Poll::Ready(Err(e)) => {
+                    // quinn-udp reports only WouldBlock, which poll_io
+                    // absorbs; anything else loses this datagram, as UDP may.
+                    let _entered = span.enter();
+                    tracing::debug!(error = %e, "send failed");
+                    out.sent = out.buf.len();
+                }
+            }
+        }
+        Poll::Ready(())
     }
 }

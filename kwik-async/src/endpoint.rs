@@ -10,7 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use kwik_core::{ClientConfig, CloseReason, IncomingId, ServerConfig, Side};
+use bytes::Bytes;
+use kwik_core::{ClientConfig, CloseReason, IncomingId, ServerConfig, SharedResource, Side};
 
 use crate::error::{ConnectError, ConnectionError};
 use crate::runtime::{Adapter, Runtime};
@@ -96,6 +97,25 @@ impl<A: Adapter> Endpoint<A> {
     /// As [`server`](Self::server).
     pub fn new(socket: std::net::UdpSocket, server: Option<ServerConfig>) -> io::Result<Self> {
         Self::with_runtime(A::runtime()?, socket, server)
+    }
+
+    /// Runs an endpoint over `socket` on the adapter's runtime, sending at
+    /// most `bits_per_second` of UDP payload (see
+    /// [`rate_limited`](crate::rate_limited)): for demonstrations and
+    /// benchmarks of aggregation on loopback.
+    ///
+    /// # Errors
+    /// As [`server`](Self::server).
+    ///
+    /// # Panics
+    /// If `bits_per_second` is 0.
+    pub fn with_send_rate(
+        socket: std::net::UdpSocket,
+        server: Option<ServerConfig>,
+        bits_per_second: u64,
+    ) -> io::Result<Self> {
+        let runtime = crate::throttle::rate_limited(A::runtime()?, bits_per_second);
+        Self::with_runtime(runtime, socket, server)
     }
 
     /// Runs an endpoint over `socket` on an explicitly given runtime.
@@ -198,6 +218,16 @@ impl<A: Adapter> Endpoint<A> {
         .await;
     }
 
+    /// Secondary: serves every delegation whose descriptor is `descriptor`
+    /// from `resource`, without involving the application (such
+    /// delegations are not surfaced by
+    /// [`Session::delegated`](crate::Session::delegated)). Replaces what was
+    /// registered under the same descriptor.
+    pub fn serve_resource(&self, descriptor: impl Into<Bytes>, resource: SharedResource) {
+        let mut state = self.shared().lock();
+        state.endpoint.serve_resource(descriptor.into(), resource);
+    }
+
     /// Replaces the server configuration; `None` stops accepting new
     /// sessions (existing ones keep theirs).
     pub fn set_server_config(&self, config: Option<ServerConfig>) {
@@ -210,6 +240,15 @@ impl<A: Adapter> Endpoint<A> {
     /// The local address the socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared().local_addr
+    }
+
+    /// Stops the endpoint at once as if its process had died: nothing more
+    /// is sent (no close), its socket is released, its sessions end locally.
+    #[cfg(feature = "testing")]
+    pub fn abort(&self) {
+        let mut state = self.shared().lock();
+        state.aborted = true;
+        state.kick();
     }
 
     /// How many sessions and streams the adapter still keeps records of
@@ -289,7 +328,12 @@ impl<A> Drop for Incoming<A> {
 }
 
 /// A session whose handshake is under way; resolves to the [`Session`] once
-/// the kwik handshake completes. Dropping it abandons the session.
+/// the kwik handshake completes — or, on a secondary server, once the client
+/// joined it as a path of a session (then
+/// [`Session::joined_path`](crate::Session::joined_path) is set and the
+/// application serves [`Session::delegated`](crate::Session::delegated) and
+/// [`Session::recv_raw`](crate::Session::recv_raw)). Dropping it abandons
+/// the session.
 pub struct Connecting<A> {
     session: Option<Arc<SessionRef>>,
     failed: Option<CloseReason>,

@@ -12,6 +12,22 @@
 //! The API is shaped like quinn's: [`Endpoint`] → [`Connecting`] →
 //! [`Session`] → [`SendStream`] / [`RecvStream`].
 //!
+//! Multi-server sessions use the same handles. A primary's [`Session`] adds
+//! secondary servers as paths ([`Session::add_path`], which resolves to the
+//! path once the client joined it, or to the client's report of why not),
+//! removes them ([`Session::remove_path`]), lists them ([`Session::paths`])
+//! and follows them ([`Session::path_event`]); it serves a resource from
+//! every path at once with the multi-source transfer helper
+//! ([`Session::serve`] → [`Transfer::finished`]), or hands ranges out by
+//! hand ([`Session::delegate`], [`Session::outstanding`]) and relays raw
+//! messages ([`Session::send_raw`]). On a secondary server, accepting a
+//! joining client yields a [`Session`] too (established by the join): its
+//! application takes delegations ([`Session::delegated`]) and raw messages
+//! ([`Session::recv_raw`]) and writes ranges with [`Session::write_at`] —
+//! or lets the endpoint serve a known resource by itself
+//! ([`Endpoint::serve_resource`]). [`rate_limited`] caps an endpoint's
+//! sending rate, for demonstrations of aggregation on loopback.
+//!
 //! # Design
 //! * **Locking.** The core sits behind one mutex per endpoint with the
 //!   wakers beside it. Critical sections are a core call or a drained batch
@@ -22,8 +38,11 @@
 //!   the endpoint's accept), in the same critical section in which the core
 //!   said "blocked", so an event can never fall between the two.
 //! * **Backpressure.** The driver takes a bounded batch of transmits from the
-//!   core and none while the socket is not writable; writers wait on the
-//!   core's flow control, never on an unbounded queue here.
+//!   core and none while its sender task is behind; writers wait on the
+//!   core's flow control, never on an unbounded queue here. What the core
+//!   reports unasked (path events, delegations, raw messages) is queued per
+//!   session with a bound (see [`Session::path_event`] and
+//!   [`Session::delegated`]).
 //! * **Randomness.** Each endpoint's seed comes from the OS RNG.
 //!
 //! Sockets go through quinn-udp: GSO on send, GRO on receive, ECN where the
@@ -35,25 +54,31 @@ mod config;
 mod driver;
 mod endpoint;
 mod error;
+mod multi;
 mod runtime;
 mod session;
 mod shared;
 mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod throttle;
 
 pub use config::{client_config, client_config_trusting, dev, server_config};
 pub use endpoint::{Connecting, Endpoint, Incoming};
 pub use error::{
     ConnectError, ConnectionError, ReadError, ReadToEndError, StoppedError, StreamError, WriteError,
 };
+pub use multi::{PathError, PathEvent, Transfer};
 pub use runtime::{Adapter, AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
 pub use session::Session;
 pub use stream::{RecvStream, SendStream};
+pub use throttle::rate_limited;
 
 pub use bytes::Bytes;
 pub use kwik_core::{
-    ALPN, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl, Dir, ErrorCode,
-    ServerConfig, SessionHandle, SessionId, SessionStats, StreamId, TransportConfig,
+    ALPN, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl, Delegation,
+    DelegationId, Dir, ErrorCode, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState,
+    PathTarget, Resource, Role, ServerConfig, SessionHandle, SessionId, SessionStats,
+    SharedResource, StreamId, TokenKey, TransferConfig, TransferId, TransportConfig,
 };
 pub use rustls;

@@ -69,6 +69,9 @@ pub trait AsyncUdpSocket: Send + Debug + 'static {
     /// [`io::ErrorKind::WouldBlock`], waits for `interest` readiness
     /// (registering `cx`) and tries again; `Pending` means `cx` will be woken
     /// once the socket is ready. Any other outcome is returned as is.
+    ///
+    /// A sending `op` returns the bytes it sent (UDP payload), a receiving
+    /// one the number of datagram buffers it filled.
     fn poll_io(
         &mut self,
         cx: &mut Context<'_>,
@@ -89,8 +92,13 @@ pub trait AsyncUdpSocket: Send + Debug + 'static {
 /// to this crate's halves, so runtime-generic code can use them too.
 pub trait Adapter: Send + Sync + 'static {
     /// The sending half handed out by sessions (a newtype implementing the
-    /// runtime's write trait).
-    type SendStream: From<SendStream> + DerefMut<Target = SendStream> + Send + 'static;
+    /// runtime's write trait); converts back for
+    /// [`Session::serve`](crate::Session::serve).
+    type SendStream: From<SendStream>
+        + Into<SendStream>
+        + DerefMut<Target = SendStream>
+        + Send
+        + 'static;
     /// The receiving half handed out by sessions.
     type RecvStream: From<RecvStream> + DerefMut<Target = RecvStream> + Send + 'static;
 

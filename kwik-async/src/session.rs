@@ -4,8 +4,8 @@
 //! the same reference, so the session stays open while any of them is in
 //! use, and closes (code 0) when the last one is dropped. Each method is one
 //! short critical section on the endpoint state calling the core's
-//! `SessionView`; later verbs (paths, raw data, delegation) are added the
-//! same way, as thin calls on the view.
+//! `SessionView`; the multi-server verbs (paths, raw data, delegation,
+//! transfers) are added the same way in `multi.rs`.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -190,6 +190,10 @@ impl<A: Adapter> Session<A> {
 }
 
 impl<A> Session<A> {
+    pub(crate) fn inner(&self) -> &SessionRef {
+        &self.inner
+    }
+
     /// Closes the session at once: the peer sees `code` and `reason`, data
     /// not yet delivered is abandoned. Closing a closed session does nothing.
     ///

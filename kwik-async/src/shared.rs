@@ -16,20 +16,41 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
 use std::task::Waker;
 
 use kwik_core::{
-    CloseReason, Dir, Event, IncomingId, KwikEndpoint, SessionHandle, SessionId, SessionStats,
-    Side, StreamId,
+    CloseReason, Delegation, Dir, ErrorCode, Event, IncomingId, KwikEndpoint, PathFailure, PathId,
+    SessionHandle, SessionId, SessionStats, Side, StreamId, TransferId,
 };
 use tracing::Span;
 
+use crate::multi::PathEvent;
 use crate::runtime::Runtime;
 
 /// Connection attempts queued for [`Endpoint::accept`](crate::Endpoint::accept)
 /// beyond which new ones are refused, so an application that stops accepting
 /// cannot make the queue grow without bound.
 const MAX_PENDING_INCOMING: usize = 1024;
+
+/// Path events kept per session for [`Session::path_event`]; beyond it the
+/// oldest is dropped (and counted): path states stay readable through
+/// `paths()`, so an application that never asks loses nothing it needs.
+///
+/// [`Session::path_event`]: crate::Session::path_event
+pub(crate) const MAX_PATH_EVENTS: usize = 1024;
+/// Delegations queued per secondary session for
+/// [`Session::delegated`](crate::Session::delegated). Past it the session
+/// is closed: a delegation dropped silently would stall the client, a closed
+/// path is noticed by the primary, which hands the ranges to another.
+pub(crate) const MAX_DELEGATIONS: usize = 4096;
+/// Raw messages queued per secondary session for
+/// [`Session::recv_raw`](crate::Session::recv_raw), by count and by bytes;
+/// past either the session is closed, as for delegations.
+pub(crate) const MAX_RAW_MESSAGES: usize = 1024;
+/// See [`MAX_RAW_MESSAGES`].
+pub(crate) const MAX_RAW_BYTES: usize = 16 << 20;
 
 /// What an endpoint's handles and its driver share.
 pub(crate) struct Shared {
@@ -57,6 +78,7 @@ impl Shared {
                 closed: false,
                 handles_gone: false,
                 driver_gone: false,
+                aborted: false,
                 driver: None,
             }),
             runtime,
@@ -177,6 +199,32 @@ pub(crate) struct SessionSlot {
     /// Peer-initiated streams handed to the application so far, per
     /// direction (the core hands them out in index order).
     pub(crate) accepted: [u64; 2],
+    /// Secondary: the path this session is, once joined.
+    pub(crate) joined: Option<PathId>,
+    /// Outcomes of `add_path` calls still awaited: `None` while pending.
+    pub(crate) adding: BTreeMap<PathId, Option<Result<(), PathFailure>>>,
+    /// Futures waiting for a path to change state (`add_path`, `remove_path`).
+    pub(crate) path_changed: Wakers,
+    /// Path events not yet taken by `path_event` (bounded).
+    pub(crate) path_events: VecDeque<PathEvent>,
+    /// Path events dropped because the queue was full.
+    pub(crate) path_events_dropped: u64,
+    pub(crate) path_event_waiters: Wakers,
+    /// Secondary: delegations not yet taken by `delegated` (bounded).
+    pub(crate) delegations: VecDeque<Delegation>,
+    pub(crate) delegation_waiters: Wakers,
+    /// Secondary: raw messages not yet taken by `recv_raw` (bounded).
+    pub(crate) raw: VecDeque<Bytes>,
+    pub(crate) raw_bytes: usize,
+    pub(crate) raw_waiters: Wakers,
+    /// `write_at` calls waiting for a stream to become writable.
+    pub(crate) source_writers: BTreeMap<StreamId, Wakers>,
+    /// Transfers with a live handle: true once complete.
+    pub(crate) transfers: BTreeMap<TransferId, bool>,
+    pub(crate) transfer_waiters: Wakers,
+    /// Streams served by the transfer helper, which re-assigns their lost
+    /// ranges itself (so they are not reported as `RangesLost`).
+    pub(crate) served: std::collections::BTreeSet<StreamId>,
 }
 
 impl SessionSlot {
@@ -194,6 +242,21 @@ impl SessionSlot {
             open: Default::default(),
             closed: Wakers::default(),
             accepted: [0; 2],
+            joined: None,
+            adding: BTreeMap::new(),
+            path_changed: Wakers::default(),
+            path_events: VecDeque::new(),
+            path_events_dropped: 0,
+            path_event_waiters: Wakers::default(),
+            delegations: VecDeque::new(),
+            delegation_waiters: Wakers::default(),
+            raw: VecDeque::new(),
+            raw_bytes: 0,
+            raw_waiters: Wakers::default(),
+            source_writers: BTreeMap::new(),
+            transfers: BTreeMap::new(),
+            transfer_waiters: Wakers::default(),
+            served: std::collections::BTreeSet::new(),
         }
     }
 
@@ -203,6 +266,26 @@ impl SessionSlot {
             w.drain_into(out);
         }
         self.closed.drain_into(out);
+        self.path_changed.drain_into(out);
+        self.path_event_waiters.drain_into(out);
+        self.delegation_waiters.drain_into(out);
+        self.raw_waiters.drain_into(out);
+        for w in self.source_writers.values_mut() {
+            w.drain_into(out);
+        }
+        self.source_writers.clear();
+        self.transfer_waiters.drain_into(out);
+    }
+
+    /// Queues a path event, dropping the oldest beyond the bound.
+    fn push_path_event(&mut self, event: PathEvent, wake: &mut Vec<Waker>) {
+        if self.path_events.len() >= MAX_PATH_EVENTS {
+            self.path_events.pop_front();
+            self.path_events_dropped += 1;
+        }
+        self.path_events.push_back(event);
+        self.path_event_waiters.drain_into(wake);
+        self.path_changed.drain_into(wake);
     }
 }
 
@@ -250,6 +333,9 @@ pub(crate) struct State {
     pub(crate) handles_gone: bool,
     /// The driver task has ended; nothing will progress any more.
     pub(crate) driver_gone: bool,
+    /// The driver must stop at once, sending nothing more (a simulated
+    /// crash, for tests).
+    pub(crate) aborted: bool,
     /// The driver's waker while it sleeps (taken by whoever kicks it).
     pub(crate) driver: Option<Waker>,
 }
@@ -332,6 +418,11 @@ impl State {
                 if let Some(slot) = self.streams.get_mut(&(session, stream)) {
                     wake.extend(slot.write.take());
                 }
+                if let Some(slot) = self.sessions.get_mut(&session)
+                    && let Some(mut writers) = slot.source_writers.remove(&stream)
+                {
+                    writers.drain_into(wake);
+                }
             }
             Event::StreamFinished { session, stream } => {
                 if let Some(slot) = self.streams.get_mut(&(session, stream)) {
@@ -344,7 +435,130 @@ impl State {
                 stream,
                 code,
             } => self.on_stream_stopped(session, stream, code, wake),
+            Event::PathJoined { session, id, path } => {
+                if let Some(slot) = self.sessions.get_mut(&session) {
+                    tracing::debug!(parent: &slot.span, %id, %path, "secondary path joined");
+                    slot.id = Some(id);
+                    slot.joined = Some(path);
+                    wake.extend(slot.connecting.take());
+                }
+            }
+            Event::PathAdded { session, path } => {
+                self.on_path_event(session, path, Ok(()), PathEvent::Added(path), wake)
+            }
+            Event::PathFailed {
+                session,
+                path,
+                failure,
+            } => {
+                let event = PathEvent::Failed {
+                    path,
+                    failure: failure.clone(),
+                };
+                self.on_path_event(session, path, Err(failure), event, wake)
+            }
+            Event::PathDead {
+                session,
+                path,
+                failure,
+            } => {
+                let event = PathEvent::Dead {
+                    path,
+                    failure: failure.clone(),
+                };
+                self.on_path_event(session, path, Err(failure), event, wake)
+            }
+            Event::PathClosed { session, path } => {
+                let failure = PathFailure {
+                    code: ErrorCode::PathDead,
+                    reason: "path closed before it was added".into(),
+                };
+                let event = PathEvent::Closed(path);
+                self.on_path_event(session, path, Err(failure), event, wake)
+            }
+            Event::RangesLost {
+                session,
+                path,
+                mut ranges,
+            } => {
+                if let Some(slot) = self.sessions.get_mut(&session) {
+                    // The transfer helper re-assigns its own ranges.
+                    ranges.retain(|d| !slot.served.contains(&d.stream));
+                    if !ranges.is_empty() {
+                        slot.push_path_event(PathEvent::RangesLost { path, ranges }, wake);
+                    }
+                }
+            }
+            Event::Delegated {
+                session,
+                delegation,
+            } => {
+                let Some(slot) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                if slot.delegations.len() >= MAX_DELEGATIONS {
+                    self.overflow(session, "delegation queue full");
+                    return;
+                }
+                slot.delegations.push_back(delegation);
+                slot.delegation_waiters.drain_into(wake);
+            }
+            Event::RawReceived { session, payload } => {
+                let Some(slot) = self.sessions.get_mut(&session) else {
+                    return;
+                };
+                if slot.raw.len() >= MAX_RAW_MESSAGES
+                    || slot.raw_bytes + payload.len() > MAX_RAW_BYTES
+                {
+                    self.overflow(session, "raw message queue full");
+                    return;
+                }
+                slot.raw_bytes += payload.len();
+                slot.raw.push_back(payload);
+                slot.raw_waiters.drain_into(wake);
+            }
+            Event::TransferComplete {
+                session, transfer, ..
+            } => {
+                if let Some(slot) = self.sessions.get_mut(&session)
+                    && let Some(done) = slot.transfers.get_mut(&transfer)
+                {
+                    *done = true;
+                    slot.transfer_waiters.drain_into(wake);
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// A path changed state: settles a pending `add_path` (the first outcome
+    /// wins), queues the event and wakes who waits on paths.
+    fn on_path_event(
+        &mut self,
+        session: SessionHandle,
+        path: PathId,
+        outcome: Result<(), PathFailure>,
+        event: PathEvent,
+        wake: &mut Vec<Waker>,
+    ) {
+        let Some(slot) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        tracing::debug!(parent: &slot.span, ?event, "path event");
+        if let Some(pending) = slot.adding.get_mut(&path) {
+            pending.get_or_insert(outcome);
+        }
+        slot.push_path_event(event, wake);
+    }
+
+    /// The application does not take what a secondary session receives:
+    /// close the session rather than grow without bound or drop silently.
+    fn overflow(&mut self, session: SessionHandle, reason: &str) {
+        if let Some(slot) = self.sessions.get(&session) {
+            tracing::warn!(parent: &slot.span, reason, "closing the session");
+        }
+        if let Some(mut view) = self.endpoint.session(session) {
+            view.close_with(ErrorCode::Internal, reason.as_bytes());
         }
     }
 

@@ -62,6 +62,26 @@ impl SendStream {
         self.id
     }
 
+    pub(crate) fn session(&self) -> &SessionRef {
+        &self.session
+    }
+
+    /// Gives up this handle without finishing or resetting the stream, for
+    /// a stream whose bytes — and end — are written range by range with
+    /// [`Session::delegate`](crate::Session::delegate) and
+    /// [`Session::write_at`](crate::Session::write_at) instead (the range
+    /// that ends the stream carries the FIN). Returns the stream's id.
+    pub fn hand_off(mut self) -> StreamId {
+        self.hand_over();
+        self.id
+    }
+
+    /// The transfer helper writes and finishes the stream from now on:
+    /// dropping this handle must not finish it.
+    pub(crate) fn hand_over(&mut self) {
+        self.state = SendState::Finished;
+    }
+
     /// Writes some of `buf` (at least one byte unless `buf` is empty),
     /// waiting for flow-control credit; returns how many bytes were taken.
     ///
@@ -471,6 +491,12 @@ macro_rules! adapter_streams {
             }
         }
 
+        impl ::core::convert::From<SendStream> for $crate::SendStream {
+            fn from(outer: SendStream) -> Self {
+                outer.0
+            }
+        }
+
         impl ::core::convert::From<$crate::RecvStream> for RecvStream {
             fn from(inner: $crate::RecvStream) -> Self {
                 Self(inner)
@@ -530,6 +556,12 @@ macro_rules! adapter_streams {
             /// The runtime-independent half.
             pub fn into_inner(self) -> $crate::SendStream {
                 self.0
+            }
+
+            /// Gives up the handle without finishing the stream; see
+            /// [`kwik_async::SendStream::hand_off`].
+            pub fn hand_off(self) -> $crate::StreamId {
+                self.0.hand_off()
             }
         }
 

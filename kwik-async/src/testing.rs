@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
 
+pub mod multi;
+
 use crate::{
     Adapter, CloseReason, ConnectionError, Endpoint, ReadError, Runtime, Session, WriteError,
     client_config_trusting, dev, server_config,

@@ -37,9 +37,11 @@ use kwik_async::{AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
 
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
-    ConnectError, ConnectionError, ReadError, ReadToEndError, ServerConfig, SessionId,
-    SessionStats, StoppedError, StreamError, StreamId, TransportConfig, WriteError, client_config,
-    client_config_trusting, dev, rustls, server_config,
+    ConnectError, ConnectionError, Delegation, DelegationId, ErrorCode, PathError, PathEvent,
+    PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget, ReadError,
+    ReadToEndError, Resource, Role, ServerConfig, SessionId, SessionStats, SharedResource,
+    StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig, TransferId,
+    TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls, server_config,
 };
 
 /// Marker selecting smol / async-io for the [`kwik_async`] API.

@@ -76,3 +76,27 @@ fn futures_io_traits_round_trip_and_map_errors() {
         assert_eq!(accepting.await.len(), 1);
     });
 }
+
+#[test]
+fn primary_and_two_secondaries_serve_one_download_byte_identical() {
+    smol::block_on(testing::multi::three_server_download::<Smol>());
+}
+
+#[test]
+fn download_completes_when_a_secondary_is_closed_mid_transfer() {
+    smol::block_on(testing::multi::secondary_dies::<Smol>(
+        testing::multi::Death::Close,
+    ));
+}
+
+#[test]
+fn download_completes_when_a_secondary_dies_silently_mid_transfer() {
+    smol::block_on(testing::multi::secondary_dies::<Smol>(
+        testing::multi::Death::Abort,
+    ));
+}
+
+#[test]
+fn multi_server_verbs_paths_raw_delegation_removal_and_bounded_queues() {
+    smol::block_on(testing::multi::verbs::<Smol>());
+}

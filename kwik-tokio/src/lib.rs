@@ -21,6 +21,18 @@
 //! let reply = recv.read_to_end(1 << 20).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Multi-server sessions (a primary adding secondary servers as paths, the
+//! multi-source transfer helper, delegation, raw messages, and the
+//! secondary side) use the same types; see [`kwik_async`] and the `demo`
+//! and `multi` examples:
+//!
+//! ```text
+//! cargo run --release --example demo                  # primary + 2 secondaries + client, one process
+//! cargo run --release -p kwik-tokio --example multi -- secondary --listen 127.0.0.1:4434
+//! cargo run --release -p kwik-tokio --example multi -- primary --listen 127.0.0.1:4433 --secondary 127.0.0.1:4434
+//! cargo run --release -p kwik-tokio --example multi -- client --primary 127.0.0.1:4433 --allow 127.0.0.1:4434
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -37,9 +49,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
-    ConnectError, ConnectionError, ReadError, ReadToEndError, ServerConfig, SessionId,
-    SessionStats, StoppedError, StreamError, StreamId, TransportConfig, WriteError, client_config,
-    client_config_trusting, dev, rustls, server_config,
+    ConnectError, ConnectionError, Delegation, DelegationId, ErrorCode, PathError, PathEvent,
+    PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget, ReadError,
+    ReadToEndError, Resource, Role, ServerConfig, SessionId, SessionStats, SharedResource,
+    StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig, TransferId,
+    TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls, server_config,
 };
 
 /// Marker selecting tokio for the [`kwik_async`] API.

@@ -73,3 +73,23 @@ async fn tokio_io_traits_round_trip_and_map_errors() {
     server.close(0, b"");
     assert_eq!(accepting.await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_and_two_secondaries_serve_one_download_byte_identical() {
+    testing::multi::three_server_download::<Tokio>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_completes_when_a_secondary_is_closed_mid_transfer() {
+    testing::multi::secondary_dies::<Tokio>(testing::multi::Death::Close).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_completes_when_a_secondary_dies_silently_mid_transfer() {
+    testing::multi::secondary_dies::<Tokio>(testing::multi::Death::Abort).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_server_verbs_paths_raw_delegation_removal_and_bounded_queues() {
+    testing::multi::verbs::<Tokio>().await;
+}
