@@ -195,3 +195,8 @@ impl AsyncRead for RecvStream {
         Poll::Ready(Ok(()))
     }
 }
+
+/// The README's example, compiled as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
