@@ -20,7 +20,7 @@
 //! ordered maps and served in a fixed order, so the same seed and the same
 //! inputs always produce the same outputs.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +41,30 @@ use crate::session::{Ctx, Phase, PrimarySettings, Request, Session};
 use crate::token::TokenVerifier;
 use crate::transfer::SharedResource;
 use crate::view::{SessionView, StreamView};
+
+/// Sessions waiting for a step (driving, or sending), first come first
+/// served. A flag in the session keeps it from being queued twice; unlike a
+/// set keyed by handle, pushing and popping cost nothing per datagram.
+#[derive(Debug, Default)]
+pub(crate) struct WorkQueue(VecDeque<SessionHandle>);
+
+impl WorkQueue {
+    /// Queues `handle` unless its `queued` flag says it is already in.
+    pub(crate) fn push(&mut self, queued: &mut bool, handle: SessionHandle) {
+        if !std::mem::replace(queued, true) {
+            self.0.push_back(handle);
+        }
+    }
+
+    /// Puts back a session that stays queued (its flag is still set).
+    fn requeue(&mut self, handle: SessionHandle) {
+        self.0.push_back(handle);
+    }
+
+    fn pop(&mut self) -> Option<SessionHandle> {
+        self.0.pop_front()
+    }
+}
 
 /// The incoming attempt is unknown (already decided, or never existed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,10 +101,9 @@ pub struct KwikEndpoint {
     now: Instant,
     events: VecDeque<Event>,
     /// Sessions with input or calls not yet digested.
-    dirty: BTreeSet<SessionHandle>,
+    dirty: WorkQueue,
     /// Sessions that may have datagrams to send, served round-robin.
-    sending: VecDeque<SessionHandle>,
-    in_sending: BTreeSet<SessionHandle>,
+    sending: WorkQueue,
     /// Datagrams the endpoint itself must send (refusals, resets).
     responses: VecDeque<(Transmit, Vec<u8>)>,
     scratch: Vec<u8>,
@@ -137,9 +160,8 @@ impl KwikEndpoint {
             start: now,
             now,
             events: VecDeque::new(),
-            dirty: BTreeSet::new(),
-            sending: VecDeque::new(),
-            in_sending: BTreeSet::new(),
+            dirty: WorkQueue::default(),
+            sending: WorkQueue::default(),
             responses: VecDeque::new(),
             scratch: Vec::new(),
         };
@@ -216,8 +238,7 @@ impl KwikEndpoint {
             self.now,
         );
         self.dial_configs.insert(handle, config.clone());
-        self.sessions.insert(handle, session);
-        self.dirty.insert(handle);
+        self.insert_session(session);
         Ok(handle)
     }
 
@@ -302,7 +323,15 @@ impl KwikEndpoint {
                 Err(e) => session.note_dial_failure(path, format!("cannot dial {address}: {e}")),
             }
         }
-        self.dirty.insert(handle);
+        if let Some(session) = self.sessions.get_mut(&handle) {
+            self.dirty.push(&mut session.queued_drive, handle);
+        }
+    }
+
+    fn insert_session(&mut self, mut session: Session) {
+        let handle = session.handle;
+        self.dirty.push(&mut session.queued_drive, handle);
+        self.sessions.insert(handle, session);
     }
 
     /// Feeds a received UDP datagram.
@@ -324,14 +353,12 @@ impl KwikEndpoint {
         {
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
                 if let Some((handle, path)) = self.by_conn.get(ch.0).copied().flatten()
-                    && let Some(conn) = self
-                        .sessions
-                        .get_mut(&handle)
-                        .and_then(|s| s.conns.get_mut(&path))
+                    && let Some(session) = self.sessions.get_mut(&handle)
+                    && let Some(conn) = session.conns.get_mut(&path)
                 {
                     conn.quic.handle_event(event);
                     conn.last_rx = self.now;
-                    self.dirty.insert(handle);
+                    self.dirty.push(&mut session.queued_drive, handle);
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => self.on_incoming(incoming),
@@ -399,8 +426,7 @@ impl KwikEndpoint {
                     },
                     self.now,
                 );
-                self.sessions.insert(handle, session);
-                self.dirty.insert(handle);
+                self.insert_session(session);
                 Ok(Some(handle))
             }
             Err(e) => {
@@ -436,7 +462,7 @@ impl KwikEndpoint {
                         conn.quic.handle_timeout(now);
                     }
                 }
-                self.dirty.insert(*handle);
+                self.dirty.push(&mut session.queued_drive, *handle);
             }
         }
     }
@@ -456,9 +482,8 @@ impl KwikEndpoint {
             buf.extend_from_slice(&bytes);
             return Output::Transmit(transmit);
         }
-        while let Some(handle) = self.sending.pop_front() {
+        while let Some(handle) = self.sending.pop() {
             let Some(session) = self.sessions.get_mut(&handle) else {
-                self.in_sending.remove(&handle);
                 continue;
             };
             buf.clear();
@@ -467,10 +492,10 @@ impl KwikEndpoint {
             {
                 // Sending raises no application event; the deadline is
                 // refreshed once the session has nothing more to send.
-                self.sending.push_back(handle);
+                self.sending.requeue(handle);
                 return Output::Transmit(transmit_of(&t));
             }
-            self.in_sending.remove(&handle);
+            session.queued_send = false;
             // Sending may have produced connection-id requests or a drain.
             self.settle_endpoint_events(handle);
             if let Some(event) = self.events.pop_front() {
@@ -482,10 +507,11 @@ impl KwikEndpoint {
 
     /// Digests pending input of every dirty session.
     fn drive_dirty(&mut self) {
-        while let Some(handle) = self.dirty.pop_first() {
+        while let Some(handle) = self.dirty.pop() {
             let Some(session) = self.sessions.get_mut(&handle) else {
                 continue;
             };
+            session.queued_drive = false;
             let rng = &mut self.session_ids;
             let mut mint = || {
                 let mut id = [0u8; SessionId::LEN];
@@ -508,8 +534,10 @@ impl KwikEndpoint {
             };
             session.drive(&mut ctx);
             self.serve_requests(handle);
-            if self.settle_endpoint_events(handle) && self.in_sending.insert(handle) {
-                self.sending.push_back(handle);
+            if self.settle_endpoint_events(handle)
+                && let Some(session) = self.sessions.get_mut(&handle)
+            {
+                self.sending.push(&mut session.queued_send, handle);
             }
         }
     }

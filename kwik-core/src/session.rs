@@ -151,6 +151,10 @@ pub(crate) struct Session {
     pub requests: Vec<Request>,
     /// Next connection to ask for a transmit (round-robin).
     pub tx_cursor: usize,
+    /// Queued for driving by the endpoint.
+    pub queued_drive: bool,
+    /// Queued for sending by the endpoint.
+    pub queued_send: bool,
     transport: TransportConfig,
     server_features: u64,
     send_frame_limit: u64,
@@ -227,6 +231,8 @@ impl Session {
             deadline: None,
             requests: Vec::new(),
             tx_cursor: 0,
+            queued_drive: false,
+            queued_send: false,
             send_frame_limit: transport.max_frame_payload,
             peer_max_control: 64,
             transport,

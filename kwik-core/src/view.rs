@@ -6,7 +6,7 @@
 //! session for driving, so whatever the call changed goes out on the next
 //! [`KwikEndpoint::poll_output`](crate::KwikEndpoint::poll_output).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use quinn_proto::VarInt;
 
 use crate::delegation::Delegation;
+use crate::endpoint::WorkQueue;
 use crate::error::{
     CloseError, ErrorCode, KWIK_CODE_BASE, OpenError, ReadError, StreamError, WriteError,
 };
@@ -33,12 +34,13 @@ pub struct SessionView<'a> {
     pub(crate) events: &'a mut VecDeque<Event>,
     /// The endpoint's set of sessions to drive; operations that leave
     /// something to send add this session to it.
-    pub(crate) dirty: &'a mut BTreeSet<SessionHandle>,
+    pub(crate) dirty: &'a mut WorkQueue,
 }
 
 impl SessionView<'_> {
     fn mark(&mut self) {
-        self.dirty.insert(self.session.handle);
+        self.dirty
+            .push(&mut self.session.queued_drive, self.session.handle);
     }
 
     /// The local handle.
@@ -223,20 +225,17 @@ impl SessionView<'_> {
 pub struct StreamView<'a> {
     session: &'a mut Session,
     id: StreamId,
-    dirty: &'a mut BTreeSet<SessionHandle>,
+    dirty: &'a mut WorkQueue,
 }
 
 impl<'a> StreamView<'a> {
-    pub(crate) fn new(
-        session: &'a mut Session,
-        id: StreamId,
-        dirty: &'a mut BTreeSet<SessionHandle>,
-    ) -> Self {
+    pub(crate) fn new(session: &'a mut Session, id: StreamId, dirty: &'a mut WorkQueue) -> Self {
         Self { session, id, dirty }
     }
 
     fn mark(&mut self) {
-        self.dirty.insert(self.session.handle);
+        self.dirty
+            .push(&mut self.session.queued_drive, self.session.handle);
     }
 
     /// Reading sends nothing unless it returned credit or released the stream.
