@@ -16,6 +16,8 @@
 //! * [`sim`] — the event loop ([`Sim`]) tying nodes and links together;
 //! * [`certs`] — throw-away TLS certificates and rustls / quinn configs;
 //! * [`seeding`] — quinn-proto configs with every random source seeded;
+//! * [`quic_driver`] — the quinn-proto endpoint plumbing shared by the
+//!   bare-quinn nodes ([`quinn_node`], [`hostile`]);
 //! * [`quinn_node`] — a bare quinn-proto bulk-transfer pair, used to validate
 //!   the simulator and as the baseline contender in benchmarks.
 
@@ -26,6 +28,7 @@ pub mod kwik_node;
 pub mod link;
 pub mod multi;
 pub mod node;
+pub mod quic_driver;
 pub mod quinn_node;
 pub mod seeding;
 pub mod setup;
