@@ -150,6 +150,48 @@ struct Outgoing {
     queue: VecDeque<Bytes>,
 }
 
+/// Bytes waiting for quinn-proto, per QUIC stream, in order: the hostile
+/// nodes script whole records and hand them over as flow control allows.
+#[derive(Default)]
+struct SendQueue(Vec<Outgoing>);
+
+impl SendQueue {
+    fn push(&mut self, id: StreamId, bytes: impl Into<Bytes>) {
+        let bytes = bytes.into();
+        match self.0.iter_mut().find(|o| o.id == id) {
+            Some(o) => o.queue.push_back(bytes),
+            None => self.0.push(Outgoing {
+                id,
+                queue: VecDeque::from([bytes]),
+            }),
+        }
+    }
+
+    /// Hands queued bytes to quinn-proto until it refuses more.
+    fn pump(&mut self, conn: &mut quinn_proto::Connection, now: Instant, trace: &mut Trace) {
+        for out in &mut self.0 {
+            while !out.queue.is_empty() {
+                match conn
+                    .send_stream(out.id)
+                    .write_chunks(out.queue.make_contiguous())
+                {
+                    Ok(written) => {
+                        out.queue.drain(..written.chunks);
+                        if written.bytes == 0 {
+                            break;
+                        }
+                    }
+                    Err(WriteError::Blocked) => break,
+                    Err(e) => {
+                        trace.record(now, format_args!("hostile write on {} failed: {e}", out.id));
+                        out.queue.clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A kwik client that completes the handshake and then breaks the protocol
 /// as scripted. See the [module docs](self).
 pub struct HostileClient {
@@ -163,7 +205,7 @@ pub struct HostileClient {
     quic: QuicDriver,
     control: Option<StreamId>,
     lane: Option<StreamId>,
-    outgoing: Vec<Outgoing>,
+    outgoing: SendQueue,
     inbox: RecordBuffer,
     welcome: Option<Welcome>,
     joined: Option<Joined>,
@@ -243,7 +285,7 @@ impl HostileClient {
             quic: QuicDriver::new(addr, endpoint),
             control: None,
             lane: None,
-            outgoing: Vec::new(),
+            outgoing: SendQueue::default(),
             inbox: RecordBuffer::default(),
             welcome: None,
             joined: None,
@@ -425,44 +467,6 @@ impl HostileClient {
         }
     }
 
-    fn queue(&mut self, id: StreamId, bytes: impl Into<Bytes>) {
-        let bytes = bytes.into();
-        match self.outgoing.iter_mut().find(|o| o.id == id) {
-            Some(o) => o.queue.push_back(bytes),
-            None => self.outgoing.push(Outgoing {
-                id,
-                queue: VecDeque::from([bytes]),
-            }),
-        }
-    }
-
-    /// Hands queued bytes to quinn-proto until it refuses more.
-    fn pump(&mut self, now: Instant, trace: &mut Trace) {
-        let Some(conn) = self.quic.connection_mut() else {
-            return;
-        };
-        for out in &mut self.outgoing {
-            while !out.queue.is_empty() {
-                match conn
-                    .send_stream(out.id)
-                    .write_chunks(out.queue.make_contiguous())
-                {
-                    Ok(written) => {
-                        out.queue.drain(..written.chunks);
-                        if written.bytes == 0 {
-                            break;
-                        }
-                    }
-                    Err(WriteError::Blocked) => break,
-                    Err(e) => {
-                        trace.record(now, format_args!("hostile write on {} failed: {e}", out.id));
-                        out.queue.clear();
-                    }
-                }
-            }
-        }
-    }
-
     fn send_hello(&mut self, now: Instant, trace: &mut Trace) {
         let Some(conn) = self.quic.connection_mut() else {
             return;
@@ -481,7 +485,7 @@ impl HostileClient {
                     join.token.len()
                 ),
             );
-            self.queue(id, control_record(Body::Join(join)));
+            self.outgoing.push(id, control_record(Body::Join(join)));
             return;
         }
         let hello = Hello {
@@ -490,7 +494,7 @@ impl HostileClient {
             required_features: 0,
             limits: Some(default_limits()),
         };
-        self.queue(id, hello_record(hello));
+        self.outgoing.push(id, hello_record(hello));
     }
 
     /// Reads whatever arrived on the control stream and parses it.
@@ -620,8 +624,9 @@ impl HostileClient {
                     length: n as u64,
                     fin: offset + n == data.len(),
                 };
-                self.queue(lane, header.encode_length_delimited_to_vec());
-                self.queue(lane, data.slice(offset..offset + n));
+                self.outgoing
+                    .push(lane, header.encode_length_delimited_to_vec());
+                self.outgoing.push(lane, data.slice(offset..offset + n));
                 offset += n;
             }
             if data.is_empty() {
@@ -630,7 +635,8 @@ impl HostileClient {
                     fin: true,
                     ..DataHeader::default()
                 };
-                self.queue(lane, header.encode_length_delimited_to_vec());
+                self.outgoing
+                    .push(lane, header.encode_length_delimited_to_vec());
             }
             trace.record(now, format_args!("hostile: uploading {} bytes", data.len()));
         }
@@ -639,12 +645,12 @@ impl HostileClient {
             Misbehaviour::GarbageOnControl => {
                 let mut garbage = length_prefix(16);
                 garbage.extend_from_slice(&[0xff; 16]);
-                self.queue(control, garbage);
+                self.outgoing.push(control, garbage);
             }
             Misbehaviour::OversizedControlMessage => {
                 let mut prefix = length_prefix(limits.max_control_message.saturating_add(1));
                 prefix.extend_from_slice(&[0u8; 32]);
-                self.queue(control, prefix);
+                self.outgoing.push(control, prefix);
             }
             Misbehaviour::OversizedFrame => {
                 let lane = lane.expect("lane opened above");
@@ -654,8 +660,9 @@ impl HostileClient {
                     length: OVERSIZED_FRAME_LEN.max(limits.max_frame_payload + 1),
                     fin: false,
                 };
-                self.queue(lane, header.encode_length_delimited_to_vec());
-                self.queue(lane, vec![0xab; 4096]);
+                self.outgoing
+                    .push(lane, header.encode_length_delimited_to_vec());
+                self.outgoing.push(lane, vec![0xab; 4096]);
             }
             Misbehaviour::FrameForUnopenedStream => {
                 let lane = lane.expect("lane opened above");
@@ -666,8 +673,9 @@ impl HostileClient {
                     length: 16,
                     fin: false,
                 };
-                self.queue(lane, header.encode_length_delimited_to_vec());
-                self.queue(lane, vec![0xcd; 16]);
+                self.outgoing
+                    .push(lane, header.encode_length_delimited_to_vec());
+                self.outgoing.push(lane, vec![0xcd; 16]);
             }
         }
         self.misbehaved_at = Some(now);
@@ -735,7 +743,9 @@ impl Node for HostileClient {
             }
         }
         self.act(now, trace);
-        self.pump(now, trace);
+        if let Some(conn) = self.quic.connection_mut() {
+            self.outgoing.pump(conn, now, trace);
+        }
         self.quic.process_endpoint_events();
     }
 
@@ -848,7 +858,7 @@ pub struct HostileSecondary {
     overshoot: Overshoot,
     quic: QuicDriver,
     control: Option<StreamId>,
-    outgoing: Vec<Outgoing>,
+    outgoing: SendQueue,
     inbox: RecordBuffer,
     join: Option<Join>,
     joined_at: Option<Instant>,
@@ -896,7 +906,7 @@ impl HostileSecondary {
             overshoot,
             quic: QuicDriver::new(addr, endpoint),
             control: None,
-            outgoing: Vec::new(),
+            outgoing: SendQueue::default(),
             inbox: RecordBuffer::default(),
             join: None,
             joined_at: None,
@@ -980,46 +990,6 @@ impl HostileSecondary {
         }
     }
 
-    fn queue(&mut self, id: StreamId, bytes: impl Into<Bytes>) {
-        let bytes = bytes.into();
-        match self.outgoing.iter_mut().find(|o| o.id == id) {
-            Some(o) => o.queue.push_back(bytes),
-            None => self.outgoing.push(Outgoing {
-                id,
-                queue: VecDeque::from([bytes]),
-            }),
-        }
-    }
-
-    fn pump(&mut self, now: Instant, trace: &mut Trace) {
-        let Some(conn) = self.quic.connection_mut() else {
-            return;
-        };
-        for out in &mut self.outgoing {
-            while !out.queue.is_empty() {
-                match conn
-                    .send_stream(out.id)
-                    .write_chunks(out.queue.make_contiguous())
-                {
-                    Ok(written) => {
-                        out.queue.drain(..written.chunks);
-                        if written.bytes == 0 {
-                            break;
-                        }
-                    }
-                    Err(WriteError::Blocked) => break,
-                    Err(e) => {
-                        trace.record(
-                            now,
-                            format_args!("hostile-secondary: write on {} failed: {e}", out.id),
-                        );
-                        out.queue.clear();
-                    }
-                }
-            }
-        }
-    }
-
     fn accept_streams(&mut self, now: Instant, trace: &mut Trace) {
         let Some(conn) = self.quic.connection_mut() else {
             return;
@@ -1073,7 +1043,7 @@ impl HostileSecondary {
                     let joined = Joined {
                         limits: Some(default_limits()),
                     };
-                    self.queue(id, control_record(Body::Joined(joined)));
+                    self.outgoing.push(id, control_record(Body::Joined(joined)));
                     self.joined_at = Some(now);
                 }
                 Ok(Body::Delegate(d)) => {
@@ -1139,8 +1109,9 @@ impl HostileSecondary {
             length: len,
             fin: false,
         };
-        self.queue(lane, header.encode_length_delimited_to_vec());
-        self.queue(lane, payload);
+        self.outgoing
+            .push(lane, header.encode_length_delimited_to_vec());
+        self.outgoing.push(lane, payload);
         let record = PastCreditRecord {
             stream: KStreamId(d.stream_id),
             delegated: (d.offset, d.offset + d.length),
@@ -1221,7 +1192,9 @@ impl Node for HostileSecondary {
                 _ => {}
             }
         }
-        self.pump(now, trace);
+        if let Some(conn) = self.quic.connection_mut() {
+            self.outgoing.pump(conn, now, trace);
+        }
         self.quic.process_endpoint_events();
     }
 
