@@ -483,6 +483,10 @@ async fn verbs_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
     let primary_resource = resource.clone();
     let client_done = Arc::new(AtomicBool::new(false));
     let done = client_done.clone();
+    // The client closes only once the primary saw the removal complete: a
+    // close right away could overtake the client's last PathStatus.
+    let removal_seen = Arc::new(AtomicBool::new(false));
+    let removal_seen_by_primary = removal_seen.clone();
     let primary = spawn(rt, async move {
         let incoming = primary_endpoint.accept().await.expect("a client");
         let session = incoming.accept().await.expect("primary session");
@@ -518,10 +522,7 @@ async fn verbs_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
             .write_at(stream, 0, primary_resource.slice(..SPLIT as usize), false)
             .await
             .expect("primary's own part");
-        // The ledger only empties through the client's acks; kwik-core does
-        // not yet settle it when the client reports the whole stream
-        // complete (the last ack may never come once the stream is read to
-        // its end), so wait for the client instead.
+        // Remove the path only once the client has read everything.
         let rt = runtime::<A>();
         let mut waited = Duration::ZERO;
         while !done.load(Ordering::Acquire) {
@@ -547,6 +548,7 @@ async fn verbs_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
                 (failed, PathState::Failed),
             ]
         );
+        removal_seen_by_primary.store(true, Ordering::Release);
         (path, d, session.closed().await)
     });
 
@@ -561,6 +563,16 @@ async fn verbs_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
         secondary_close,
         CloseReason::ApplicationClosed { .. } | CloseReason::Protocol { .. }
     ));
+    let timers = runtime::<A>();
+    let mut waited = Duration::ZERO;
+    while !removal_seen.load(Ordering::Acquire) {
+        assert!(
+            waited < Duration::from_secs(20),
+            "the primary never saw the removal"
+        );
+        sleep(&timers, Duration::from_millis(5)).await;
+        waited += Duration::from_millis(5);
+    }
     session.close(0, b"done").expect("close");
     drop(session);
     let (path, sent, _) = primary.await;
