@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{SCENARIO_TIMEOUT, localhost, pattern, runtime, sleep, spawn, within};
+use super::{JoinHandle, SCENARIO_TIMEOUT, localhost, pattern, runtime, sleep, spawn, within};
 use crate::{
     Adapter, ClientConfig, CloseReason, Endpoint, PathError, PathEvent, PathFilter, PathId,
     PathPolicy, PathState, PathTarget, Role, Runtime, ServerConfig, Session, TokenKey,
@@ -80,6 +80,31 @@ fn server_endpoint<A: Adapter>(config: ServerConfig, rate: Option<u64>) -> Endpo
 }
 
 impl<A: Adapter> Cluster<A> {
+    /// Runs every secondary's [`secondary_loop`] and the primary's
+    /// [`primary_serve`] of the resource, returning their handles.
+    pub fn serve(
+        &self,
+        rt: &Arc<dyn Runtime>,
+    ) -> (
+        Vec<JoinHandle<Vec<SecondaryReport>>>,
+        JoinHandle<PrimaryReport>,
+    ) {
+        let secondaries = self
+            .secondaries
+            .iter()
+            .map(|s| spawn(rt, secondary_loop(s.clone())))
+            .collect();
+        let primary = spawn(
+            rt,
+            primary_serve(
+                self.primary.clone(),
+                self.secondary_addrs(),
+                self.resource.clone(),
+            ),
+        );
+        (secondaries, primary)
+    }
+
     /// Starts the endpoints (they accept nothing until their loops run).
     pub fn new(options: &ClusterOptions) -> Self {
         let (cert, key) = dev::self_signed_cert(["localhost"]);
@@ -271,19 +296,7 @@ pub async fn three_server_download<A: Adapter>() {
 
 async fn three_server_download_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
     let cluster = Cluster::<A>::new(&ClusterOptions::new(2, 32 << 20));
-    let secondaries: Vec<_> = cluster
-        .secondaries
-        .iter()
-        .map(|s| spawn(rt, secondary_loop(s.clone())))
-        .collect();
-    let primary = spawn(
-        rt,
-        primary_serve(
-            cluster.primary.clone(),
-            cluster.secondary_addrs(),
-            cluster.resource.clone(),
-        ),
-    );
+    let (secondaries, primary) = cluster.serve(rt);
     let session = cluster.connect().await;
     download(&session, &cluster.resource, |_| {}).await;
 
@@ -314,7 +327,7 @@ async fn three_server_download_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
 /// Closes every server and checks each secondary saw one joined session.
 async fn shut_down<A: Adapter>(
     cluster: &Cluster<A>,
-    secondaries: Vec<super::JoinHandle<Vec<SecondaryReport>>>,
+    secondaries: Vec<JoinHandle<Vec<SecondaryReport>>>,
     expect_joined: usize,
 ) {
     cluster.client.wait_idle().await;
@@ -358,19 +371,7 @@ async fn secondary_dies_inner<A: Adapter>(rt: &Arc<dyn Runtime>, death: Death) {
     let mut options = ClusterOptions::new(2, 32 << 20);
     options.send_rate = Some(200_000_000);
     let cluster = Cluster::<A>::new(&options);
-    let secondaries: Vec<_> = cluster
-        .secondaries
-        .iter()
-        .map(|s| spawn(rt, secondary_loop(s.clone())))
-        .collect();
-    let primary = spawn(
-        rt,
-        primary_serve(
-            cluster.primary.clone(),
-            cluster.secondary_addrs(),
-            cluster.resource.clone(),
-        ),
-    );
+    let (secondaries, primary) = cluster.serve(rt);
     let session = cluster.connect().await;
     let mut victim = Some(cluster.secondaries[1].clone());
     let quarter = cluster.resource.len() as u64 / 4;
