@@ -1,0 +1,271 @@
+//! Application operations on a session, called through the views: streams,
+//! and the read-only path and counter queries.
+
+use super::*;
+
+impl Session {
+    pub(crate) fn open(&mut self, dir: Dir) -> Result<StreamId, OpenError> {
+        if let Some(reason) = self.closed_error() {
+            return Err(OpenError::SessionClosed(reason));
+        }
+        if self.phase != Phase::Active || self.role == Role::Secondary {
+            return Err(OpenError::NotEstablished);
+        }
+        self.streams.open(dir).ok_or(OpenError::Blocked)
+    }
+
+    pub(crate) fn write(
+        &mut self,
+        stream: StreamId,
+        data: &mut Bytes,
+    ) -> Result<usize, WriteError> {
+        let Some(send) = self.streams.send_mut(stream) else {
+            return Err(self.closed_write_error());
+        };
+        let offset = send.offset;
+        let written = self.write_at(stream, offset, data, false)?;
+        if let Some(send) = self.streams.send_mut(stream) {
+            send.offset = offset + written as u64;
+        }
+        Ok(written)
+    }
+
+    pub(super) fn closed_write_error(&self) -> WriteError {
+        match self.closed_error() {
+            Some(reason) => WriteError::SessionClosed(reason),
+            None => WriteError::ClosedStream,
+        }
+    }
+
+    /// Writes `data` at logical `offset` of `stream` as far as credit and
+    /// the lane allow; `fin` ends the stream after the last byte of `data`.
+    pub(crate) fn write_at(
+        &mut self,
+        stream: StreamId,
+        offset: u64,
+        data: &mut Bytes,
+        fin: bool,
+    ) -> Result<usize, WriteError> {
+        if let Some(reason) = self.closed_error() {
+            return Err(WriteError::SessionClosed(reason));
+        }
+        if self.phase != Phase::Active {
+            return Err(WriteError::Blocked);
+        }
+        let frame_limit = self.send_frame_limit;
+        let secondary = self.role == Role::Secondary;
+        let send = if secondary {
+            self.streams.source_half(stream)
+        } else {
+            self.streams
+                .send_mut(stream)
+                .ok_or(WriteError::ClosedStream)?
+        };
+        match send.state {
+            SendState::Open => {}
+            SendState::Stopped(code) => {
+                if !secondary {
+                    self.streams.free_send(stream);
+                }
+                return Err(WriteError::Stopped(code));
+            }
+            SendState::FinPending | SendState::Finished => return Err(WriteError::ClosedStream),
+        }
+        if data.is_empty() && !fin {
+            return Ok(0);
+        }
+        let conn = self
+            .conns
+            .get_mut(&PathId::PRIMARY)
+            .expect("the primary connection lives as long as the session");
+        let lane = match send.lane {
+            Some(lane) => lane,
+            None => match conn.lanes.assign(&mut conn.quic, stream) {
+                Some(lane) => {
+                    send.lane = Some(lane);
+                    lane
+                }
+                None => {
+                    send.want_writable = true;
+                    return Err(WriteError::Blocked);
+                }
+            },
+        };
+        let mut written = 0;
+        let mut offset = offset;
+        let mut fin_sent = false;
+        loop {
+            let room = send.credit.saturating_sub(offset);
+            if (room == 0 && !data.is_empty()) || !conn.lanes.ready(lane, stream) {
+                break;
+            }
+            let n = (data.len() as u64).min(room).min(frame_limit) as usize;
+            let last = n == data.len();
+            let header = encode_data_header(stream, offset, n as u64, fin && last);
+            let payload = data.slice(..n);
+            match conn
+                .lanes
+                .write_record(&mut conn.quic, lane, stream, header, payload)
+            {
+                Ok(()) => {
+                    bytes::Buf::advance(data, n);
+                    offset += n as u64;
+                    written += n;
+                    if last {
+                        fin_sent = fin;
+                        break;
+                    }
+                }
+                Err(LaneBlocked::Full) => break,
+                Err(LaneBlocked::Broken) => {
+                    if written > 0 {
+                        break;
+                    }
+                    return Err(WriteError::ClosedStream);
+                }
+            }
+        }
+        self.stats.bytes_sent += written as u64;
+        if written == 0 && !fin_sent {
+            send.want_writable = true;
+            return Err(WriteError::Blocked);
+        }
+        Ok(written)
+    }
+
+    pub(crate) fn finish(&mut self, stream: StreamId) -> Result<(), StreamError> {
+        if let Some(reason) = self.closed_error() {
+            return Err(StreamError::SessionClosed(reason));
+        }
+        let Some(send) = self.streams.send_mut(stream) else {
+            return Err(StreamError::ClosedStream);
+        };
+        match send.state {
+            SendState::Open => send.state = SendState::FinPending,
+            SendState::Stopped(code) => {
+                self.streams.free_send(stream);
+                return Err(StreamError::Stopped(code));
+            }
+            SendState::FinPending | SendState::Finished => return Err(StreamError::ClosedStream),
+        }
+        self.try_send_fin(stream);
+        Ok(())
+    }
+
+    pub(super) fn try_send_fin(&mut self, stream: StreamId) {
+        let Some(send) = self.streams.send_mut(stream) else {
+            return;
+        };
+        let conn = self
+            .conns
+            .get_mut(&PathId::PRIMARY)
+            .expect("the primary connection lives as long as the session");
+        let lane = match send.lane {
+            Some(lane) => lane,
+            None => match conn.lanes.assign(&mut conn.quic, stream) {
+                Some(lane) => {
+                    send.lane = Some(lane);
+                    lane
+                }
+                None => return,
+            },
+        };
+        if !conn.lanes.ready(lane, stream) {
+            return;
+        }
+        let header = encode_data_header(stream, send.offset, 0, true);
+        if conn
+            .lanes
+            .write_record(&mut conn.quic, lane, stream, header, Bytes::new())
+            .is_ok()
+        {
+            let released = self.streams.fin_written(stream);
+            if let Some(lane) = released.lane {
+                self.main_conn().lanes.release(lane);
+            }
+        }
+    }
+
+    pub(crate) fn reset(&mut self, stream: StreamId, code: u64) -> Result<(), StreamError> {
+        if let Some(reason) = self.closed_error() {
+            return Err(StreamError::SessionClosed(reason));
+        }
+        let released = self.streams.reset(stream, code)?;
+        if let Some(lane) = released.lane {
+            self.main_conn().lanes.release(lane);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read(
+        &mut self,
+        stream: StreamId,
+        max: usize,
+    ) -> Result<Option<Bytes>, ReadError> {
+        if let Some(reason) = self.closed_error() {
+            return Err(ReadError::SessionClosed(reason));
+        }
+        self.streams.read(stream, max)
+    }
+
+    pub(crate) fn stop(&mut self, stream: StreamId, code: u64) -> Result<(), StreamError> {
+        if let Some(reason) = self.closed_error() {
+            return Err(StreamError::SessionClosed(reason));
+        }
+        self.streams.stop(stream, code)
+    }
+
+    // ----- multi-server operations -----
+
+    pub(super) fn path_usable(&self, path: PathId) -> Result<(), PathError> {
+        if self.phase != Phase::Active {
+            return Err(PathError::SessionClosed);
+        }
+        let info = self.paths.get(&path).ok_or(PathError::NotFound(path))?;
+        match info.state {
+            PathState::Active | PathState::Degraded => Ok(()),
+            PathState::Connecting => Err(PathError::NotReady(path)),
+            PathState::Dead | PathState::Closed | PathState::Failed => Err(PathError::Dead(path)),
+        }
+    }
+
+    /// Paths known to this side, refreshed from the live connections.
+    pub(crate) fn paths(&mut self) -> Vec<PathInfo> {
+        for (path, conn) in &self.conns {
+            if let Some(info) = self.paths.get_mut(path) {
+                let stats = conn.quic.stats();
+                info.rtt = conn.quic.rtt();
+                info.bytes_sent = stats.udp_tx.bytes;
+                info.bytes_received = stats.udp_rx.bytes;
+                info.lost_packets = stats.path.lost_packets;
+                info.last_active = info.last_active.max(conn.last_rx);
+            }
+        }
+        self.paths.values().cloned().collect()
+    }
+
+    /// The peer's address on the primary connection.
+    pub(crate) fn remote_address(&self) -> SocketAddr {
+        self.conns[&PathId::PRIMARY].quic.remote_address()
+    }
+
+    /// Secondary: the path id the primary assigned to this connection.
+    pub(crate) fn joined_path(&self) -> Option<PathId> {
+        (self.role == Role::Secondary).then_some(self.joined_path)
+    }
+
+    pub(crate) fn stats(&self) -> SessionStats {
+        let conn = &self.conns[&PathId::PRIMARY];
+        let q = conn.quic.stats();
+        SessionStats {
+            buffered: self.streams.buffered(),
+            open_streams: self.streams.len() as u64,
+            lanes_opened: conn.lanes.count() as u64,
+            rtt_us: conn.quic.rtt().as_micros() as u64,
+            datagrams_sent: q.udp_tx.datagrams,
+            lost_packets: q.path.lost_packets,
+            cwnd: q.path.cwnd,
+            ..self.stats
+        }
+    }
+}

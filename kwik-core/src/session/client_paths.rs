@@ -1,0 +1,299 @@
+//! The client's side of secondary paths: answering AddPath under its own
+//! policy, recording and reporting path states, forwarding delegations and
+//! raw messages, acknowledging delegated streams, and graceful removal.
+
+use super::*;
+
+impl Session {
+    pub(super) fn on_add_path(
+        &mut self,
+        m: msg::AddPath,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        let path = PathId(m.path_id);
+        if path == PathId::PRIMARY || self.paths.contains_key(&path) {
+            return Err(violation(format!("AddPath reuses {path}")));
+        }
+        let address: Option<SocketAddr> = m.address.parse().ok();
+        let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
+        self.paths.insert(
+            path,
+            PathInfo::new(
+                path,
+                address.unwrap_or(unspecified),
+                &m.server_name,
+                ctx.now,
+            ),
+        );
+        let refusal = match address {
+            None => Some((
+                ErrorCode::InvalidFrame,
+                format!("bad address {:?}", m.address),
+            )),
+            Some(a) if !self.policy.permits(a, &m.server_name) => Some((
+                ErrorCode::Refused,
+                format!(
+                    "{a} ({}) is not allowed by the client's path policy",
+                    m.server_name
+                ),
+            )),
+            Some(a) => {
+                let live: Vec<&PathInfo> = self
+                    .paths
+                    .values()
+                    .filter(|p| !p.primary && p.id != path && !p.state.is_final())
+                    .collect();
+                if live.len() >= self.policy.max_paths {
+                    Some((
+                        ErrorCode::Refused,
+                        format!("path limit of {} reached", self.policy.max_paths),
+                    ))
+                } else if live.iter().any(|p| p.address == a)
+                    || self.paths[&PathId::PRIMARY].address == a
+                {
+                    Some((ErrorCode::Refused, format!("a path to {a} exists already")))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some((code, reason)) = refusal {
+            self.set_path_state(
+                path,
+                PathState::Failed,
+                Some(PathFailure { code, reason }),
+                ctx,
+            );
+            return Ok(());
+        }
+        self.client_paths.insert(
+            path,
+            ClientPath {
+                expiry_unix: m.expiry_unix,
+                token: m.token,
+                owed: Vec::new(),
+                closing: None,
+            },
+        );
+        self.requests.push(Request::Dial {
+            path,
+            address: address.expect("checked"),
+            server_name: m.server_name,
+        });
+        Ok(())
+    }
+
+    /// Client: the endpoint could not start a connection for `path`; the
+    /// failure is reported on the next drive.
+    pub(crate) fn note_dial_failure(&mut self, path: PathId, reason: String) {
+        self.dial_failures.push((path, reason));
+    }
+
+    /// Records a path's new state (both roles), tells the primary (client),
+    /// emits the event, and settles what the path owed.
+    pub(super) fn set_path_state(
+        &mut self,
+        path: PathId,
+        state: PathState,
+        failure: Option<PathFailure>,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let Some(info) = self.paths.get_mut(&path) else {
+            return;
+        };
+        if !info.set_state(state, ctx.now) {
+            return;
+        }
+        if failure.is_some() {
+            info.failure = failure.clone();
+        }
+        let session = self.handle;
+        let event = match state {
+            PathState::Active if !info.history.iter().any(|(_, s)| *s == PathState::Degraded) => {
+                Some(Event::PathAdded { session, path })
+            }
+            PathState::Failed => Some(Event::PathFailed {
+                session,
+                path,
+                failure: failure.clone().unwrap_or(PathFailure {
+                    code: ErrorCode::PathDead,
+                    reason: "failed".into(),
+                }),
+            }),
+            PathState::Dead => Some(Event::PathDead {
+                session,
+                path,
+                failure: failure.clone().unwrap_or(PathFailure {
+                    code: ErrorCode::PathDead,
+                    reason: "dead".into(),
+                }),
+            }),
+            PathState::Closed => Some(Event::PathClosed { session, path }),
+            _ => None,
+        };
+        ctx.events.extend(event);
+        if self.role == Role::Client {
+            if state.is_final() {
+                // The primary must know what arrived before it learns what is lost.
+                self.send_acks();
+                self.client_paths.remove(&path);
+                if let Some(conn) = self.conns.get_mut(&path)
+                    && !conn.closed
+                {
+                    let code = failure.as_ref().map_or(0, |f| f.code.wire());
+                    let reason = failure
+                        .as_ref()
+                        .map_or("path closed", |f| f.reason.as_str());
+                    conn.quic.close(
+                        ctx.now,
+                        VarInt::from_u64(code).expect("small"),
+                        truncate(reason),
+                    );
+                    conn.closed = true;
+                }
+            }
+            self.report_path(path);
+        } else if self.role == Role::Primary && state.is_final() {
+            self.add_deadlines.remove(&path);
+            for t in self.transfers.values_mut() {
+                let received = self.ledger.received(t.stream).cloned().unwrap_or_default();
+                t.path_lost(path, &received);
+            }
+            let lost = self.ledger.take_path(path);
+            if !lost.is_empty() {
+                ctx.events.push_back(Event::RangesLost {
+                    session,
+                    path,
+                    ranges: lost.clone(),
+                });
+                if self.primary.auto_reassign {
+                    self.reassign(lost);
+                }
+            }
+        }
+    }
+
+    /// Client: tells the primary where `path` stands.
+    pub(super) fn report_path(&mut self, path: PathId) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let Some(info) = self.paths.get(&path) else {
+            return;
+        };
+        let (code, reason) = info
+            .failure
+            .as_ref()
+            .map_or((0, String::new()), |f| (f.code.wire(), f.reason.clone()));
+        let (rtt, bytes) = self.conns.get(&path).map_or((0, 0), |c| {
+            (c.quic.rtt().as_micros() as u64, c.quic.stats().udp_rx.bytes)
+        });
+        let status = Body::PathStatus(msg::PathStatus {
+            path_id: path.0,
+            state: wire_state(info.state) as i32,
+            error_code: code,
+            reason,
+            rtt_us: rtt,
+            bytes_received: bytes,
+        });
+        self.main_conn().send(status);
+    }
+
+    pub(super) fn on_conn_lost(&mut self, path: PathId, reason: CloseReason, ctx: &mut Ctx<'_>) {
+        if let Some(conn) = self.conns.get_mut(&path) {
+            conn.closed = true;
+        }
+        if path == PathId::PRIMARY || self.role != Role::Client {
+            if self.close_reason.is_none() {
+                self.close_reason = Some(reason.clone());
+                ctx.events.push_back(Event::SessionClosed {
+                    session: self.handle,
+                    reason,
+                });
+            }
+            self.shut_down(0, b"primary connection lost", ctx);
+            return;
+        }
+        let joined = self.conns.get(&path).is_some_and(|c| c.joined);
+        let failure = match reason {
+            CloseReason::Protocol { code, reason, .. } => PathFailure { code, reason },
+            CloseReason::TimedOut => PathFailure {
+                code: ErrorCode::PathDead,
+                reason: "idle timeout".into(),
+            },
+            CloseReason::LocallyClosed => return,
+            other => PathFailure {
+                code: ErrorCode::PathDead,
+                reason: other.to_string(),
+            },
+        };
+        let state = if joined {
+            PathState::Dead
+        } else {
+            PathState::Failed
+        };
+        self.set_path_state(path, state, Some(failure), ctx);
+    }
+
+    /// Client: removal of `path` requested (by the primary or locally).
+    pub(super) fn begin_remove(&mut self, path: PathId, now: Instant) {
+        let rtt = self
+            .conns
+            .get(&path)
+            .map_or(Duration::ZERO, |c| c.quic.rtt());
+        let grace = (self.policy.dead_after(rtt) * 10).max(Duration::from_secs(1));
+        if let Some(cp) = self.client_paths.get_mut(&path) {
+            cp.closing.get_or_insert(now + grace);
+        }
+    }
+
+    pub(super) fn forward_delegate(
+        &mut self,
+        mut m: msg::Delegate,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        let path = PathId(m.path_id);
+        let stream = StreamId(m.stream_id);
+        let credit = self.streams.delegated(stream, path, ctx.events)?;
+        if path == PathId::PRIMARY {
+            // The primary serves this range itself; only the acks matter.
+            return Ok(());
+        }
+        let live = self.paths.get(&path).is_some_and(|p| p.state.is_live());
+        let Some(cp) = self.client_paths.get_mut(&path) else {
+            return Ok(());
+        };
+        let Some(conn) = self.conns.get_mut(&path) else {
+            return Ok(());
+        };
+        if !live || !conn.joined || conn.closed {
+            return Ok(());
+        }
+        cp.owed.push((stream, m.offset..m.offset + m.length));
+        m.credit = credit;
+        conn.send(Body::Delegate(m));
+        Ok(())
+    }
+
+    pub(super) fn forward_raw(&mut self, path: PathId, payload: Bytes) {
+        if let Some(conn) = self.conns.get_mut(&path)
+            && conn.joined
+            && !conn.closed
+        {
+            conn.send(Body::Raw(msg::Raw { payload }));
+        }
+    }
+
+    pub(super) fn send_acks(&mut self) {
+        self.ack_due = None;
+        if self.phase != Phase::Active {
+            return;
+        }
+        let mut acks = Vec::new();
+        self.streams.take_acks(&mut acks);
+        let conn = self.main_conn();
+        for ack in acks {
+            conn.send(ack);
+        }
+    }
+}

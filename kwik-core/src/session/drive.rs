@@ -1,0 +1,508 @@
+//! Driving a session: digesting what quinn-proto reported, reading the
+//! control stream and the lanes, dispatching control messages by role,
+//! firing kwik's timers, flushing what is due, and closing on violations.
+
+use super::*;
+
+impl Session {
+    /// Digests everything quinn-proto reported, fires timers, sends what is due.
+    pub(crate) fn drive(&mut self, ctx: &mut Ctx<'_>) {
+        for (path, reason) in std::mem::take(&mut self.dial_failures) {
+            let failure = PathFailure {
+                code: ErrorCode::PathDead,
+                reason,
+            };
+            self.set_path_state(path, PathState::Failed, Some(failure), ctx);
+        }
+        for i in 0..self.conns.len() {
+            let Some(&path) = self.conns.keys().nth(i) else {
+                break;
+            };
+            while let Some(event) = self.conns.get_mut(&path).and_then(|c| c.quic.poll()) {
+                if let Err(v) = self.on_quinn_event(path, event, ctx) {
+                    self.fail_path(path, v, ctx);
+                }
+            }
+        }
+        self.on_timers(ctx);
+        self.run_transfers(ctx);
+        self.pump_jobs();
+        self.flush(ctx);
+        // The endpoint refreshes the deadline once it settled the
+        // connections' endpoint events.
+    }
+
+    /// Recomputes the next deadline after the connections changed.
+    pub(crate) fn refresh_deadline(&mut self) {
+        self.update_deadline();
+    }
+
+    pub(super) fn update_deadline(&mut self) {
+        let quic = self
+            .conns
+            .values_mut()
+            .filter_map(|c| c.quic.poll_timeout())
+            .min();
+        let kwik = self.kwik_deadline();
+        self.deadline = match (quic, kwik) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// The earliest of kwik's own timers.
+    pub(super) fn kwik_deadline(&self) -> Option<Instant> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        let mut next = self.ack_due;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for d in self.add_deadlines.values() {
+            consider(*d);
+        }
+        for (path, conn) in &self.conns {
+            if *path == PathId::PRIMARY || !conn.joined || conn.closed {
+                continue;
+            }
+            let dead_after = self.policy.dead_after(conn.known_base_rtt());
+            if self
+                .paths
+                .get(path)
+                .is_some_and(|p| p.state == PathState::Active)
+            {
+                consider(conn.last_rx + self.policy.degraded_after(dead_after));
+            }
+            consider(conn.last_rx + dead_after);
+        }
+        for cp in self.client_paths.values() {
+            if let Some(t) = cp.closing {
+                consider(t);
+            }
+        }
+        next
+    }
+
+    pub(super) fn on_quinn_event(
+        &mut self,
+        path: PathId,
+        event: quinn_proto::Event,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        use quinn_proto::Event as E;
+        match event {
+            E::Connected => {
+                if self.side == Side::Client {
+                    self.on_connected(path)?;
+                }
+            }
+            E::ConnectionLost { reason } => {
+                self.on_conn_lost(path, CloseReason::from_quinn(reason), ctx)
+            }
+            E::Stream(ev) => self.on_stream_event(path, ev, ctx)?,
+            E::HandshakeDataReady | E::DatagramReceived | E::DatagramsUnblocked => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn lanes_readable(&self, path: PathId) -> bool {
+        self.phase == Phase::Active && self.conns.get(&path).is_some_and(|c| c.joined)
+    }
+
+    pub(super) fn on_stream_event(
+        &mut self,
+        path: PathId,
+        ev: StreamEvent,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        let conn = self.conns.get_mut(&path).expect("event source");
+        match ev {
+            StreamEvent::Opened { .. } => {
+                let new_control = conn.accept_streams(self.side == Side::Server)?;
+                if new_control {
+                    self.read_control(path, ctx)?;
+                }
+                self.read_all_lanes(path, ctx)?;
+            }
+            StreamEvent::Readable { id } => {
+                if conn.is_control(id) {
+                    self.read_control(path, ctx)?;
+                } else if conn.is_lane(id) && self.lanes_readable(path) {
+                    self.read_lane(path, id, ctx)?;
+                }
+            }
+            StreamEvent::Writable { id } => {
+                if conn.is_control(id) {
+                    conn.flush_control();
+                } else {
+                    let woken = conn.lanes.on_writable(&mut conn.quic, id);
+                    self.wake_writers(woken, ctx);
+                }
+            }
+            StreamEvent::Available { dir: QDir::Uni } => {
+                let woken = conn.lanes.on_lane_available();
+                self.wake_writers(woken, ctx);
+            }
+            StreamEvent::Stopped { id, .. } => {
+                return Err(violation(format!("peer stopped QUIC stream {id}")));
+            }
+            StreamEvent::Finished { .. } | StreamEvent::Available { dir: QDir::Bi } => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn read_all_lanes(
+        &mut self,
+        path: PathId,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        if !self.lanes_readable(path) {
+            return Ok(());
+        }
+        let lanes = self
+            .conns
+            .get(&path)
+            .map(Conn::lane_ids)
+            .unwrap_or_default();
+        for lane in lanes {
+            self.read_lane(path, lane, ctx)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn read_lane(
+        &mut self,
+        path: PathId,
+        lane: QStreamId,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        let max_payload = self.transport.max_frame_payload;
+        let Self {
+            conns,
+            streams,
+            stats,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(&path) else {
+            return Ok(());
+        };
+        let events = &mut *ctx.events;
+        conn.read_lane(lane, max_payload, &mut |piece| {
+            stats.bytes_received += piece.data.len() as u64;
+            streams.on_data(piece, path, events)
+        })?;
+        if self.ack_due.is_none() && self.streams.acks_pending() {
+            self.ack_due = Some(ctx.now + ACK_DELAY);
+        }
+        Ok(())
+    }
+
+    /// Logical streams that waited on a lane: finish pending FINs, announce
+    /// writability to the rest.
+    pub(super) fn wake_writers(&mut self, woken: Vec<StreamId>, ctx: &mut Ctx<'_>) {
+        for stream in woken {
+            let Some(send) = self.streams.send_mut(stream) else {
+                continue;
+            };
+            match send.state {
+                SendState::FinPending => self.try_send_fin(stream),
+                SendState::Open if send.want_writable => {
+                    send.want_writable = false;
+                    ctx.events.push_back(Event::StreamWritable {
+                        session: self.handle,
+                        stream,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn read_control(
+        &mut self,
+        path: PathId,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        let Some(conn) = self.conns.get_mut(&path) else {
+            return Ok(());
+        };
+        let bodies = conn.read_control()?;
+        for body in bodies {
+            self.on_control(path, body, ctx)?;
+            if self.phase == Phase::Closed {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_control(
+        &mut self,
+        path: PathId,
+        body: Body,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        match self.role {
+            Role::Undecided => match body {
+                Body::Hello(hello) => self.on_hello(hello, ctx),
+                Body::Join(join) => self.on_join(join, ctx),
+                _ => Err(violation("control message before the handshake completed")),
+            },
+            Role::Client if path != PathId::PRIMARY => match body {
+                Body::Joined(_) if !self.conns[&path].joined => self.on_joined(path, ctx),
+                _ => Err(violation("unexpected message from a secondary server")),
+            },
+            Role::Client if self.phase == Phase::Handshaking => match body {
+                Body::Welcome(welcome) => self.on_welcome(welcome, ctx),
+                _ => Err(violation("control message before the handshake completed")),
+            },
+            Role::Client => match body {
+                Body::AddPath(m) => self.on_add_path(m, ctx),
+                Body::RemovePath(m) => {
+                    self.begin_remove(PathId(m.path_id), ctx.now);
+                    Ok(())
+                }
+                Body::Delegate(m) => self.forward_delegate(m, ctx),
+                Body::RawRelay(m) => {
+                    self.forward_raw(PathId(m.path_id), m.payload);
+                    Ok(())
+                }
+                body => self.stream_control(body, ctx),
+            },
+            Role::Primary => match body {
+                Body::PathStatus(m) => {
+                    self.on_path_status(m, ctx);
+                    Ok(())
+                }
+                Body::Ack(m) => {
+                    let ranges: Vec<Range<u64>> = m.ranges.iter().map(|r| r.start..r.end).collect();
+                    self.ledger
+                        .on_ack(StreamId(m.stream_id), m.contiguous, &ranges);
+                    Ok(())
+                }
+                body => self.stream_control(body, ctx),
+            },
+            Role::Secondary => match body {
+                Body::Delegate(m) => {
+                    self.on_delegated(m, ctx);
+                    Ok(())
+                }
+                Body::Raw(m) => {
+                    ctx.events.push_back(Event::RawReceived {
+                        session: self.handle,
+                        payload: m.payload,
+                    });
+                    Ok(())
+                }
+                body => self.stream_control(body, ctx),
+            },
+        }
+    }
+
+    pub(super) fn stream_control(
+        &mut self,
+        body: Body,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        if let Body::StreamComplete(m) = &body
+            && self.role == Role::Primary
+        {
+            // The client has every byte: nothing delegated on it is owed.
+            self.ledger.stream_complete(StreamId(m.stream_id));
+        }
+        let mut released = Vec::new();
+        self.streams.on_control(body, ctx.events, &mut released)?;
+        let conn = self.main_conn();
+        for lane in released {
+            conn.lanes.release(lane);
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_timers(&mut self, ctx: &mut Ctx<'_>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let now = ctx.now;
+        if self.ack_due.is_some_and(|t| t <= now) {
+            self.send_acks();
+        }
+        // Primary: AddPath requests the client never answered.
+        let expired: Vec<PathId> = self
+            .add_deadlines
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for path in expired {
+            self.add_deadlines.remove(&path);
+            let failure = PathFailure {
+                code: ErrorCode::PathDead,
+                reason: "the client did not answer AddPath in time".into(),
+            };
+            self.set_path_state(path, PathState::Failed, Some(failure), ctx);
+        }
+        if self.role != Role::Client {
+            return;
+        }
+        // Client: liveness of secondary paths, and graceful removals.
+        let paths: Vec<PathId> = self.client_paths.keys().copied().collect();
+        for path in paths {
+            let Some(base_rtt) = self.conns.get_mut(&path).map(Conn::base_rtt) else {
+                continue;
+            };
+            let Some(conn) = self.conns.get(&path) else {
+                continue;
+            };
+            if conn.closed {
+                continue;
+            }
+            let cp = &self.client_paths[&path];
+            if let Some(deadline) = cp.closing {
+                let streams = &self.streams;
+                let drained = cp.owed.iter().all(|(s, r)| streams.received(*s, r.clone()));
+                if drained || deadline <= now {
+                    self.set_path_state(path, PathState::Closed, None, ctx);
+                    continue;
+                }
+            }
+            if !conn.joined {
+                continue;
+            }
+            let dead_after = self.policy.dead_after(base_rtt);
+            let silent = now.saturating_duration_since(conn.last_rx);
+            if silent >= dead_after {
+                let failure = PathFailure {
+                    code: ErrorCode::PathDead,
+                    reason: format!("nothing heard for {} ms", silent.as_millis()),
+                };
+                self.set_path_state(path, PathState::Dead, Some(failure), ctx);
+            } else if silent >= self.policy.degraded_after(dead_after) {
+                self.set_path_state(path, PathState::Degraded, None, ctx);
+            } else if self.paths[&path].state == PathState::Degraded {
+                self.set_path_state(path, PathState::Active, None, ctx);
+            }
+        }
+    }
+
+    /// Encodes what the stream table wants sent, routes it, and pushes every
+    /// connection's control queue into its control stream.
+    pub(super) fn flush(&mut self, _ctx: &mut Ctx<'_>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.phase == Phase::Active {
+            let mut out = Vec::new();
+            self.streams.drain_control(&mut out);
+            for (route, body) in out {
+                if let Some(stream) = route {
+                    for source in self.streams.sources(stream).to_vec() {
+                        if let Some(conn) = self.conns.get_mut(&source)
+                            && conn.joined
+                            && !conn.closed
+                        {
+                            conn.send(body.clone());
+                        }
+                    }
+                }
+                self.main_conn().send(body);
+            }
+        }
+        for conn in self.conns.values_mut() {
+            if !conn.closed {
+                conn.flush_control();
+            }
+        }
+    }
+
+    /// Closes the session on a protocol violation detected on `path`. A
+    /// client closes only a misbehaving secondary path (except for
+    /// conflicting bytes, which poison the session).
+    pub(crate) fn fail_path(&mut self, path: PathId, v: Violation, ctx: &mut Ctx<'_>) {
+        if self.role == Role::Client
+            && path != PathId::PRIMARY
+            && v.code != ErrorCode::OffsetMismatch
+        {
+            tracing::debug!(session = %self.handle, %path, code = %v.code, reason = %v.reason, "closing path");
+            let joined = self.conns.get(&path).is_some_and(|c| c.joined);
+            let state = if joined {
+                PathState::Dead
+            } else {
+                PathState::Failed
+            };
+            let failure = PathFailure {
+                code: v.code,
+                reason: v.reason,
+            };
+            self.set_path_state(path, state, Some(failure), ctx);
+            return;
+        }
+        self.fail(v, ctx);
+    }
+
+    /// Closes the whole session on a protocol violation.
+    pub(crate) fn fail(&mut self, v: Violation, ctx: &mut Ctx<'_>) {
+        if self.close_reason.is_some() {
+            return;
+        }
+        tracing::debug!(session = %self.handle, code = %v.code, reason = %v.reason, "closing session");
+        let reason = CloseReason::Protocol {
+            code: v.code,
+            reason: v.reason.clone(),
+            by_peer: false,
+        };
+        self.close_reason = Some(reason.clone());
+        ctx.events.push_back(Event::SessionClosed {
+            session: self.handle,
+            reason,
+        });
+        self.shut_down(v.code.wire(), v.reason.as_bytes(), ctx);
+    }
+
+    /// Closes every connection with `code` and marks every path closed.
+    pub(super) fn shut_down(&mut self, code: u64, reason: &[u8], ctx: &mut Ctx<'_>) {
+        self.phase = Phase::Closed;
+        let code = VarInt::from_u64(code).expect("small");
+        let reason = truncate(&String::from_utf8_lossy(reason));
+        for conn in self.conns.values_mut() {
+            if !conn.closed {
+                conn.quic.close(ctx.now, code, reason.clone());
+                conn.closed = true;
+            }
+        }
+        let now = ctx.now;
+        for info in self.paths.values_mut() {
+            info.set_state(PathState::Closed, now);
+        }
+        self.client_paths.clear();
+        self.add_deadlines.clear();
+    }
+
+    /// Closes the session at the application's request.
+    pub(crate) fn close(
+        &mut self,
+        now: Instant,
+        code: VarInt,
+        reason: &[u8],
+        events: &mut VecDeque<Event>,
+    ) {
+        if self.close_reason.is_some() {
+            return;
+        }
+        self.close_reason = Some(CloseReason::LocallyClosed);
+        events.push_back(Event::SessionClosed {
+            session: self.handle,
+            reason: CloseReason::LocallyClosed,
+        });
+        self.phase = Phase::Closed;
+        let reason = Bytes::copy_from_slice(reason);
+        for conn in self.conns.values_mut() {
+            if !conn.closed {
+                conn.quic.close(now, code, reason.clone());
+                conn.closed = true;
+            }
+        }
+        for info in self.paths.values_mut() {
+            info.set_state(PathState::Closed, now);
+        }
+    }
+}

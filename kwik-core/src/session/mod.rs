@@ -1,0 +1,319 @@
+//! One kwik session: the handshake, the logical streams, and — for
+//! multi-server sessions — its paths.
+//!
+//! A session plays one of three roles. A **client** owns the primary
+//! connection (path 0) and one connection per secondary path it joined; it
+//! reassembles every logical stream from all of them. A **primary** server
+//! owns its connection to the client, decides which paths exist and who
+//! writes which ranges, and keeps the ledger of what the client
+//! acknowledged. A **secondary** server owns the one connection the client
+//! joined with a path token and writes the ranges it is given.
+//!
+//! The rules of each role live in their own module — `handshake`,
+//! `client_paths`, `primary`, `secondary`, `transfers` — beside the checks
+//! that guard them; `drive` ties them together and `app` holds the
+//! application's operations.
+//!
+//! The endpoint drives a session in one step, [`Session::drive`]: digest what
+//! quinn-proto reported on every connection, fire kwik's own timers, then send
+//! what is due. Application calls come through [`crate::view`].
+
+mod app;
+mod client_paths;
+mod drive;
+mod handshake;
+mod primary;
+mod secondary;
+mod transfers;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn_proto::{Dir as QDir, StreamEvent, StreamId as QStreamId, VarInt};
+
+use crate::codec::encode_data_header;
+use crate::config::{PROTOCOL_VERSION, SUPPORTED_FEATURES, TransportConfig};
+use crate::conn::Conn;
+use crate::delegation::{Delegation, DelegationId, Ledger};
+use crate::error::{
+    CloseReason, ErrorCode, OpenError, ReadError, StreamError, Violation, WriteError,
+};
+use crate::event::Event;
+use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
+use crate::lanes::LaneBlocked;
+use crate::paths::{PathError, PathFailure, PathId, PathInfo, PathPolicy, PathState};
+use crate::proto::common::Limits;
+use crate::proto::control::{self as msg, Hello, Welcome, control_message::Body};
+use crate::streams::{SendState, Streams};
+use crate::token::{self, TokenClaims, TokenKey, TokenVerifier};
+use crate::transfer::{Job, PathView, SharedResource, Transfer, TransferConfig, TransferId};
+
+/// How long the client batches acknowledgements of delegated streams.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
+/// Bytes a control record may add around a relayed payload.
+const RELAY_OVERHEAD: usize = 32;
+
+/// Most bytes a feeder job reads from its resource per write attempt.
+const FEED_CHUNK: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// QUIC or kwik handshake under way.
+    Handshaking,
+    /// Handshake done; streams may flow.
+    Active,
+    /// Closed; waiting for quinn-proto to drain.
+    Closed,
+}
+
+/// Which part a session plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The side that dialled the primary.
+    Client,
+    /// A server the client dialled itself.
+    Primary,
+    /// A server the client joined with a path token.
+    Secondary,
+    /// A server session before the client's first message.
+    Undecided,
+}
+
+/// Something the endpoint must do for a session.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// Dial a secondary server for `path`.
+    Dial {
+        path: PathId,
+        address: SocketAddr,
+        server_name: String,
+    },
+}
+
+/// What the endpoint provides while a session runs.
+pub(crate) struct Ctx<'a> {
+    pub now: Instant,
+    /// Wall-clock time (since the Unix epoch) matching `now`.
+    pub unix_now: Duration,
+    pub events: &'a mut VecDeque<Event>,
+    /// Mints session ids (server side).
+    pub mint_id: &'a mut dyn FnMut() -> SessionId,
+    pub tokens: &'a mut TokenVerifier,
+    /// Keys this server accepts path tokens from.
+    pub trusted: &'a [TokenKey],
+    /// Secondary: resources served automatically, by descriptor.
+    pub resources: &'a BTreeMap<Bytes, SharedResource>,
+}
+
+/// Counters of one session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Logical-stream payload bytes written by the application.
+    pub bytes_sent: u64,
+    /// Logical-stream payload bytes received, from every path.
+    pub bytes_received: u64,
+    /// Lanes (real QUIC streams) this side opened on its sending connection.
+    pub lanes_opened: u64,
+    /// Payload bytes buffered for the application right now.
+    pub buffered: u64,
+    /// Live logical streams.
+    pub open_streams: u64,
+    /// Smoothed RTT of the primary connection, in microseconds.
+    pub rtt_us: u64,
+    /// UDP datagrams sent on the primary connection.
+    pub datagrams_sent: u64,
+    /// Packets of the primary connection declared lost.
+    pub lost_packets: u64,
+    /// Congestion window of the primary connection, in bytes.
+    pub cwnd: u64,
+}
+
+/// Primary-side settings for minting paths.
+#[derive(Debug, Clone)]
+pub(crate) struct PrimarySettings {
+    pub token_key: Option<TokenKey>,
+    pub token_lifetime: Duration,
+    pub add_path_timeout: Duration,
+    pub auto_reassign: bool,
+}
+
+/// Client-side state of a secondary path.
+#[derive(Debug)]
+struct ClientPath {
+    expiry_unix: u64,
+    token: Bytes,
+    /// Ranges forwarded to this path and not known to have arrived.
+    owed: Vec<(StreamId, Range<u64>)>,
+    /// Removal requested: close once `owed` arrived, or at this deadline.
+    closing: Option<Instant>,
+}
+
+pub(crate) struct Session {
+    pub handle: SessionHandle,
+    pub side: Side,
+    pub role: Role,
+    pub phase: Phase,
+    pub id: Option<SessionId>,
+    pub close_reason: Option<CloseReason>,
+    pub conns: BTreeMap<PathId, Conn>,
+    pub deadline: Option<Instant>,
+    pub requests: Vec<Request>,
+    /// Next connection to ask for a transmit (round-robin).
+    pub tx_cursor: usize,
+    /// Queued for driving by the endpoint.
+    pub queued_drive: bool,
+    /// Queued for sending by the endpoint.
+    pub queued_send: bool,
+    transport: TransportConfig,
+    server_features: u64,
+    send_frame_limit: u64,
+    peer_max_control: u64,
+    pub(crate) streams: Streams,
+    stats: SessionStats,
+    paths: BTreeMap<PathId, PathInfo>,
+    client_paths: BTreeMap<PathId, ClientPath>,
+    policy: PathPolicy,
+    primary: PrimarySettings,
+    ledger: Ledger,
+    next_path: u64,
+    /// Primary: answer deadlines of AddPath requests.
+    add_deadlines: BTreeMap<PathId, Instant>,
+    /// Secondary: the path id the primary assigned.
+    joined_path: PathId,
+    ack_due: Option<Instant>,
+    dial_failures: Vec<(PathId, String)>,
+    transfers: BTreeMap<TransferId, Transfer>,
+    next_transfer: u64,
+    /// Ranges this side writes from a resource (own share, served delegations).
+    jobs: Vec<Job>,
+}
+
+pub(super) fn violation(reason: impl Into<String>) -> Violation {
+    Violation::new(ErrorCode::InvalidFrame, reason)
+}
+
+pub(super) fn wire_state(state: PathState) -> msg::PathState {
+    match state {
+        PathState::Connecting => msg::PathState::Connecting,
+        PathState::Active => msg::PathState::Active,
+        PathState::Degraded => msg::PathState::Degraded,
+        PathState::Dead => msg::PathState::Dead,
+        PathState::Closed => msg::PathState::Closed,
+        PathState::Failed => msg::PathState::Failed,
+    }
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        handle: SessionHandle,
+        side: Side,
+        conn: Conn,
+        remote: SocketAddr,
+        server_name: &str,
+        transport: TransportConfig,
+        server_features: u64,
+        policy: PathPolicy,
+        primary: PrimarySettings,
+        now: Instant,
+    ) -> Self {
+        let streams = Streams::new(
+            handle,
+            side,
+            transport.stream_window,
+            transport.max_bidi_streams,
+            transport.max_uni_streams,
+        );
+        let mut primary_path = PathInfo::new(PathId::PRIMARY, remote, server_name, now);
+        primary_path.primary = true;
+        Self {
+            handle,
+            side,
+            role: match side {
+                Side::Client => Role::Client,
+                Side::Server => Role::Undecided,
+            },
+            phase: Phase::Handshaking,
+            id: None,
+            close_reason: None,
+            conns: BTreeMap::from([(PathId::PRIMARY, conn)]),
+            deadline: None,
+            requests: Vec::new(),
+            tx_cursor: 0,
+            queued_drive: false,
+            queued_send: false,
+            send_frame_limit: transport.max_frame_payload,
+            peer_max_control: 64,
+            transport,
+            server_features,
+            streams,
+            stats: SessionStats::default(),
+            paths: BTreeMap::from([(PathId::PRIMARY, primary_path)]),
+            client_paths: BTreeMap::new(),
+            policy,
+            primary,
+            ledger: Ledger::default(),
+            next_path: 1,
+            add_deadlines: BTreeMap::new(),
+            joined_path: PathId::PRIMARY,
+            ack_due: None,
+            dial_failures: Vec::new(),
+            transfers: BTreeMap::new(),
+            next_transfer: 0,
+            jobs: Vec::new(),
+        }
+    }
+
+    pub(super) fn limits(&self) -> Limits {
+        Limits {
+            stream_window: self.transport.stream_window,
+            max_bidi_streams: self.transport.max_bidi_streams,
+            max_uni_streams: self.transport.max_uni_streams,
+            max_frame_payload: self.transport.max_frame_payload,
+            max_control_message: self.transport.max_control_message,
+        }
+    }
+
+    pub(crate) fn closed_error(&self) -> Option<CloseReason> {
+        self.close_reason.clone()
+    }
+
+    /// The connection this side sends its data and control on.
+    pub(super) fn main_conn(&mut self) -> &mut Conn {
+        self.conns
+            .get_mut(&PathId::PRIMARY)
+            .expect("the primary connection lives as long as the session")
+    }
+
+    /// Adds the connection of a secondary path (client side).
+    pub(crate) fn attach(&mut self, conn: Conn) {
+        self.conns.insert(conn.path, conn);
+    }
+
+    /// Removes a drained connection; true when none is left.
+    pub(crate) fn detach(&mut self, path: PathId) -> bool {
+        if path == PathId::PRIMARY {
+            // Kept (inert) for the views until the session goes: its stats
+            // and address stay readable while secondaries drain.
+            if let Some(conn) = self.conns.get_mut(&path) {
+                conn.drained = true;
+                conn.closed = true;
+            }
+        } else {
+            self.conns.remove(&path);
+        }
+        self.conns.values().all(|c| c.drained)
+    }
+}
+
+pub(super) fn truncate(reason: &str) -> Bytes {
+    let mut end = reason.len().min(512);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Bytes::copy_from_slice(&reason.as_bytes()[..end])
+}

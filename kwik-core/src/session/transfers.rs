@@ -1,0 +1,136 @@
+//! Multi-source transfers on the primary and the jobs that write ranges
+//! from a resource (the primary's own share, a secondary's delegations).
+
+use super::*;
+
+impl Session {
+    /// Primary: runs every transfer's scheduler and carries out what it
+    /// assigns.
+    pub(super) fn run_transfers(&mut self, ctx: &mut Ctx<'_>) {
+        if self.role != Role::Primary || self.phase != Phase::Active || self.transfers.is_empty() {
+            return;
+        }
+        let mut live = vec![PathView {
+            id: PathId::PRIMARY,
+            rtt: self.conns[&PathId::PRIMARY].quic.rtt(),
+        }];
+        live.extend(
+            self.paths
+                .values()
+                .filter(|p| !p.primary && p.state == PathState::Active)
+                .map(|p| PathView {
+                    id: p.id,
+                    rtt: p.rtt,
+                }),
+        );
+        let mut work = Vec::new();
+        let mut finished = Vec::new();
+        for (id, t) in &mut self.transfers {
+            let received = self.ledger.received(t.stream).cloned().unwrap_or_default();
+            // StreamComplete releases the send half: the client has it all.
+            let released = self.streams.send_mut(t.stream).is_none();
+            if released || t.complete(&received) {
+                finished.push((*id, t.stream));
+                continue;
+            }
+            for assign in t.schedule(ctx.now, &live, &received) {
+                work.push((t.stream, t.descriptor.clone(), t.resource.clone(), assign));
+            }
+        }
+        for (stream, descriptor, resource, a) in work {
+            let own = a.path == PathId::PRIMARY
+                // The path went away since scheduling: serve it here.
+                || self.delegate(a.path, stream, a.range.clone(), a.fin, descriptor).is_err();
+            if own {
+                self.jobs.push(Job {
+                    stream,
+                    range: a.range,
+                    fin: a.fin,
+                    resource,
+                });
+            }
+        }
+        for (id, stream) in finished {
+            self.transfers.remove(&id);
+            ctx.events.push_back(Event::TransferComplete {
+                session: self.handle,
+                transfer: id,
+                stream,
+            });
+        }
+    }
+
+    /// Writes what the jobs owe, as far as credit and lanes allow.
+    pub(super) fn pump_jobs(&mut self) {
+        if self.jobs.is_empty() || self.phase != Phase::Active {
+            return;
+        }
+        let mut jobs = std::mem::take(&mut self.jobs);
+        jobs.retain_mut(|job| {
+            loop {
+                let remaining = job.range.end - job.range.start;
+                let want = remaining.min(FEED_CHUNK);
+                let mut data = job.resource.read(job.range.start, want as usize);
+                if (data.len() as u64) < want {
+                    return false; // the resource is shorter than the range
+                }
+                let last = want == remaining;
+                match self.write_at(job.stream, job.range.start, &mut data, job.fin && last) {
+                    Ok(n) => {
+                        job.range.start += n as u64;
+                        if job.range.is_empty() && (last || !job.fin) {
+                            return false;
+                        }
+                    }
+                    Err(WriteError::Blocked) => return true,
+                    Err(_) => return false,
+                }
+            }
+        });
+        jobs.append(&mut self.jobs);
+        self.jobs = jobs;
+    }
+
+    /// Primary: serves `resource` over `stream` (opened by this primary)
+    /// from this server and every live secondary that holds `descriptor`.
+    pub(crate) fn serve(
+        &mut self,
+        stream: StreamId,
+        resource: SharedResource,
+        descriptor: Bytes,
+        config: TransferConfig,
+    ) -> Result<TransferId, PathError> {
+        if self.role != Role::Primary {
+            return Err(PathError::WrongRole);
+        }
+        if self.phase != Phase::Active {
+            return Err(PathError::SessionClosed);
+        }
+        if stream.initiator() != Side::Server || self.streams.send_mut(stream).is_none() {
+            return Err(PathError::WrongRole);
+        }
+        let id = TransferId(self.next_transfer);
+        self.next_transfer += 1;
+        if resource.is_empty() {
+            // Only the FIN to send; the transfer completes at once.
+            self.jobs.push(Job {
+                stream,
+                range: 0..0,
+                fin: true,
+                resource: resource.clone(),
+            });
+            self.transfers
+                .insert(id, Transfer::new(stream, descriptor, resource, config));
+            return Ok(id);
+        }
+        // Tell the client to acknowledge this stream's progress.
+        self.main_conn().send(Body::Delegate(msg::Delegate {
+            path_id: PathId::PRIMARY.0,
+            stream_id: stream.0,
+            ..Default::default()
+        }));
+        self.transfers
+            .insert(id, Transfer::new(stream, descriptor, resource, config));
+        Ok(id)
+    }
+}
