@@ -75,8 +75,36 @@ error_codes! {
     PathDead = 0x0b, "KWIK_PATH_DEAD";
     /// A logical stream could not be created.
     StreamCreateFailed = 0x0c, "KWIK_STREAM_CREATE_FAILED";
-    /// The server application refused the session.
+    /// The server application refused the session, or the client's path
+    /// policy refused an AddPath.
     Refused = 0x0d, "KWIK_REFUSED";
+    /// A secondary wrote bytes (or a FIN) outside the ranges delegated to
+    /// its path.
+    NotDelegated = 0x0e, "KWIK_NOT_DELEGATED";
+    /// The peer made this side exceed a configured resource limit (memory
+    /// charged to a stream, tables, queues, delegations, rates).
+    ResourceLimit = 0x0f, "KWIK_RESOURCE_LIMIT";
+    /// The peer's address is banned for an earlier protocol violation.
+    Banned = 0x10, "KWIK_BANNED";
+}
+
+impl ErrorCode {
+    /// True for the codes that blame the peer: a connection closed with one
+    /// of them ended because the peer broke the protocol or a limit (the
+    /// endpoint may ban its address for a while).
+    pub fn is_peer_fault(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::InvalidFrame
+                | ErrorCode::FlowControl
+                | ErrorCode::StreamLimit
+                | ErrorCode::PacketTooLarge
+                | ErrorCode::OffsetMismatch
+                | ErrorCode::AuthFailed
+                | ErrorCode::NotDelegated
+                | ErrorCode::ResourceLimit
+        )
+    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -147,7 +175,46 @@ impl fmt::Display for CloseReason {
 
 impl std::error::Error for CloseReason {}
 
+/// The broad class of a [`CloseReason`], for logs, metrics and reconnect
+/// policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DisconnectKind {
+    /// Closed on purpose by an application or the endpoint.
+    Normal,
+    /// The peer went silent (idle timeout) or reset the connection.
+    Timeout,
+    /// One side broke the kwik or QUIC protocol.
+    ProtocolViolation,
+    /// One side exceeded a configured resource limit.
+    ResourceLimit,
+    /// The peer's address is banned.
+    Banned,
+    /// The QUIC or TLS layer failed or refused (handshake, certificate,
+    /// ALPN, version, refused connection).
+    Transport,
+}
+
 impl CloseReason {
+    /// The broad class of this reason.
+    pub fn kind(&self) -> DisconnectKind {
+        match self {
+            CloseReason::LocallyClosed
+            | CloseReason::ApplicationClosed { .. }
+            | CloseReason::EndpointClosed => DisconnectKind::Normal,
+            CloseReason::TimedOut | CloseReason::Reset => DisconnectKind::Timeout,
+            CloseReason::Protocol { code, .. } => match code {
+                ErrorCode::ResourceLimit => DisconnectKind::ResourceLimit,
+                ErrorCode::Banned => DisconnectKind::Banned,
+                ErrorCode::Refused | ErrorCode::VersionMismatch | ErrorCode::FeatureMismatch => {
+                    DisconnectKind::Transport
+                }
+                _ => DisconnectKind::ProtocolViolation,
+            },
+            CloseReason::Transport(_) => DisconnectKind::Transport,
+        }
+    }
+
     /// The kwik code, if the session ended on a kwik protocol error.
     pub fn protocol_code(&self) -> Option<ErrorCode> {
         match self {

@@ -66,8 +66,8 @@ pub use config::{
 pub use delegation::{Delegation, DelegationId};
 pub use endpoint::{KwikEndpoint, UnknownIncoming};
 pub use error::{
-    CloseError, CloseReason, ConnectError, ErrorCode, KWIK_CODE_BASE, OpenError, ReadError,
-    StreamError, WriteError,
+    CloseError, CloseReason, ConnectError, DisconnectKind, ErrorCode, KWIK_CODE_BASE, OpenError,
+    ReadError, StreamError, WriteError,
 };
 pub use event::{Event, Output, Transmit};
 pub use ids::{Dir, IncomingId, SessionHandle, SessionId, Side, StreamId};

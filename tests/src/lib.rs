@@ -9,6 +9,8 @@
 //!
 //! The crate is split by concern:
 //!
+//! * [`alloc`] — a counting global allocator with per-node meters, for
+//!   memory bounds;
 //! * [`node`] — the [`Node`] trait every simulated endpoint implements;
 //! * [`link`] — the per-direction link model (latency, rate, buffer, loss,
 //!   jitter, duplication, outages) and its counters;
@@ -21,6 +23,7 @@
 //! * [`quinn_node`] — a bare quinn-proto bulk-transfer pair, used to validate
 //!   the simulator and as the baseline contender in benchmarks.
 
+pub mod alloc;
 pub mod apps;
 pub mod certs;
 pub mod hostile;

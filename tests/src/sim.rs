@@ -41,6 +41,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+
+use crate::alloc::Meter;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -101,6 +103,16 @@ struct Slot {
     /// Cached `poll_timeout`, in ns since the start.
     deadline: Option<u64>,
     dirty: bool,
+    /// Heap use inside this node's calls is charged here.
+    meter: Option<Meter>,
+}
+
+/// Runs `f` under `meter`, if any.
+fn metered<T>(meter: Option<Meter>, f: impl FnOnce() -> T) -> T {
+    match meter {
+        Some(m) => m.run(f),
+        None => f(),
+    }
 }
 
 struct Packet {
@@ -193,9 +205,17 @@ impl Sim {
             addrs: addrs.to_vec(),
             deadline: None,
             dirty: true,
+            meter: None,
         });
         self.any_dirty = true;
         NodeId(idx)
+    }
+
+    /// Charges every heap allocation made inside node `id`'s calls to
+    /// `meter` (see [`crate::alloc`]); datagrams delivered to it are copied
+    /// inside the meter, so what the node keeps of them is counted.
+    pub fn meter(&mut self, id: NodeId, meter: Meter) {
+        self.slots[id.0].meter = Some(meter);
     }
 
     /// Config used for every direction not set explicitly with
@@ -393,7 +413,8 @@ impl Sim {
         for i in 0..self.slots.len() {
             if self.slots[i].deadline.is_some_and(|d| d <= t) {
                 let now = self.instant(t);
-                self.slots[i].node.handle_timeout(now);
+                let slot = &mut self.slots[i];
+                metered(slot.meter, || slot.node.handle_timeout(now));
                 self.after_input(i);
             }
         }
@@ -500,11 +521,13 @@ impl Sim {
     fn after_input(&mut self, i: usize) {
         let now = self.instant(self.now);
         self.trace.set_current(i);
-        self.slots[i].node.step(now, &mut self.trace);
+        let slot = &mut self.slots[i];
+        metered(slot.meter, || slot.node.step(now, &mut self.trace));
         let mut buf = std::mem::take(&mut self.buf);
         loop {
             buf.clear();
-            let Some(tx) = self.slots[i].node.poll_transmit(now, &mut buf) else {
+            let slot = &mut self.slots[i];
+            let Some(tx) = metered(slot.meter, || slot.node.poll_transmit(now, &mut buf)) else {
                 break;
             };
             let seg = tx.segment_size.unwrap_or(buf.len()).max(1);
@@ -513,8 +536,9 @@ impl Sim {
             }
         }
         self.buf = buf;
-        let deadline = self.slots[i].node.poll_timeout().map(|d| self.to_ns(d));
-        self.slots[i].deadline = deadline;
+        let slot = &mut self.slots[i];
+        let deadline = metered(slot.meter, || slot.node.poll_timeout());
+        self.slots[i].deadline = deadline.map(|d| self.to_ns(d));
     }
 
     fn link_for(&mut self, src: SocketAddr, dst: SocketAddr) -> usize {
@@ -627,7 +651,14 @@ impl Sim {
             );
         }
         let now = self.instant(self.now);
-        self.slots[p.node].node.receive(now, p.dst, p.src, p.data);
+        let slot = &mut self.slots[p.node];
+        match slot.meter {
+            Some(m) => m.run(|| {
+                let data = BytesMut::from(&p.data[..]);
+                slot.node.receive(now, p.dst, p.src, data);
+            }),
+            None => slot.node.receive(now, p.dst, p.src, p.data),
+        }
         self.after_input(p.node);
     }
 }
