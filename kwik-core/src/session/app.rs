@@ -53,23 +53,37 @@ impl Session {
             return Err(WriteError::Blocked);
         }
         let frame_limit = self.send_frame_limit;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|end| *end < crate::wire::OFFSET_LIMIT)
+            .ok_or(WriteError::OutOfRange)?;
         let secondary = self.role == Role::Secondary;
-        let send = if secondary {
-            self.streams.source_half(stream)
-        } else {
-            self.streams
-                .send_mut(stream)
-                .ok_or(WriteError::ClosedStream)?
-        };
+        if secondary
+            && !self
+                .serving
+                .get(&stream)
+                .is_some_and(|grant| grant.permits(offset, end, fin))
+        {
+            return Err(WriteError::NotDelegated);
+        }
+        let send = self
+            .streams
+            .send_mut(stream)
+            .ok_or(WriteError::ClosedStream)?;
         match send.state {
             SendState::Open => {}
             SendState::Stopped(code) => {
-                if !secondary {
-                    self.streams.free_send(stream);
-                }
+                self.streams.free_send(stream);
+                self.serving.remove(&stream);
                 return Err(WriteError::Stopped(code));
             }
             SendState::FinPending | SendState::Finished => return Err(WriteError::ClosedStream),
+        }
+        if send
+            .final_size
+            .is_some_and(|f| end > f || (fin && end != f))
+        {
+            return Err(WriteError::OutOfRange);
         }
         if data.is_empty() && !fin {
             return Ok(0);
@@ -126,9 +140,15 @@ impl Session {
             }
         }
         self.stats.bytes_sent += written as u64;
+        if fin_sent {
+            send.final_size = Some(offset);
+        }
         if written == 0 && !fin_sent {
             send.want_writable = true;
             return Err(WriteError::Blocked);
+        }
+        if secondary {
+            self.wrote_delegated(stream, offset - written as u64..offset, fin_sent);
         }
         Ok(written)
     }
@@ -191,6 +211,7 @@ impl Session {
             return Err(StreamError::SessionClosed(reason));
         }
         let released = self.streams.reset(stream, code)?;
+        self.ledger.forget(stream);
         if let Some(lane) = released.lane {
             self.main_conn().lanes.release(lane);
         }

@@ -124,6 +124,7 @@ impl Session {
             return Ok(id);
         }
         // Tell the client to acknowledge this stream's progress.
+        self.ledger.track(stream);
         self.main_conn().send(Body::Delegate(msg::Delegate {
             path_id: PathId::PRIMARY.0,
             stream_id: stream.0,
