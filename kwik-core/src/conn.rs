@@ -35,6 +35,8 @@ pub(crate) struct Conn {
     control: Option<QStreamId>,
     control_reader: RecordReader,
     control_out: VecDeque<Bytes>,
+    /// Bytes in `control_out`.
+    control_backlog: usize,
     pub lanes: Lanes,
     recv_lanes: BTreeMap<QStreamId, LaneReader>,
     /// Last time an authenticated packet arrived on this connection.
@@ -65,6 +67,7 @@ impl Conn {
             control: None,
             control_reader: RecordReader::new(max_control_message as usize),
             control_out: VecDeque::new(),
+            control_backlog: 0,
             lanes: Lanes::new(streams_per_lane),
             recv_lanes: BTreeMap::new(),
             last_rx: now,
@@ -179,8 +182,16 @@ impl Conn {
 
     /// Queues a control message.
     pub(crate) fn send(&mut self, body: Body) {
-        self.control_out
-            .push_back(encode_record(&ControlMessage { body: Some(body) }));
+        let record = encode_record(&ControlMessage { body: Some(body) });
+        self.control_backlog += record.len();
+        self.control_out.push_back(record);
+    }
+
+    /// Control bytes queued because the peer's flow control does not take
+    /// them: a peer that makes this side answer without reading the
+    /// answers grows it.
+    pub(crate) fn control_backlog(&self) -> usize {
+        self.control_backlog
     }
 
     /// Pushes queued control messages into the control stream.
@@ -194,6 +205,7 @@ impl Conn {
             {
                 Ok(written) => {
                     self.control_out.drain(..written.chunks);
+                    self.control_backlog -= written.bytes;
                 }
                 Err(_) => break,
             }

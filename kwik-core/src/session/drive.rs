@@ -396,7 +396,7 @@ impl Session {
 
     /// Encodes what the stream table wants sent, routes it, and pushes every
     /// connection's control queue into its control stream.
-    pub(super) fn flush(&mut self, _ctx: &mut Ctx<'_>) {
+    pub(super) fn flush(&mut self, ctx: &mut Ctx<'_>) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -417,10 +417,22 @@ impl Session {
                 self.main_conn().send(body);
             }
         }
-        for conn in self.conns.values_mut() {
+        let limit = control_backlog_limit(&self.transport);
+        let mut stuck = Vec::new();
+        for (path, conn) in &mut self.conns {
             if !conn.closed {
                 conn.flush_control();
+                if conn.control_backlog() > limit {
+                    stuck.push(*path);
+                }
             }
+        }
+        for path in stuck {
+            let v = Violation::new(
+                ErrorCode::ResourceLimit,
+                format!("the peer leaves more than {limit} control bytes unread"),
+            );
+            self.fail_path(path, v, ctx);
         }
     }
 
@@ -515,4 +527,11 @@ impl Session {
             info.set_state(PathState::Closed, now);
         }
     }
+}
+
+/// Most control bytes one connection may hold unsent before its peer counts
+/// as not reading them (answers to its requests, relayed messages).
+fn control_backlog_limit(transport: &TransportConfig) -> usize {
+    let sixteen_messages = transport.max_control_message.saturating_mul(16);
+    usize::try_from(sixteen_messages.max(1 << 20)).unwrap_or(usize::MAX)
 }
