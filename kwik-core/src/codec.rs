@@ -345,6 +345,11 @@ mod tests {
             );
             assert!(pieces.iter().any(|p| p.stream.0 == 4 && p.data.is_empty()));
             assert!(reader.at_record_boundary());
+            // Every piece names its whole record: [0, 5), [5, 11) with FIN.
+            for p in pieces.iter().filter(|p| p.stream.0 == 0) {
+                let (end, fin) = if p.offset < 5 { (5, false) } else { (11, true) };
+                assert_eq!((p.record_end, p.record_fin), (end, fin), "split {split}");
+            }
         }
     }
 

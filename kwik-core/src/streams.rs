@@ -912,4 +912,85 @@ mod tests {
         // Late duplicates for the closed stream are ignored.
         t.on_data(piece(id, 0, b"hi", true), &mut ev).unwrap();
     }
+
+    #[test]
+    fn stream_complete_is_honoured_only_once_the_end_was_sent() {
+        let mut t = table(Side::Server);
+        let mut ev = VecDeque::new();
+        let mut released = Vec::new();
+        let id = t.open(Dir::Uni).unwrap();
+        t.send_mut(id).unwrap().lane = Some(3);
+        let complete = Body::StreamComplete(StreamComplete { stream_id: id.0 });
+        // Still open, no FIN anywhere: the peer cannot know the end.
+        let err = t
+            .on_control(complete.clone(), &mut ev, &mut released)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidFrame);
+        assert!(t.send_mut(id).is_some());
+        // A FIN written at 10 (by `write_at`, or delegated): honoured, and the
+        // lane the open half held is released.
+        t.send_mut(id).unwrap().final_size = Some(10);
+        t.on_control(complete.clone(), &mut ev, &mut released)
+            .unwrap();
+        assert_eq!(released, vec![3]);
+        assert!(t.send_mut(id).is_none());
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::StreamFinished { stream, .. } if *stream == id))
+        );
+        // Late duplicates are ignored.
+        t.on_control(complete, &mut ev, &mut released).unwrap();
+    }
+
+    #[test]
+    fn fragments_past_twice_the_window_are_a_resource_limit() {
+        let window = 100_000;
+        let mut t = Streams::new(SessionHandle(1), Side::Server, window, 2, 2);
+        t.set_peer_limits(window, 2, 2);
+        let mut ev = VecDeque::new();
+        let id = StreamId::new(Side::Client, Dir::Uni, 0);
+        // Every other byte: a piece each, 65 bytes charged per byte held.
+        let mut result = Ok(());
+        let mut sent = 0;
+        for i in 0..window / 2 {
+            sent = i;
+            result = t.on_data(piece(id, 2 * i + 1, b"x", false), &mut ev);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result.unwrap_err().code, ErrorCode::ResourceLimit);
+        let limit = 2 * window + 64 * PIECE_OVERHEAD;
+        assert!(sent * (1 + PIECE_OVERHEAD) <= limit + 1 + PIECE_OVERHEAD);
+        assert!(sent * (1 + PIECE_OVERHEAD) > limit - 1 - PIECE_OVERHEAD);
+        // In order, tiny records merge and stay within bounds.
+        let mut t = table(Side::Server);
+        for i in 0..100u64 {
+            t.on_data(piece(id, i, b"y", false), &mut ev).unwrap();
+        }
+        assert_eq!(t.stream_buffered(id), Some(100));
+    }
+
+    #[test]
+    fn a_secondary_keeps_no_state_for_streams_it_was_not_delegated() {
+        let mut t = table(Side::Server);
+        t.set_secondary();
+        let mut ev = VecDeque::new();
+        let mut released = Vec::new();
+        for i in 0..1000 {
+            let id = StreamId::new(Side::Server, Dir::Uni, i);
+            let credit = Body::StreamCredit(StreamCredit {
+                stream_id: id.0,
+                max_offset: 1 << 30,
+            });
+            t.on_control(credit, &mut ev, &mut released).unwrap();
+            let stop = Body::StopSending(StopSending {
+                stream_id: id.0,
+                error_code: 1,
+            });
+            t.on_control(stop, &mut ev, &mut released).unwrap();
+        }
+        assert_eq!(t.len(), 0);
+        assert!(ev.is_empty());
+    }
 }

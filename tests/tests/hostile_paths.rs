@@ -181,10 +181,15 @@ struct TokenBench {
 
 impl TokenBench {
     fn new(seed: u64) -> Self {
+        Self::with_servers(seed, 2)
+    }
+
+    /// A primary and `servers - 1` secondaries sharing one token key.
+    fn with_servers(seed: u64, servers: usize) -> Self {
         // Long enough (about 2.7 s at 2 × 100 Mbit/s) for every attack
         // sequence to run while it is under way.
         let size = 64 * MIB;
-        let links = vec![ServerLink::new(100, 20); 2];
+        let links = vec![ServerLink::new(100, 20); servers];
         let mut s = MultiSetup::new(MultiOptions::new(seed, links, size), |_| {});
         let (client, secondary) = (s.client, s.secondaries[0]);
         let stream = first_server_stream();
@@ -205,6 +210,15 @@ impl TokenBench {
         );
         let legit_path = s.primary().path_ids[&s.servers[1]];
         let joined = s.secondary(0).joined.clone();
+        for i in 1..s.secondaries.len() {
+            let other = s.secondaries[i];
+            run_while(
+                &mut s,
+                "every secondary joins",
+                Duration::from_secs(10),
+                |sim| secondary_of(sim, other).joined.is_empty(),
+            );
+        }
         assert_eq!(joined.len(), 1, "{}", context(&s));
         assert_eq!(joined[0].1, legit_path);
         TokenBench {
@@ -231,7 +245,13 @@ impl TokenBench {
 
     /// A hostile client on its own address presenting `join` to the
     /// secondary; it connects right away.
-    fn attack(&mut self, mut join: Join) -> NodeId {
+    fn attack(&mut self, join: Join) -> NodeId {
+        let secondary = self.secondary_addr();
+        self.attack_at(join, secondary)
+    }
+
+    /// Like [`attack`](Self::attack), at the server at `secondary`.
+    fn attack_at(&mut self, mut join: Join, secondary: SocketAddr) -> NodeId {
         // Scripted Joins name this bench's secondary unless they say otherwise.
         if join.address.is_empty() && join.server_name.is_empty() {
             join.address = self.target();
@@ -240,7 +260,6 @@ impl TokenBench {
         let host = self.next_host;
         self.next_host += 1;
         let a = addr(host);
-        let secondary = self.secondary_addr();
         self.s.sim.set_path(
             a,
             secondary,
@@ -604,6 +623,77 @@ fn a_token_for_another_session_or_path_is_refused() {
     }
     b.assert_download_running();
     b.assert_secondary_clean(ids.len(), &[], 0);
+    b.finish();
+}
+
+#[test]
+fn a_token_minted_for_one_secondary_is_refused_by_another_sharing_the_key() {
+    // Two secondaries trust the same key. A token is single-use per
+    // secondary, so without the target in the MAC it would be good once at
+    // each of them; it names its secondary, so only that one accepts it.
+    let mut b = TokenBench::with_servers(305, 3);
+    let (a_addr, b_addr) = (b.s.servers[1], b.s.servers[2]);
+    let session = SessionId([0x66; 16]);
+    let path = PathId(11);
+    let for_a = b
+        .key
+        .mint(session, path, VALID_UNTIL, &a_addr.to_string(), SERVER_NAME);
+    let join = join_request(&session.0, path, VALID_UNTIL, for_a.clone());
+    let at_b = b.attack_at(
+        Join {
+            address: a_addr.to_string(),
+            server_name: SERVER_NAME.to_string(),
+            ..join.clone()
+        },
+        b_addr,
+    );
+    // Claiming B as the target breaks the MAC instead.
+    let claims_b = b.attack_at(
+        Join {
+            address: b_addr.to_string(),
+            server_name: SERVER_NAME.to_string(),
+            ..join.clone()
+        },
+        b_addr,
+    );
+    // Another certificate name: refused by the name check.
+    let renamed_mac = b.key.mint(
+        session,
+        path,
+        VALID_UNTIL,
+        &b_addr.to_string(),
+        "other.test",
+    );
+    let renamed = b.attack_at(
+        Join {
+            address: b_addr.to_string(),
+            server_name: "other.test".to_string(),
+            token: renamed_mac,
+            ..join.clone()
+        },
+        b_addr,
+    );
+    b.settle(&[at_b, claims_b, renamed]);
+    b.assert_refused(at_b, "names another secondary");
+    b.assert_refused(claims_b, "does not verify");
+    b.assert_refused(renamed, "names another secondary");
+    // At A, the token is good.
+    let at_a = b.attack(Join {
+        address: a_addr.to_string(),
+        server_name: SERVER_NAME.to_string(),
+        ..join
+    });
+    b.settle(&[at_a]);
+    assert!(
+        b.hostile(at_a).joined(),
+        "{:?}",
+        b.hostile(at_a).close_reason()
+    );
+    b.assert_download_running();
+    let now = b.s.sim.now();
+    b.s.sim
+        .node_mut::<HostileClient>(at_a)
+        .close(now, 0, b"bye");
     b.finish();
 }
 
@@ -1138,10 +1228,7 @@ fn past_credit(seed: u64, pause: bool) {
     let paths = client_paths(&mut s);
     let info = paths.iter().find(|i| i.id == bad_path).expect("listed");
     assert_eq!(info.state, PathState::Dead);
-    assert_eq!(
-        info.failure.as_ref().map(|f| f.code),
-        Some(expected)
-    );
+    assert_eq!(info.failure.as_ref().map(|f| f.code), Some(expected));
     let honest = paths
         .iter()
         .find(|i| !i.primary && i.id != bad_path)

@@ -78,23 +78,24 @@ impl Session {
         let limits = join
             .limits
             .ok_or_else(|| violation("join without limits"))?;
-        let claims = TokenClaims {
-            session_id,
-            path_id: join.path_id,
-            expiry_unix: join.expiry_unix,
-            address: join.address.clone(),
-            server_name: join.server_name.clone(),
-        };
-        ctx.tokens
-            .verify(&server.trusted_keys, &claims, &join.token, ctx.unix_now)
-            .map_err(|r| auth(r.reason().into()))?;
-        // The MAC vouches for the target the primary named: it must be us.
+        // The token must name us: checked first, so that a token for
+        // another secondary does not use up its single use here.
         if !names_this_server(server, &join.address, &join.server_name) {
             return Err(auth(format!(
                 "path token names another secondary ({} at {})",
                 join.server_name, join.address
             )));
         }
+        let claims = TokenClaims {
+            session_id,
+            path_id: join.path_id,
+            expiry_unix: join.expiry_unix,
+            address: join.address,
+            server_name: join.server_name,
+        };
+        ctx.tokens
+            .verify(&server.trusted_keys, &claims, &join.token, ctx.unix_now)
+            .map_err(|r| auth(r.reason().into()))?;
         self.role = Role::Secondary;
         self.joined_path = PathId(join.path_id);
         self.streams.set_secondary();
