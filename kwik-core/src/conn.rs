@@ -14,13 +14,10 @@ use quinn_proto::{Connection, ConnectionHandle, Dir as QDir, StreamId as QStream
 
 use crate::codec::{DataPiece, LaneReader, RecordReader, encode_record};
 use crate::error::{ErrorCode, Violation};
-use crate::lanes::Lanes;
+use crate::lanes::{CONTROL_PRIORITY, Lanes};
 use crate::paths::PathId;
 use crate::proto::control::{ControlMessage, control_message::Body};
 use crate::wire;
-
-/// Priority of the control stream over the lanes.
-const CONTROL_PRIORITY: i32 = 1;
 
 pub(crate) struct Conn {
     pub path: PathId,

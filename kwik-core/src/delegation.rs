@@ -35,6 +35,10 @@ pub struct Delegation {
     pub fin: bool,
     /// Opaque resource descriptor for the serving application.
     pub descriptor: Bytes,
+    /// The range is overdue elsewhere (re-assigned from a dead path, or a
+    /// hedge for a stalled one): write it ahead of other queued data
+    /// ([`SessionView::write_at_urgent`](crate::SessionView::write_at_urgent)).
+    pub urgent: bool,
 }
 
 /// The bytes (and the FIN) of one stream that one writer may send: on the
@@ -116,6 +120,7 @@ impl Ledger {
         range: Range<u64>,
         fin: bool,
         descriptor: Bytes,
+        urgent: bool,
     ) -> Delegation {
         let id = DelegationId(self.next_id);
         self.next_id += 1;
@@ -126,6 +131,7 @@ impl Ledger {
             range,
             fin,
             descriptor,
+            urgent,
         };
         self.track(stream);
         self.delegations.insert(id, d.clone());
@@ -213,8 +219,8 @@ mod tests {
     fn a_dead_path_owes_exactly_its_unacknowledged_ranges() {
         let s = StreamId(3);
         let mut l = Ledger::default();
-        let a = l.add(PathId(1), s, 0..100, false, Bytes::new());
-        let b = l.add(PathId(2), s, 100..200, true, Bytes::new());
+        let a = l.add(PathId(1), s, 0..100, false, Bytes::new(), false);
+        let b = l.add(PathId(2), s, 100..200, true, Bytes::new(), false);
         let done = l.on_ack(s, 50, std::slice::from_ref(&(120..150)));
         assert!(done.is_empty());
         let lost = l.take_path(PathId(2));

@@ -23,7 +23,7 @@ impl Session {
             return Err(self.closed_write_error());
         };
         let offset = send.offset;
-        let written = self.write_at(stream, offset, data, false)?;
+        let written = self.write_range(stream, offset, data, false, false)?;
         if let Some(send) = self.streams.send_mut(stream) {
             send.offset = offset + written as u64;
         }
@@ -39,12 +39,14 @@ impl Session {
 
     /// Writes `data` at logical `offset` of `stream` as far as credit and
     /// the lane allow; `fin` ends the stream after the last byte of `data`.
-    pub(crate) fn write_at(
+    /// `urgent` writes go on the urgent lane, ahead of queued data.
+    pub(crate) fn write_range(
         &mut self,
         stream: StreamId,
         offset: u64,
         data: &mut Bytes,
         fin: bool,
+        urgent: bool,
     ) -> Result<usize, WriteError> {
         if let Some(reason) = self.closed_error() {
             return Err(WriteError::SessionClosed(reason));
@@ -92,7 +94,12 @@ impl Session {
             .conns
             .get_mut(&PathId::PRIMARY)
             .expect("the primary connection lives as long as the session");
-        let lane = match send.lane {
+        let urgent_lane = if urgent {
+            conn.lanes.urgent_lane(&mut conn.quic)
+        } else {
+            None
+        };
+        let lane = match urgent_lane.or(send.lane) {
             Some(lane) => lane,
             None => match conn.lanes.assign(&mut conn.quic, stream) {
                 Some(lane) => {

@@ -47,7 +47,7 @@ impl Session {
                 continue;
             }
             let Some(&path) = next.next() else { return };
-            let _ = self.delegate(path, d.stream, d.range, d.fin, d.descriptor);
+            let _ = self.delegate(path, d.stream, d.range, d.fin, d.descriptor, true);
         }
     }
 
@@ -124,7 +124,8 @@ impl Session {
         }
     }
 
-    /// Primary: hands `[range)` of `stream` to `path`.
+    /// Primary: hands `[range)` of `stream` to `path`; `urgent` asks the
+    /// path to write it ahead of its other queued work.
     pub(crate) fn delegate(
         &mut self,
         path: PathId,
@@ -132,6 +133,7 @@ impl Session {
         range: Range<u64>,
         fin: bool,
         descriptor: Bytes,
+        urgent: bool,
     ) -> Result<Delegation, PathError> {
         if self.role != Role::Primary {
             return Err(PathError::WrongRole);
@@ -159,7 +161,7 @@ impl Session {
         }
         let d = self
             .ledger
-            .add(path, stream, range.clone(), fin, descriptor.clone());
+            .add(path, stream, range.clone(), fin, descriptor.clone(), urgent);
         self.main_conn().send(Body::Delegate(msg::Delegate {
             path_id: path.0,
             delegation_id: d.id.0,
@@ -169,6 +171,7 @@ impl Session {
             fin,
             descriptor,
             credit: 0,
+            urgent,
         }));
         Ok(d)
     }

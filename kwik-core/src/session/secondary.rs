@@ -47,11 +47,12 @@ impl Session {
         let half = self.streams.source_half(stream);
         half.credit = half.credit.max(m.credit);
         if let Some(resource) = ctx.resources.get(&m.descriptor) {
-            self.jobs.push(Job {
+            self.push_job(Job {
                 stream,
                 range,
                 fin: m.fin,
                 resource: resource.clone(),
+                urgent: m.urgent,
             });
             return Ok(());
         }
@@ -64,6 +65,7 @@ impl Session {
                 range,
                 fin: m.fin,
                 descriptor: m.descriptor,
+                urgent: m.urgent,
             },
         });
         Ok(())
