@@ -49,11 +49,7 @@ pub fn spoofed_source(i: u64) -> SocketAddr {
 fn kwik_quic_client(cert: &DevCert, seed: u64) -> quinn_proto::ClientConfig {
     let tls = cert.client_config(&[ALPN]);
     let crypto = QuicClientConfig::try_from(tls).expect("ring provider has the QUIC suite");
-    seeded_client_config(
-        seed,
-        Arc::new(crypto),
-        Arc::new(TransportConfig::default()),
-    )
+    seeded_client_config(seed, Arc::new(crypto), Arc::new(TransportConfig::default()))
 }
 
 /// Sends `count` client Initials to a server, one every `interval`, each
