@@ -249,10 +249,10 @@ impl RetryPolicy {
 ///
 /// The defaults of the limits are sized for a server that otherwise runs
 /// with kwik's default [`TransportConfig`]: one half-open handshake holds
-/// roughly 90 KB (a QUIC connection with its TLS state and the session), so
-/// the defaults cap what unproven addresses can pin at a few megabytes and
-/// what validated ones can pin at a few tens (see PROTOCOL.md §11 and the
-/// `handshake-flood` benchmark).
+/// about 145 KB (a QUIC connection with its TLS state and buffered flights,
+/// plus the session; measured by the `handshake-flood` benchmark), so the
+/// defaults cap what unproven addresses can pin at about 9 MB and what
+/// half-open handshakes can pin at all at about 37 MB (see PROTOCOL.md §11).
 #[derive(Clone)]
 pub struct ServerConfig {
     pub(crate) crypto: Arc<QuicServerConfig>,
@@ -283,23 +283,24 @@ pub struct ServerConfig {
     /// Default `Auto { above_half_open: 64 }`: a handshake lasts a couple of
     /// round trips, so 64 concurrent ones is several hundred new sessions a
     /// second before any genuine client pays the extra round trip, while
-    /// forged source addresses can pin at most 64 handshakes (about 6 MB)
+    /// forged source addresses can pin at most 64 handshakes (about 9 MB)
     /// however fast they arrive.
     pub retry: RetryPolicy,
     /// Most half-open handshakes (attempts awaiting the application's
     /// decision plus accepted sessions whose kwik handshake has not
     /// completed); attempts beyond it are refused statelessly.
     ///
-    /// Default 256 (about 23 MB of handshake state): four times the Retry
+    /// Default 256 (about 37 MB of handshake state): four times the Retry
     /// threshold, so validated clients still get in while unvalidated ones
     /// are being retried, and a burst of validated attempts stays bounded.
     pub max_half_open: usize,
     /// Most server sessions this endpoint holds (handshaking, established
     /// or draining); attempts beyond it are refused statelessly.
     ///
-    /// Default 10 000: with the default windows an idle session costs well
-    /// under 100 KB, so the cap is around a gigabyte; set it from the
-    /// memory the server may spend and the streams its sessions carry.
+    /// Default 10 000: with the default configuration an idle session holds
+    /// about 140 KB, so the cap is around 1.4 GB before any stream data;
+    /// set it from the memory the server may spend and what its sessions
+    /// carry (each logical stream may buffer up to its window).
     pub max_sessions: usize,
     /// A server session whose kwik handshake (the QUIC handshake, then the
     /// client's `Hello` or `Join`) has not completed this long after it was

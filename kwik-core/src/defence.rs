@@ -7,7 +7,7 @@
 //!
 //! A QUIC client Initial is about 1.2 KB and its source address can be
 //! forged. Accepting one costs a server a connection (TLS state, packet
-//! spaces, buffers) plus a kwik session, some 90 KB, held until the
+//! spaces, buffers) plus a kwik session, some 145 KB, held until the
 //! handshake fails; without limits, a stream of forged Initials grows the
 //! server's heap by that much per datagram. Each defence takes away one
 //! lever:
