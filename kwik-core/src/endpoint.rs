@@ -446,8 +446,8 @@ impl KwikEndpoint {
         }
         let incoming = if !validated && retry.wants_retry(self.half_open()) {
             match self.send_retry(incoming) {
-                Ok(()) => return,
-                Err(incoming) => incoming,
+                None => return,
+                Some(incoming) => incoming,
             }
         } else {
             incoming
@@ -476,15 +476,15 @@ impl KwikEndpoint {
 
     /// Answers with a Retry and forgets the attempt; gives it back if QUIC
     /// forbids a Retry (it already came back from one).
-    fn send_retry(&mut self, incoming: quinn_proto::Incoming) -> Result<(), quinn_proto::Incoming> {
+    fn send_retry(&mut self, incoming: quinn_proto::Incoming) -> Option<quinn_proto::Incoming> {
         let mut buf = Vec::new();
         match self.quinn.retry(incoming, &mut buf) {
             Ok(t) => {
                 self.stats.retries_sent += 1;
                 self.push_response(t, buf);
-                Ok(())
+                None
             }
-            Err(e) => Err(e.into_incoming()),
+            Err(e) => Some(e.into_incoming()),
         }
     }
 
@@ -503,10 +503,13 @@ impl KwikEndpoint {
             .incoming
             .remove(&incoming)
             .ok_or(RetryError::UnknownIncoming)?;
-        self.send_retry(inc).map_err(|inc| {
-            self.incoming.insert(incoming, inc);
-            RetryError::AlreadyRetried
-        })
+        match self.send_retry(inc) {
+            None => Ok(()),
+            Some(inc) => {
+                self.incoming.insert(incoming, inc);
+                Err(RetryError::AlreadyRetried)
+            }
+        }
     }
 
     /// Accepts a pending connection; the session is established once the
