@@ -49,7 +49,8 @@ use crate::ids::SessionHandle;
 /// [`KwikEndpoint::stats`](crate::KwikEndpoint::stats).
 ///
 /// Gauges (`sessions`, `half_open`, `bans_active`) describe the endpoint
-/// now; every other field is a total since the endpoint was created.
+/// at the time of its latest input; every other field is a total since the
+/// endpoint was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointStats {

@@ -853,7 +853,7 @@ impl KwikEndpoint {
         }
     }
 
-    /// Whether the IP is banned now (see
+    /// Whether the IP is banned at the time of the latest input (see
     /// [`ServerConfig::ban_duration`](crate::ServerConfig::ban_duration)).
     pub fn is_banned(&self, ip: IpAddr) -> bool {
         self.bans.is_banned(ip, self.now)

@@ -319,9 +319,20 @@ fn half_open_limit_refuses_then_admits_once_handshakes_expire() {
     assert_eq!((s.refused_limit, s.half_open), (1, 2), "{s:?}");
     // The mute handshakes expire; a genuine client then gets in.
     door.wait_stats("the handshakes to expire", |s| s.half_open == 0);
+    door.sim
+        .run_while(LIMIT, |sim| {
+            mutes
+                .iter()
+                .any(|&id| sim.node::<MuteClient>(id).connection_error().is_none())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
     for id in mutes {
         let m = door.sim.node::<MuteClient>(id);
-        assert!(m.connection_error().is_some() || m.ended_at().is_none());
+        assert_eq!(
+            m.close_code(),
+            Some(ErrorCode::ResourceLimit.wire()),
+            "{m:?}"
+        );
     }
     let second = door.dial(addr(5));
     let dialer = door.settle_dialer(second);
