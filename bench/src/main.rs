@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|handshake-flood|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -16,6 +16,10 @@
 //!   ([`aggregate`]);
 //! * `failover` — 4 servers, one secondary dies at 40 %: longest delivery
 //!   stall, lost or duplicated bytes ([`failover`]);
+//! * `handshake-flood` — 10 000 forged client Initials and 100 genuine
+//!   clients against one server: its peak heap, and whether the genuine
+//!   clients get in, with Retry off and with the default configuration
+//!   ([`handshake_flood`]);
 //! * `loopback` — real UDP on 127.0.0.1: one kwik-tokio session versus one
 //!   quinn connection, same crypto and run, medians ([`loopback`]);
 //! * `loopback-multi` — real UDP on 127.0.0.1: one session from `--servers`
@@ -27,9 +31,14 @@
 //! Every scenario writes progress to stderr and JSON lines to stdout; the
 //! last stdout line of each scenario is its summary. A failed check (bytes
 //! missing or corrupt, a stalled simulation) exits with status 1.
+//!
+//! The binary's global allocator is kwik-sim's counting allocator, so that
+//! `handshake-flood` can meter the server's heap; outside a metered call it
+//! only adds a thread-local lookup to each allocation.
 
 mod aggregate;
 mod failover;
+mod handshake_flood;
 mod harness;
 mod loopback;
 mod loopback_multi;
@@ -44,6 +53,9 @@ use std::time::{Duration, Instant};
 
 use harness::Cc;
 
+#[global_allocator]
+static ALLOC: kwik_sim::alloc::CountingAlloc = kwik_sim::alloc::CountingAlloc;
+
 const USAGE: &str = "\
 usage: kwik-bench [SCENARIO] [FLAGS]
 
@@ -54,6 +66,7 @@ scenarios:
   all        the three above, in order (default)
   aggregate  one session from N servers on heterogeneous links (N = 2, 4, 8)
   failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
+  handshake-flood  10 000 forged Initials + 100 clients vs one server: heap, admissions
   loopback   1 GiB over one kwik-tokio session vs one quinn connection, real UDP on 127.0.0.1
   loopback-multi  one session from --servers rate-capped servers vs one (real UDP)
 
@@ -69,6 +82,7 @@ flags:
   --dead-after-ms N  failover: client's dead timeout (default: from the RTT)
   --kill-at PCT      failover: kill when PCT % was read (default 40)
   --rate-mbit N  loopback-multi: cap of every server's sending (default 200)
+  --initials N   handshake-flood: forged Initials (default 10000)
   --exact    sim-cpu: kwik's receiver also compares every byte (extra work)
   --max-frame-kib N  override kwik's max_frame_payload (default: kwik's own)
   --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary)
@@ -82,6 +96,7 @@ enum Scenario {
     Mux,
     Aggregate,
     Failover,
+    HandshakeFlood,
     Loopback,
     LoopbackMulti,
     All,
@@ -104,6 +119,7 @@ struct Args {
     backlog_ms: Option<u64>,
     dead_after_ms: Option<u64>,
     kill_at: u64,
+    initials: u64,
 }
 
 fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
@@ -130,6 +146,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         backlog_ms: None,
         dead_after_ms: None,
         kill_at: failover::Options::default().kill_at,
+        initials: handshake_flood::Options::default().initials,
     };
     let mut scenario = None;
     while let Some(arg) = argv.next() {
@@ -147,6 +164,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 args.dead_after_ms = Some(parse_number("--dead-after-ms", argv.next())?);
             }
             "--kill-at" => args.kill_at = parse_number("--kill-at", argv.next())?,
+            "--initials" => args.initials = parse_number("--initials", argv.next())?,
             "--rate-mbit" => args.rate_mbit = Some(parse_number("--rate-mbit", argv.next())?),
             "--max-frame-kib" => {
                 args.max_frame_kib = Some(parse_number("--max-frame-kib", argv.next())?);
@@ -177,6 +195,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "mux" => Scenario::Mux,
                     "aggregate" => Scenario::Aggregate,
                     "failover" => Scenario::Failover,
+                    "handshake-flood" => Scenario::HandshakeFlood,
                     "loopback" => Scenario::Loopback,
                     "loopback-multi" => Scenario::LoopbackMulti,
                     "all" => Scenario::All,
@@ -211,6 +230,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }
     if !(1..=99).contains(&args.kill_at) {
         return Err(format!("--kill-at must be 1 to 99, got {}", args.kill_at));
+    }
+    if args.initials == 0 {
+        return Err("--initials must be at least 1".to_string());
     }
     if args.dead_after_ms == Some(0) {
         return Err("--dead-after-ms must be at least 1".to_string());
@@ -275,6 +297,13 @@ fn run(args: &Args) -> Result<(), String> {
             backlog: args
                 .backlog_ms
                 .map_or(defaults.backlog, Duration::from_millis),
+        })?;
+    }
+    if args.scenario == Scenario::HandshakeFlood {
+        handshake_flood::main(&handshake_flood::Options {
+            initials: args.initials,
+            seed: args.seed,
+            ..handshake_flood::Options::default()
         })?;
     }
     if args.scenario == Scenario::Loopback {
@@ -354,6 +383,13 @@ mod tests {
             (a.scenario, a.mib, a.cc, a.kill_at, a.dead_after_ms),
             (Scenario::Failover, Some(64), Some(Cc::Bbr), 50, Some(300))
         );
+        let a = parse("handshake-flood --initials 500 --seed 3")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (a.scenario, a.initials, a.seed),
+            (Scenario::HandshakeFlood, 500, 3)
+        );
         assert!(parse("--help").unwrap().is_none());
     }
 
@@ -370,5 +406,6 @@ mod tests {
         assert!(parse("aggregate --secs 0").is_err());
         assert!(parse("failover --kill-at 100").is_err());
         assert!(parse("failover --dead-after-ms 0").is_err());
+        assert!(parse("handshake-flood --initials 0").is_err());
     }
 }

@@ -44,6 +44,14 @@ fn charge(meter: usize, delta: i64) {
     }
 }
 
+/// Sets [`INSTALLED`] once; later allocations only read it, so threads
+/// allocating in parallel do not fight over its cache line.
+fn mark_installed() {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The global allocator: [`System`] plus per-meter counters.
 pub struct CountingAlloc;
 
@@ -51,7 +59,7 @@ pub struct CountingAlloc;
 // the counting touches only atomics and a const-initialised thread local.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        INSTALLED.store(true, Ordering::Relaxed);
+        mark_installed();
         // SAFETY: forwarded unchanged.
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null()
@@ -63,7 +71,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        INSTALLED.store(true, Ordering::Relaxed);
+        mark_installed();
         // SAFETY: forwarded unchanged.
         let ptr = unsafe { System.alloc_zeroed(layout) };
         if !ptr.is_null()

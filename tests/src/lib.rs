@@ -21,11 +21,14 @@
 //! * [`quic_driver`] — the quinn-proto endpoint plumbing shared by the
 //!   bare-quinn nodes ([`quinn_node`], [`hostile`]);
 //! * [`quinn_node`] — a bare quinn-proto bulk-transfer pair, used to validate
-//!   the simulator and as the baseline contender in benchmarks.
+//!   the simulator and as the baseline contender in benchmarks;
+//! * [`handshakes`] — load on a server's door: forged client Initials, mute
+//!   clients, and a client that only connects.
 
 pub mod alloc;
 pub mod apps;
 pub mod certs;
+pub mod handshakes;
 pub mod hostile;
 pub mod kwik_node;
 pub mod link;
