@@ -38,6 +38,12 @@ pub(crate) struct Conn {
     recv_lanes: BTreeMap<QStreamId, LaneReader>,
     /// Last time an authenticated packet arrived on this connection.
     pub last_rx: Instant,
+    /// Last time stream data arrived on one of its lanes.
+    pub last_data: Instant,
+    /// kwik probes sent since `last_rx` (see `session::liveness`).
+    pub probes: u32,
+    /// When the next probe is due, once probing started.
+    pub next_probe: Option<Instant>,
     /// Frames quinn-proto has taken from authenticated packets so far.
     frames_rx: u64,
     /// Smallest smoothed RTT seen: the path's RTT without queueing.
@@ -68,6 +74,9 @@ impl Conn {
             lanes: Lanes::new(streams_per_lane),
             recv_lanes: BTreeMap::new(),
             last_rx: now,
+            last_data: now,
+            probes: 0,
+            next_probe: None,
             frames_rx: 0,
             base_rtt: None,
             scratch: Vec::new(),
@@ -129,8 +138,23 @@ impl Conn {
         .fold(0u64, |sum, n| sum.saturating_add(*n));
         if frames > self.frames_rx {
             self.frames_rx = frames;
+            let silence = now.saturating_duration_since(self.last_rx);
+            if silence >= self.revive_after() {
+                // Heard again after a silence: our packets of the outage were
+                // lost and QUIC has backed its probes off. A ping now earns an
+                // acknowledgement that resets the backoff, so traffic resumes
+                // within a round trip instead of a backed-off probe timeout.
+                self.quic.ping();
+            }
             self.last_rx = now;
+            self.probes = 0;
+            self.next_probe = None;
         }
+    }
+
+    /// Silence after which hearing from the peer again counts as a revival.
+    fn revive_after(&self) -> std::time::Duration {
+        (self.known_base_rtt() * 4).max(std::time::Duration::from_millis(250))
     }
 
     /// Client side: opens the control stream.

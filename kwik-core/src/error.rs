@@ -144,6 +144,10 @@ pub enum CloseReason {
     Reset,
     /// The local endpoint shut down.
     EndpointClosed,
+    /// Client: the primary went silent — probes unanswered for several
+    /// probe timeouts (PROTOCOL.md §10.8). The primary is the session's
+    /// offset authority, so the session cannot go on without it.
+    PrimaryLost,
 }
 
 impl fmt::Display for CloseReason {
@@ -165,10 +169,11 @@ impl fmt::Display for CloseReason {
                 let who = if *by_peer { "peer" } else { "local" };
                 write!(f, "{code} ({who}): {reason}")
             }
-            CloseReason::TimedOut => f.write_str("idle timeout"),
+            CloseReason::TimedOut => f.write_str("timed out: the peer went silent"),
             CloseReason::Transport(e) => write!(f, "transport error: {e}"),
             CloseReason::Reset => f.write_str("reset by peer"),
             CloseReason::EndpointClosed => f.write_str("endpoint closed"),
+            CloseReason::PrimaryLost => f.write_str("primary lost: it stopped answering"),
         }
     }
 }
@@ -202,7 +207,9 @@ impl CloseReason {
             CloseReason::LocallyClosed
             | CloseReason::ApplicationClosed { .. }
             | CloseReason::EndpointClosed => DisconnectKind::Normal,
-            CloseReason::TimedOut | CloseReason::Reset => DisconnectKind::Timeout,
+            CloseReason::TimedOut | CloseReason::Reset | CloseReason::PrimaryLost => {
+                DisconnectKind::Timeout
+            }
             CloseReason::Protocol { code, .. } => match code {
                 ErrorCode::ResourceLimit => DisconnectKind::ResourceLimit,
                 ErrorCode::Banned => DisconnectKind::Banned,

@@ -194,6 +194,11 @@ pub struct PathPolicy {
     /// Keep-alive interval on secondary connections, so that a silent path
     /// is noticed even when no data is due.
     pub keep_alive: Duration,
+    /// Probes (sent once a path has been silent for a probe interval, every
+    /// interval) that must go unanswered before a path is declared dead,
+    /// on top of the dead timeout: random loss does not silence a dozen
+    /// probes in a row, a dead server does. Ignored when `dead_after` is set.
+    pub dead_probes: u32,
     /// AddPaths accepted per second on average; more are refused with
     /// `KWIK_REFUSED` (a primary cannot make the client dial at any rate).
     pub add_path_rate: u32,
@@ -209,6 +214,7 @@ impl Default for PathPolicy {
             dead_after: None,
             min_dead_after: Duration::from_millis(150),
             keep_alive: Duration::from_millis(50),
+            dead_probes: 12,
             add_path_rate: 8,
             add_path_burst: 16,
         }
@@ -239,6 +245,12 @@ impl PathPolicy {
         (dead_after / 2)
             .max(self.keep_alive * 2 + Duration::from_millis(25))
             .min(dead_after * 9 / 10)
+    }
+
+    /// How often a silent watched path is probed: the keep-alive interval,
+    /// or half its round trip if that is longer.
+    pub(crate) fn probe_interval(&self, rtt: Duration) -> Duration {
+        self.keep_alive.max(rtt / 2)
     }
 
     /// The dead timeout for a path with smoothed RTT `rtt`.

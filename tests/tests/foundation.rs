@@ -454,9 +454,9 @@ fn fin_reset_stop_and_close_reach_the_other_side() {
     }
 }
 
-#[test]
-fn a_vanished_peer_ends_the_session_with_a_timeout() {
-    let idle = Duration::from_secs(3);
+/// Cuts the server off `at` into a session whose client uploads `plan`, and
+/// returns how the client's session ended and how long after the cut.
+fn vanish(at: Duration, plan: Vec<u64>, idle: Duration) -> (Option<CloseReason>, Duration) {
     let mut s = bulk(
         61,
         link_100m(),
@@ -467,9 +467,9 @@ fn a_vanished_peer_ends_the_session_with_a_timeout() {
             }
         },
         Dir::Uni,
-        &[vec![1 << 30]],
+        &[plan],
     );
-    s.sim.run_for(Duration::from_millis(500));
+    s.sim.run_for(at);
     assert!(
         s.sim
             .node::<Client>(s.clients[0])
@@ -486,11 +486,31 @@ fn a_vanished_peer_ends_the_session_with_a_timeout() {
             sim.node::<Client>(client).app.closed.is_none()
         })
         .expect("the client notices");
-    assert_eq!(
-        s.sim.node::<Client>(client).app.closed,
-        Some(CloseReason::TimedOut)
+    let closed = s.sim.node::<Client>(client).app.closed.clone();
+    (closed, ended - cut)
+}
+
+#[test]
+fn a_primary_that_vanishes_mid_transfer_is_lost_within_a_second() {
+    // The client watches its primary while data flows: a dozen probes go
+    // unanswered, and the session ends as PrimaryLost long before the
+    // idle timeout (PROTOCOL.md §10.8).
+    let idle = Duration::from_secs(30);
+    let (closed, waited) = vanish(Duration::from_millis(500), vec![1 << 30], idle);
+    assert_eq!(closed, Some(CloseReason::PrimaryLost));
+    assert!(
+        waited >= Duration::from_millis(500) && waited <= Duration::from_secs(1),
+        "after a dozen probes, within a second: {waited:?}"
     );
-    let waited = ended - cut;
+}
+
+#[test]
+fn an_idle_session_whose_server_vanishes_ends_at_the_idle_timeout() {
+    // No stream ever carried data: nothing is probed, QUIC's idle timeout
+    // decides.
+    let idle = Duration::from_secs(3);
+    let (closed, waited) = vanish(Duration::from_secs(3), Vec::new(), idle);
+    assert_eq!(closed, Some(CloseReason::TimedOut));
     assert!(
         waited >= idle - Duration::from_millis(100),
         "not before the idle timeout: {waited:?}"

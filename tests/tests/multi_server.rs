@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kwik_core::{CloseReason, ErrorCode, Event, PathError, PathFilter, PathId, PathState};
-use kwik_sim::multi::{MultiOptions, MultiSetup, ServerLink, Start, first_server_stream};
+use kwik_sim::KwikNode;
+use kwik_sim::multi::{
+    MultiOptions, MultiSetup, SecondaryApp, ServerLink, Start, first_server_stream,
+};
 
 fn heterogeneous() -> Vec<ServerLink> {
     vec![
@@ -269,24 +272,48 @@ fn remove_path_drains_then_closes_and_the_history_shows_it() {
 
 #[test]
 fn the_primary_dying_ends_the_client_session_with_a_reason() {
+    // PROTOCOL.md §10.11: the primary is the offset authority. The client
+    // notices its death from unanswered probes (not the 30 s idle timeout),
+    // ends the session as PrimaryLost, and closes its secondary paths with
+    // KWIK_PATH_DEAD so their servers free the session at once.
     let links = vec![ServerLink::new(100, 20); 2];
-    let mut opts = MultiOptions::new(107, links, 256 << 20);
-    let idle = Duration::from_secs(3);
-    opts.tune_client = Box::new(move |c| c.transport.idle_timeout = idle);
-    opts.tune_server = Box::new(move |_, c| c.transport.idle_timeout = idle);
+    let opts = MultiOptions::new(107, links, 256 << 20);
     let mut s = MultiSetup::new(opts, |_| {});
     s.sim.run_for(Duration::from_secs(1));
     assert!(s.client().total() > 0, "data flows");
+    let killed = s.sim.elapsed();
     s.sim.set_down(s.servers[0], true);
     let ended = s.run_until_client(Duration::from_secs(30), |c| c.closed.is_some());
-    assert!(ended < Duration::from_secs(1) + idle + Duration::from_secs(1));
-    assert_eq!(s.client().closed, Some(CloseReason::TimedOut));
-    s.sim.run_for(Duration::from_secs(1));
+    assert_eq!(s.client().closed, Some(CloseReason::PrimaryLost));
     assert!(
-        s.secondary(0)
-            .closed
-            .iter()
-            .any(|r| matches!(r, CloseReason::ApplicationClosed { .. })),
+        ended - killed <= Duration::from_secs(1),
+        "detected within a second: {:?}",
+        ended - killed
+    );
+    let secondary = s.secondaries[0];
+    let freed = s
+        .sim
+        .run_while(Duration::from_secs(5), |sim| {
+            sim.node::<KwikNode<SecondaryApp>>(secondary)
+                .app
+                .closed
+                .is_empty()
+        })
+        .expect("the secondary hears of it");
+    assert!(
+        freed - ended <= Duration::from_millis(100),
+        "within a round trip of the client's verdict: {:?}",
+        freed - ended
+    );
+    assert!(
+        s.secondary(0).closed.iter().any(|r| matches!(
+            r,
+            CloseReason::Protocol {
+                code: ErrorCode::PathDead,
+                by_peer: true,
+                ..
+            }
+        )),
         "the secondary was closed by the client: {:?}",
         s.secondary(0).closed
     );

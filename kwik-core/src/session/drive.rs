@@ -7,6 +7,7 @@ use super::*;
 impl Session {
     /// Digests everything quinn-proto reported, fires timers, sends what is due.
     pub(crate) fn drive(&mut self, ctx: &mut Ctx<'_>) {
+        self.clock = ctx.now;
         for (path, reason) in std::mem::take(&mut self.dial_failures) {
             let failure = PathFailure {
                 code: ErrorCode::PathDead,
@@ -60,19 +61,8 @@ impl Session {
         for d in self.add_deadlines.values() {
             consider(*d);
         }
-        for (path, conn) in &self.conns {
-            if *path == PathId::PRIMARY || !conn.joined || conn.closed {
-                continue;
-            }
-            let dead_after = self.policy.dead_after(conn.known_base_rtt());
-            if self
-                .paths
-                .get(path)
-                .is_some_and(|p| p.state == PathState::Active)
-            {
-                consider(conn.last_rx + self.policy.degraded_after(dead_after));
-            }
-            consider(conn.last_rx + dead_after);
+        if let Some(t) = self.liveness_deadline(self.clock) {
+            consider(t);
         }
         for cp in self.client_paths.values() {
             if let Some(t) = cp.closing {
@@ -187,7 +177,9 @@ impl Session {
             return Ok(());
         };
         let events = &mut *ctx.events;
-        conn.read_lane(lane, max_payload, &mut |piece| {
+        let mut pieces = 0usize;
+        let result = conn.read_lane(lane, max_payload, &mut |piece| {
+            pieces += 1;
             // A secondary is trusted for its delegations only.
             if path != PathId::PRIMARY
                 && !client_paths::check_grant(client_paths, streams, path, &piece)?
@@ -196,7 +188,11 @@ impl Session {
             }
             stats.bytes_received += piece.data.len() as u64;
             streams.on_data(piece, events)
-        })?;
+        });
+        if pieces > 0 {
+            conn.last_data = ctx.now;
+        }
+        result?;
         if self.ack_due.is_none() && self.streams.acks_pending() {
             self.ack_due = Some(ctx.now + ACK_DELAY);
         }
@@ -349,15 +345,13 @@ impl Session {
             };
             self.set_path_state(path, PathState::Failed, Some(failure), ctx);
         }
-        if self.role != Role::Client {
+        self.check_liveness(ctx);
+        if self.role != Role::Client || self.phase == Phase::Closed {
             return;
         }
-        // Client: liveness of secondary paths, and graceful removals.
+        // Client: graceful removals.
         let paths: Vec<PathId> = self.client_paths.keys().copied().collect();
         for path in paths {
-            let Some(base_rtt) = self.conns.get_mut(&path).map(Conn::base_rtt) else {
-                continue;
-            };
             let Some(conn) = self.conns.get(&path) else {
                 continue;
             };
@@ -374,22 +368,6 @@ impl Session {
                     self.set_path_state(path, PathState::Closed, None, ctx);
                     continue;
                 }
-            }
-            if !conn.joined {
-                continue;
-            }
-            let dead_after = self.policy.dead_after(base_rtt);
-            let silent = now.saturating_duration_since(conn.last_rx);
-            if silent >= dead_after {
-                let failure = PathFailure {
-                    code: ErrorCode::PathDead,
-                    reason: format!("nothing heard for {} ms", silent.as_millis()),
-                };
-                self.set_path_state(path, PathState::Dead, Some(failure), ctx);
-            } else if silent >= self.policy.degraded_after(dead_after) {
-                self.set_path_state(path, PathState::Degraded, None, ctx);
-            } else if self.paths[&path].state == PathState::Degraded {
-                self.set_path_state(path, PathState::Active, None, ctx);
             }
         }
     }

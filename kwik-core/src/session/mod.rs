@@ -22,6 +22,7 @@ mod app;
 mod client_paths;
 mod drive;
 mod handshake;
+mod liveness;
 mod primary;
 mod secondary;
 mod transfers;
@@ -207,6 +208,8 @@ pub(crate) struct Session {
     last_add_path: u64,
     /// Client: AddPaths the rate limit still admits.
     add_budget: RateBudget,
+    /// The time of the latest drive (deadlines are computed against it).
+    clock: Instant,
 }
 
 /// A token bucket in thousandths of a token, refilled from the time inputs
@@ -320,6 +323,7 @@ impl Session {
             serving: BTreeMap::new(),
             last_add_path: 0,
             add_budget: RateBudget::new(policy_burst, now),
+            clock: now,
         }
     }
 
