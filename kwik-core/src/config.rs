@@ -12,7 +12,7 @@ use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn_proto::{IdleTimeout, VarInt};
 
 use crate::ids::Side;
-use crate::paths::PathPolicy;
+use crate::paths::{PathPolicy, PathRetry};
 use crate::token::TokenKey;
 
 /// ALPN protocol id of kwik version 1.
@@ -371,6 +371,10 @@ pub struct ServerConfig {
     /// Also ban loopback addresses. Off by default: every local client
     /// shares one, so a single broken one would lock out the others.
     pub ban_loopback: bool,
+    /// Primary: re-add a secondary whose path failed to join or died, with
+    /// backoff, while the session lives (`None`: never; the application
+    /// may call `add_path` itself).
+    pub path_retry: Option<PathRetry>,
 }
 
 impl ServerConfig {
@@ -398,6 +402,7 @@ impl ServerConfig {
             ban_duration: Duration::from_secs(60),
             max_bans: 4096,
             ban_loopback: false,
+            path_retry: Some(PathRetry::default()),
         })
     }
 }

@@ -284,6 +284,7 @@ impl KwikEndpoint {
                 token_lifetime: Duration::ZERO,
                 add_path_timeout: Duration::ZERO,
                 auto_reassign: false,
+                path_retry: None,
             },
             self.now,
         );
@@ -549,6 +550,7 @@ impl KwikEndpoint {
                         token_lifetime: server.token_lifetime,
                         add_path_timeout: server.add_path_timeout,
                         auto_reassign: server.auto_reassign,
+                        path_retry: server.path_retry.clone(),
                     },
                     self.now,
                 );

@@ -75,8 +75,8 @@ pub use error::{
 pub use event::{Event, Output, Transmit};
 pub use ids::{Dir, IncomingId, SessionHandle, SessionId, Side, StreamId};
 pub use paths::{
-    MAX_FINAL_PATHS, PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState,
-    PathTarget,
+    MAX_FINAL_PATHS, PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathRetry,
+    PathState, PathTarget,
 };
 pub use ranges::RangeSet;
 pub use session::{Role, SessionStats};

@@ -114,6 +114,12 @@ pub struct PathInfo {
     pub lost_packets: u64,
     /// Why it failed or died.
     pub failure: Option<PathFailure>,
+    /// Primary: the earlier path to the same secondary this one retries
+    /// (its history holds the attempts before).
+    pub retry_of: Option<PathId>,
+    /// Primary: how many retries in a row led to this path (0: the
+    /// application's own `add_path`).
+    pub attempt: u32,
 }
 
 impl PathInfo {
@@ -132,6 +138,8 @@ impl PathInfo {
             bytes_received: 0,
             lost_packets: 0,
             failure: None,
+            retry_of: None,
+            attempt: 0,
         }
     }
 
@@ -148,6 +156,50 @@ impl PathInfo {
         }
         self.history.push((now, state));
         true
+    }
+}
+
+/// How a primary re-adds a secondary whose path failed or died: after
+/// `initial`, doubling up to `max`, each delay drawn within ±25 % so that
+/// the sessions of a primary do not retry in step. A fresh AddPath (new path
+/// id, fresh token) each time; the attempts are linked by
+/// [`PathInfo::retry_of`]. A path refused on purpose — by the client's
+/// policy, a token check, or for misbehaving — is not retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PathRetry {
+    /// Delay before the first retry.
+    pub initial: Duration,
+    /// Longest delay between retries.
+    pub max: Duration,
+    /// Most retries in a row without the path becoming active (0: no limit
+    /// while the session lives).
+    pub max_attempts: u32,
+}
+
+impl Default for PathRetry {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            max_attempts: 0,
+        }
+    }
+}
+
+impl PathRetry {
+    /// The delay before retry number `attempt` (1 for the first), with
+    /// `jitter` in [0, 1) spreading it within ±25 %.
+    pub(crate) fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(30);
+        let base = self.initial.saturating_mul(1u32 << doublings).min(self.max);
+        base.mul_f64(0.75 + jitter * 0.5)
+    }
+
+    /// True if a path that ended with `code` is worth trying again (it
+    /// could not be reached or went silent; not a deliberate refusal).
+    pub(crate) fn retries(code: ErrorCode) -> bool {
+        code == ErrorCode::PathDead
     }
 }
 
@@ -194,6 +246,10 @@ pub struct PathPolicy {
     /// Keep-alive interval on secondary connections, so that a silent path
     /// is noticed even when no data is due.
     pub keep_alive: Duration,
+    /// A path that has not joined (QUIC handshake, Join, Joined) this long
+    /// after its AddPath fails with `KWIK_PATH_DEAD`, well before the
+    /// primary's own AddPath timeout, so that it can retry.
+    pub join_timeout: Duration,
     /// Probes (sent once a path has been silent for a probe interval, every
     /// interval) that must go unanswered before a path is declared dead,
     /// on top of the dead timeout: random loss does not silence a dozen
@@ -215,6 +271,7 @@ impl Default for PathPolicy {
             min_dead_after: Duration::from_millis(150),
             keep_alive: Duration::from_millis(50),
             dead_probes: 12,
+            join_timeout: Duration::from_secs(5),
             add_path_rate: 8,
             add_path_burst: 16,
         }

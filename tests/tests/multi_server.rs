@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use kwik_core::{CloseReason, ErrorCode, Event, PathError, PathFilter, PathId, PathState};
+use kwik_core::{
+    CloseReason, ErrorCode, Event, PathError, PathFilter, PathId, PathInfo, PathState,
+};
 use kwik_sim::KwikNode;
 use kwik_sim::multi::{
-    MultiOptions, MultiSetup, SecondaryApp, ServerLink, Start, first_server_stream,
+    MultiOptions, MultiPrimary, MultiSetup, SecondaryApp, ServerLink, Start, first_server_stream,
 };
 
 fn heterogeneous() -> Vec<ServerLink> {
@@ -58,6 +60,12 @@ fn client_paths(s: &mut MultiSetup) -> Vec<kwik_core::PathInfo> {
     let client = s.client_node();
     let h = client.app.session.unwrap();
     client.endpoint.session(h).unwrap().paths(PathFilter::All)
+}
+
+fn primary_paths(s: &mut MultiSetup) -> Vec<kwik_core::PathInfo> {
+    let primary = s.primary_node();
+    let h = primary.app.session.unwrap();
+    primary.endpoint.session(h).unwrap().paths(PathFilter::All)
 }
 
 #[test]
@@ -371,5 +379,64 @@ fn lost_manual_delegations_are_reassigned_by_the_built_in_policy() {
     assert!(
         view.outstanding().iter().all(|d| d.path != dead),
         "nothing is left owed by the dead path"
+    );
+}
+
+#[test]
+fn a_secondary_back_from_an_outage_is_re_added_and_serves_again() {
+    // PROTOCOL.md §10.8, path retries: a secondary silent for 3 s dies on
+    // the client; the primary re-adds it with backoff (fresh path id and
+    // token) until it joins again, and the transfer uses it again.
+    let size: u64 = 256 << 20;
+    let links = vec![ServerLink::new(50, 20); 3];
+    let opts = MultiOptions::new(109, links, size);
+    let mut s = MultiSetup::new(opts, |_| {});
+    s.sim.run_for(Duration::from_secs(2));
+    assert!(s.client().total() > 0, "data flows");
+    let target = s.servers[1];
+    let first = s.primary().path_ids[&target];
+    s.sim.set_down(target, true);
+    let primary = s.primary;
+    s.sim
+        .run_while(Duration::from_secs(5), |sim| {
+            !sim.node::<KwikNode<MultiPrimary>>(primary)
+                .app
+                .dead
+                .iter()
+                .any(|(p, _)| *p == first)
+        })
+        .expect("the silent secondary dies");
+    s.sim.run_for(Duration::from_secs(2));
+    s.sim.set_down(target, false);
+    run(&mut s, Duration::from_secs(120));
+    assert_intact(&s, size);
+    let paths = primary_paths(&mut s);
+    let retries: Vec<&PathInfo> = paths
+        .iter()
+        .filter(|p| p.address == target && p.id != first)
+        .collect();
+    assert!(!retries.is_empty(), "re-added: {paths:#?}");
+    assert!(
+        retries
+            .iter()
+            .all(|p| p.retry_of.is_some() && p.attempt > 0),
+        "{retries:#?}"
+    );
+    let back = retries
+        .iter()
+        .find(|p| p.state == PathState::Active)
+        .unwrap_or_else(|| panic!("one retry joined: {retries:#?}"));
+    assert!(
+        s.primary().added.contains(&back.id),
+        "PathAdded for the retry"
+    );
+    let client_info = client_paths(&mut s)
+        .into_iter()
+        .find(|p| p.id == back.id)
+        .expect("the client lists the retry");
+    assert!(
+        client_info.bytes_received > 1 << 20,
+        "the secondary served again: {} bytes",
+        client_info.bytes_received
     );
 }

@@ -93,6 +93,7 @@ impl Session {
                 server_name: m.server_name.clone(),
                 grants: BTreeMap::new(),
                 closing: None,
+                join_by: ctx.now + self.policy.join_timeout,
             },
         );
         self.requests.push(Request::Dial {
@@ -173,7 +174,11 @@ impl Session {
                 }
             }
             self.report_path(path);
-        } else if self.role == Role::Primary && state.is_final() {
+        }
+        if self.role == Role::Primary {
+            self.follow_target(path, state, ctx.now);
+        }
+        if self.role == Role::Primary && state.is_final() {
             self.add_deadlines.remove(&path);
             for t in self.transfers.values_mut() {
                 let received = self.ledger.received(t.stream).cloned().unwrap_or_default();

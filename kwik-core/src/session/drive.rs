@@ -64,9 +64,15 @@ impl Session {
         if let Some(t) = self.liveness_deadline(self.clock) {
             consider(t);
         }
-        for cp in self.client_paths.values() {
+        if let Some(t) = self.next_retry() {
+            consider(t);
+        }
+        for (path, cp) in &self.client_paths {
             if let Some(t) = cp.closing {
                 consider(t);
+            }
+            if self.conns.get(path).is_some_and(|c| !c.joined && !c.closed) {
+                consider(cp.join_by);
             }
         }
         next
@@ -344,7 +350,12 @@ impl Session {
                 reason: "the client did not answer AddPath in time".into(),
             };
             self.set_path_state(path, PathState::Failed, Some(failure), ctx);
+            // The client may still be trying: have it give up, so that a
+            // retry to the same server is not refused as a duplicate.
+            self.main_conn()
+                .send(Body::RemovePath(msg::RemovePath { path_id: path.0 }));
         }
+        self.retry_targets(ctx);
         self.check_liveness(ctx);
         if self.role != Role::Client || self.phase == Phase::Closed {
             return;
@@ -359,6 +370,17 @@ impl Session {
                 continue;
             }
             let cp = &self.client_paths[&path];
+            if !conn.joined && cp.join_by <= now {
+                let failure = PathFailure {
+                    code: ErrorCode::PathDead,
+                    reason: format!(
+                        "did not join within {} ms",
+                        self.policy.join_timeout.as_millis()
+                    ),
+                };
+                self.set_path_state(path, PathState::Failed, Some(failure), ctx);
+                continue;
+            }
             if let Some(deadline) = cp.closing {
                 let streams = &self.streams;
                 let drained = cp.grants.iter().all(|(stream, grant)| {

@@ -46,7 +46,7 @@ use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
 use crate::lanes::LaneBlocked;
 use crate::paths::{
-    MAX_FINAL_PATHS, PathError, PathFailure, PathId, PathInfo, PathPolicy, PathState,
+    MAX_FINAL_PATHS, PathError, PathFailure, PathId, PathInfo, PathPolicy, PathRetry, PathState,
 };
 use crate::proto::common::Limits;
 use crate::proto::control::{self as msg, Hello, Welcome, control_message::Body};
@@ -144,6 +144,21 @@ pub(crate) struct PrimarySettings {
     pub token_lifetime: Duration,
     pub add_path_timeout: Duration,
     pub auto_reassign: bool,
+    /// Re-adding secondaries whose paths failed or died (`None`: never).
+    pub path_retry: Option<PathRetry>,
+}
+
+/// Primary: a secondary the application added, followed across retries.
+#[derive(Debug)]
+pub(super) struct Target {
+    pub address: SocketAddr,
+    pub server_name: String,
+    /// The path that currently stands for it.
+    pub current: PathId,
+    /// Retries in a row without becoming active.
+    pub attempt: u32,
+    /// When the next retry is due, if one is.
+    pub due: Option<Instant>,
 }
 
 /// Client-side state of a secondary path.
@@ -161,6 +176,8 @@ struct ClientPath {
     /// Removal requested: close once every granted byte arrived, or at this
     /// deadline.
     closing: Option<Instant>,
+    /// The path fails unless it joined by then.
+    join_by: Instant,
 }
 
 pub(crate) struct Session {
@@ -210,6 +227,8 @@ pub(crate) struct Session {
     add_budget: RateBudget,
     /// The time of the latest drive (deadlines are computed against it).
     clock: Instant,
+    /// Primary: the secondaries the application added, by target.
+    targets: Vec<Target>,
 }
 
 /// A token bucket in thousandths of a token, refilled from the time inputs
@@ -324,6 +343,7 @@ impl Session {
             last_add_path: 0,
             add_budget: RateBudget::new(policy_burst, now),
             clock: now,
+            targets: Vec::new(),
         }
     }
 

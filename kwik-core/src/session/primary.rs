@@ -51,8 +51,30 @@ impl Session {
         }
     }
 
-    /// Primary: asks the client to join `address` as a new path.
+    /// Primary: asks the client to join `address` as a new path, and keeps
+    /// re-adding it if it fails or dies (per `ServerConfig::path_retry`).
     pub(crate) fn add_path(
+        &mut self,
+        now: Instant,
+        unix_now: Duration,
+        address: SocketAddr,
+        server_name: &str,
+    ) -> Result<PathId, PathError> {
+        let path = self.send_add_path(now, unix_now, address, server_name)?;
+        self.targets.retain(|t| t.address != address);
+        self.targets.push(Target {
+            address,
+            server_name: server_name.to_string(),
+            current: path,
+            attempt: 0,
+            due: None,
+        });
+        Ok(path)
+    }
+
+    /// Primary: mints a token for a new path to `address` and sends the
+    /// AddPath.
+    fn send_add_path(
         &mut self,
         now: Instant,
         unix_now: Duration,
@@ -112,6 +134,8 @@ impl Session {
         })?;
         match self.role {
             Role::Primary => {
+                // Removed on purpose: not to be re-added.
+                self.targets.retain(|t| t.current != path);
                 self.main_conn()
                     .send(Body::RemovePath(msg::RemovePath { path_id: path.0 }));
                 Ok(())
@@ -210,4 +234,77 @@ impl Session {
             _ => Err(PathError::WrongRole),
         }
     }
+
+    /// Primary: a path reached `state`: schedules a retry of its target if
+    /// it failed or died for a reason worth retrying, resets the backoff if
+    /// it became active, forgets the target if it was removed.
+    pub(super) fn follow_target(&mut self, path: PathId, state: PathState, now: Instant) {
+        let Some(policy) = self.primary.path_retry.clone() else {
+            self.targets
+                .retain(|t| t.current != path || !state.is_final());
+            return;
+        };
+        let failure = self.paths.get(&path).and_then(|p| p.failure.clone());
+        let session_id = self.id;
+        let Some(i) = self.targets.iter().position(|t| t.current == path) else {
+            return;
+        };
+        let target = &mut self.targets[i];
+        match state {
+            PathState::Active => target.attempt = 0,
+            PathState::Dead | PathState::Failed
+                if failure.as_ref().is_none_or(|f| PathRetry::retries(f.code))
+                    && (policy.max_attempts == 0 || target.attempt < policy.max_attempts) =>
+            {
+                target.attempt += 1;
+                let jitter = jitter(session_id, path.0);
+                target.due = Some(now + policy.delay(target.attempt, jitter));
+            }
+            state if state.is_final() => {
+                self.targets.remove(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// Primary: re-adds the targets whose retry is due.
+    pub(super) fn retry_targets(&mut self, ctx: &mut Ctx<'_>) {
+        let due: Vec<usize> = (0..self.targets.len())
+            .filter(|&i| self.targets[i].due.is_some_and(|t| t <= ctx.now))
+            .collect();
+        for i in due {
+            let (address, name, old, attempt) = {
+                let t = &mut self.targets[i];
+                t.due = None;
+                (t.address, t.server_name.clone(), t.current, t.attempt)
+            };
+            match self.send_add_path(ctx.now, ctx.unix_now, address, &name) {
+                Ok(path) => {
+                    self.targets[i].current = path;
+                    if let Some(info) = self.paths.get_mut(&path) {
+                        info.retry_of = Some(old);
+                        info.attempt = attempt;
+                    }
+                }
+                Err(_) => return, // the session is going away
+            }
+        }
+    }
+
+    /// Primary: the next retry due.
+    pub(super) fn next_retry(&self) -> Option<Instant> {
+        self.targets.iter().filter_map(|t| t.due).min()
+    }
+}
+
+/// A deterministic draw in [0, 1) for the retry of `path` (from the session
+/// id, so that a primary's sessions do not retry in step).
+fn jitter(session: Option<SessionId>, path: u64) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let id = session.map_or([0; 16], |s| s.0);
+    for b in id.iter().chain(&path.to_le_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
