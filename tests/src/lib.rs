@@ -21,12 +21,18 @@
 //! * [`quic_driver`] — the quinn-proto endpoint plumbing shared by the
 //!   bare-quinn nodes ([`quinn_node`], [`hostile`]);
 //! * [`quinn_node`] — a bare quinn-proto bulk-transfer pair, used to validate
-//!   the simulator and as the baseline contender in benchmarks.
+//!   the simulator and as the baseline contender in benchmarks;
+//! * [`wire`] — the kwik wire written out by hand, for the hostile nodes;
+//! * [`hostile`], [`hostile_secondary`], [`hostile_primary`] — scripted
+//!   misbehaving peers of each role (client, secondary server, primary
+//!   server) built on bare quinn-proto.
 
 pub mod alloc;
 pub mod apps;
 pub mod certs;
 pub mod hostile;
+pub mod hostile_primary;
+pub mod hostile_secondary;
 pub mod kwik_node;
 pub mod link;
 pub mod multi;
@@ -37,6 +43,7 @@ pub mod seeding;
 pub mod setup;
 pub mod sim;
 pub mod trace;
+pub mod wire;
 
 pub use apps::{BulkClient, BulkServer, Payload, Received};
 pub use certs::DevCert;
