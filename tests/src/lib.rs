@@ -25,7 +25,9 @@
 //! * [`wire`] — the kwik wire written out by hand, for the hostile nodes;
 //! * [`hostile`], [`hostile_secondary`], [`hostile_primary`] — scripted
 //!   misbehaving peers of each role (client, secondary server, primary
-//!   server) built on bare quinn-proto.
+//!   server) built on bare quinn-proto;
+//! * [`spoof`] — an off-path attacker replaying captured datagrams under a
+//!   forged source address.
 
 pub mod alloc;
 pub mod apps;
@@ -42,6 +44,7 @@ pub mod quinn_node;
 pub mod seeding;
 pub mod setup;
 pub mod sim;
+pub mod spoof;
 pub mod trace;
 pub mod wire;
 
