@@ -27,8 +27,12 @@
 //!   misbehaving peers of each role (client, secondary server, primary
 //!   server) built on bare quinn-proto;
 //! * [`spoof`] — an off-path attacker replaying captured datagrams under a
-//!   forged source address.
+//!   forged source address;
+//! * [`abuse`] — resource-exhaustion attacks on one kwik endpoint with its
+//!   heap use and CPU time metered, shared by the trust tests and the
+//!   `abuse` benchmark.
 
+pub mod abuse;
 pub mod alloc;
 pub mod apps;
 pub mod certs;
