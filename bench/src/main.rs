@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|abuse|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -16,6 +16,10 @@
 //!   ([`aggregate`]);
 //! * `failover` — 4 servers, one secondary dies at 40 %: longest delivery
 //!   stall, lost or duplicated bytes ([`failover`]);
+//! * `abuse` — hostile peers against one session each (tiny records, lanes
+//!   before the handshake, floods of credits, acks, AddPaths and
+//!   delegations): the attacked endpoint's peak heap growth and CPU time,
+//!   measured with the counting allocator ([`abuse`]);
 //! * `loopback` — real UDP on 127.0.0.1: one kwik-tokio session versus one
 //!   quinn connection, same crypto and run, medians ([`loopback`]);
 //! * `loopback-multi` — real UDP on 127.0.0.1: one session from `--servers`
@@ -27,7 +31,12 @@
 //! Every scenario writes progress to stderr and JSON lines to stdout; the
 //! last stdout line of each scenario is its summary. A failed check (bytes
 //! missing or corrupt, a stalled simulation) exits with status 1.
+//!
+//! The binary's global allocator is kwik-sim's counting allocator, so that
+//! `abuse` can meter one simulated endpoint's heap; outside a meter it only
+//! forwards to the system allocator (one thread-local read per call).
 
+mod abuse;
 mod aggregate;
 mod failover;
 mod harness;
@@ -43,6 +52,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use harness::Cc;
+use kwik_sim::abuse::Pattern;
+
+#[global_allocator]
+static ALLOC: kwik_sim::alloc::CountingAlloc = kwik_sim::alloc::CountingAlloc;
 
 const USAGE: &str = "\
 usage: kwik-bench [SCENARIO] [FLAGS]
@@ -54,6 +67,7 @@ scenarios:
   all        the three above, in order (default)
   aggregate  one session from N servers on heterogeneous links (N = 2, 4, 8)
   failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
+  abuse      hostile peers vs one session each: peak heap growth and CPU of the attacked endpoint
   loopback   1 GiB over one kwik-tokio session vs one quinn connection, real UDP on 127.0.0.1
   loopback-multi  one session from --servers rate-capped servers vs one (real UDP)
 
@@ -72,6 +86,9 @@ flags:
   --exact    sim-cpu: kwik's receiver also compares every byte (extra work)
   --max-frame-kib N  override kwik's max_frame_payload (default: kwik's own)
   --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary)
+  --pattern NAME  abuse: run only this pattern (tiny-records, gapped-tiny-records,
+             descending-tiny-records, duplicate-tiny-records, pre-handshake-lanes,
+             fresh-id-credits, arbitrary-acks, refused-addpaths, delegate-flood)
   --seed N   base seed of the simulations (default 1)
   -h, --help this text";
 
@@ -82,6 +99,7 @@ enum Scenario {
     Mux,
     Aggregate,
     Failover,
+    Abuse,
     Loopback,
     LoopbackMulti,
     All,
@@ -104,6 +122,7 @@ struct Args {
     backlog_ms: Option<u64>,
     dead_after_ms: Option<u64>,
     kill_at: u64,
+    pattern: Option<Pattern>,
 }
 
 fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
@@ -130,6 +149,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         backlog_ms: None,
         dead_after_ms: None,
         kill_at: failover::Options::default().kill_at,
+        pattern: None,
     };
     let mut scenario = None;
     while let Some(arg) = argv.next() {
@@ -147,6 +167,13 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 args.dead_after_ms = Some(parse_number("--dead-after-ms", argv.next())?);
             }
             "--kill-at" => args.kill_at = parse_number("--kill-at", argv.next())?,
+            "--pattern" => {
+                let name = argv.next().ok_or("--pattern needs a value")?;
+                args.pattern = Some(
+                    Pattern::from_name(&name)
+                        .ok_or_else(|| format!("--pattern: unknown pattern {name:?}"))?,
+                );
+            }
             "--rate-mbit" => args.rate_mbit = Some(parse_number("--rate-mbit", argv.next())?),
             "--max-frame-kib" => {
                 args.max_frame_kib = Some(parse_number("--max-frame-kib", argv.next())?);
@@ -177,6 +204,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "mux" => Scenario::Mux,
                     "aggregate" => Scenario::Aggregate,
                     "failover" => Scenario::Failover,
+                    "abuse" => Scenario::Abuse,
                     "loopback" => Scenario::Loopback,
                     "loopback-multi" => Scenario::LoopbackMulti,
                     "all" => Scenario::All,
@@ -277,6 +305,12 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_or(defaults.backlog, Duration::from_millis),
         })?;
     }
+    if args.scenario == Scenario::Abuse {
+        abuse::main(&abuse::Options {
+            seed: args.seed,
+            pattern: args.pattern,
+        })?;
+    }
     if args.scenario == Scenario::Loopback {
         loopback::main(&loopback::Options {
             mib: args.mib.unwrap_or(loopback::Options::default().mib),
@@ -354,6 +388,13 @@ mod tests {
             (a.scenario, a.mib, a.cc, a.kill_at, a.dead_after_ms),
             (Scenario::Failover, Some(64), Some(Cc::Bbr), 50, Some(300))
         );
+        let a = parse("abuse --pattern delegate-flood --seed 3")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (a.scenario, a.pattern, a.seed),
+            (Scenario::Abuse, Some(Pattern::DelegateFlood), 3)
+        );
         assert!(parse("--help").unwrap().is_none());
     }
 
@@ -370,5 +411,7 @@ mod tests {
         assert!(parse("aggregate --secs 0").is_err());
         assert!(parse("failover --kill-at 100").is_err());
         assert!(parse("failover --dead-after-ms 0").is_err());
+        assert!(parse("abuse --pattern nope").is_err());
+        assert!(parse("abuse --pattern").is_err());
     }
 }
