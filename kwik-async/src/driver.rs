@@ -76,7 +76,7 @@ pub(crate) fn start(
     config.unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let server = server.map(crate::endpoint::manual_accept);
+    let server = server.map(|config| crate::endpoint::adapt_server_config(config, local_addr));
     let span = tracing::info_span!("kwik_endpoint", local = %local_addr);
     span.in_scope(|| {
         tracing::debug!(

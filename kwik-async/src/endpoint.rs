@@ -18,10 +18,16 @@ use crate::runtime::{Adapter, Runtime};
 use crate::session::{Session, SessionRef};
 use crate::shared::{SessionSlot, Shared, register};
 
-/// The adapter surfaces every attempt as an [`Incoming`] for the application
-/// to decide on, so the core must not accept on its own.
-pub(crate) fn manual_accept(mut config: ServerConfig) -> ServerConfig {
+/// Adapts a server configuration to the adapter: every attempt surfaces as
+/// an [`Incoming`] for the application to decide on, so the core must not
+/// accept on its own; and since path tokens name their secondary, a
+/// secondary answers to the address it is bound to unless told otherwise
+/// (an unspecified IP matches any IP on that port).
+pub(crate) fn adapt_server_config(mut config: ServerConfig, local: SocketAddr) -> ServerConfig {
     config.auto_accept = false;
+    if config.path_addresses.is_empty() {
+        config.path_addresses.push(local);
+    }
     config
 }
 
@@ -233,7 +239,10 @@ impl<A: Adapter> Endpoint<A> {
     pub fn set_server_config(&self, config: Option<ServerConfig>) {
         let mut state = self.shared().lock();
         if !state.closed {
-            state.endpoint.set_server_config(config.map(manual_accept));
+            let local = self.shared().local_addr;
+            state
+                .endpoint
+                .set_server_config(config.map(|c| adapt_server_config(c, local)));
         }
     }
 

@@ -2,14 +2,32 @@
 //!
 //! Bytes of a logical stream may arrive out of order and more than once
 //! (several sources, retransmission after a failover). The assembler keeps the
-//! contiguous prefix ready for the reader in arrival-sized zero-copy slices,
-//! parks pieces above it, drops exact duplicates and reports a conflict when
-//! different bytes claim an offset it still holds. In-order arrival — the
-//! common case — is a push onto a queue.
+//! contiguous prefix ready for the reader, parks pieces above it, drops exact
+//! duplicates and reports a conflict when different bytes claim an offset it
+//! still holds. In-order arrival — the common case — is a push onto a queue.
+//!
+//! Memory is charged at its real cost, because a peer chooses the record
+//! sizes: a megabyte sent as a million one-byte records must not cost a
+//! million buffers. Pieces of packet size or more are kept as zero-copy
+//! slices of the received datagrams; smaller pieces are copied and appended
+//! to an adjacent owned buffer when there is one, so in-order tiny records
+//! cost about their payload. What cannot be merged (pieces separated by
+//! gaps, or arriving right-to-left) is charged [`PIECE_OVERHEAD`] each, and
+//! the stream's owner refuses a peer that drives the charge past its bound.
+//! Every lookup is by offset in ordered structures, so checking a duplicate
+//! costs O(log n) whatever is held.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Pieces shorter than this are copied into owned buffers (merged with their
+/// left neighbour when adjacent) instead of pinning the datagram they came in.
+const COALESCE_BELOW: usize = 1024;
+
+/// Bookkeeping cost charged per stored piece (queue or tree entry, slice
+/// header, allocation slack).
+pub(crate) const PIECE_OVERHEAD: u64 = 64;
 
 /// Different bytes arrived for an offset already held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,15 +45,73 @@ fn check_same(offset: u64, ours: &[u8], theirs: &[u8]) -> Result<(), OffsetConfl
     }
 }
 
+/// A stored run of bytes: a zero-copy slice, or an owned buffer that small
+/// adjacent pieces are appended to.
+#[derive(Debug)]
+enum Piece {
+    Shared(Bytes),
+    Owned(BytesMut),
+}
+
+impl Piece {
+    /// Stores `data`, copying it if it is small.
+    fn new(data: Bytes) -> Self {
+        if data.len() < COALESCE_BELOW {
+            Piece::Owned(BytesMut::from(&data[..]))
+        } else {
+            Piece::Shared(data)
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Shared(b) => b,
+            Piece::Owned(b) => b,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Appends `data` if it is small and this is an owned buffer.
+    fn try_append(&mut self, data: &Bytes) -> bool {
+        match self {
+            Piece::Owned(b) if data.len() < COALESCE_BELOW => {
+                b.extend_from_slice(data);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes the first `n` bytes (at most all of them).
+    fn split_front(&mut self, n: usize) -> Bytes {
+        match self {
+            Piece::Shared(b) => b.split_to(n),
+            Piece::Owned(b) => b.split_to(n).freeze(),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Piece::Shared(b) => b,
+            Piece::Owned(b) => b.freeze(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Assembler {
     /// Offset of the next byte the reader gets.
     read_offset: u64,
-    /// Contiguous data from `read_offset` to `ready_end`.
-    ready: VecDeque<Bytes>,
+    /// Contiguous data from `read_offset` to `ready_end`, each piece with
+    /// the offset of its first byte.
+    ready: VecDeque<(u64, Piece)>,
     ready_end: u64,
     /// Non-overlapping pieces above `ready_end`, by start offset.
-    pending: BTreeMap<u64, Bytes>,
+    pending: BTreeMap<u64, Piece>,
+    /// Payload bytes held.
     buffered: u64,
 }
 
@@ -50,9 +126,16 @@ impl Assembler {
         self.ready_end
     }
 
-    /// Bytes held in memory.
+    /// Payload bytes held.
     pub(crate) fn buffered(&self) -> u64 {
         self.buffered
+    }
+
+    /// Memory charged for what is held: the payload plus
+    /// [`PIECE_OVERHEAD`] per stored piece.
+    pub(crate) fn charged(&self) -> u64 {
+        let pieces = (self.ready.len() + self.pending.len()) as u64;
+        self.buffered + pieces * PIECE_OVERHEAD
     }
 
     /// Adds a piece. Returns whether new bytes became readable.
@@ -92,25 +175,36 @@ impl Assembler {
     fn push_ready(&mut self, data: Bytes) {
         self.ready_end += data.len() as u64;
         self.buffered += data.len() as u64;
-        self.ready.push_back(data);
+        if let Some((_, back)) = self.ready.back_mut()
+            && back.try_append(&data)
+        {
+            return;
+        }
+        let start = self.ready_end - data.len() as u64;
+        self.ready.push_back((start, Piece::new(data)));
     }
 
     fn compare_ready(&self, offset: u64, data: &[u8]) -> Result<(), OffsetConflict> {
-        let mut seg_start = self.read_offset;
         let end = offset + data.len() as u64;
-        for seg in &self.ready {
+        // The first piece that can hold `offset`: the last one starting at
+        // or below it.
+        let first = self
+            .ready
+            .partition_point(|(start, _)| *start <= offset)
+            .saturating_sub(1);
+        for (seg_start, seg) in self.ready.range(first..) {
+            let seg_start = *seg_start;
+            if seg_start >= end {
+                break;
+            }
             let seg_end = seg_start + seg.len() as u64;
-            if seg_end > offset && seg_start < end {
+            if seg_end > offset {
                 let from = offset.max(seg_start);
                 let to = end.min(seg_end);
-                let ours = &seg[(from - seg_start) as usize..(to - seg_start) as usize];
+                let ours = &seg.bytes()[(from - seg_start) as usize..(to - seg_start) as usize];
                 let theirs = &data[(from - offset) as usize..(to - offset) as usize];
                 check_same(from, ours, theirs)?;
             }
-            if seg_end >= end {
-                break;
-            }
-            seg_start = seg_end;
         }
         Ok(())
     }
@@ -134,7 +228,7 @@ impl Assembler {
             }
             let from = k.max(cursor);
             let to = held_end.min(end);
-            let ours = &held[(from - k) as usize..(to - k) as usize];
+            let ours = &held.bytes()[(from - k) as usize..(to - k) as usize];
             let theirs = &data[(from - offset) as usize..(to - offset) as usize];
             check_same(from, ours, theirs)?;
             cursor = to;
@@ -145,9 +239,21 @@ impl Assembler {
         for (from, to) in gaps {
             let piece = data.slice((from - offset) as usize..(to - offset) as usize);
             self.buffered += piece.len() as u64;
-            self.pending.insert(from, piece);
+            self.park(from, piece);
         }
         Ok(())
+    }
+
+    /// Stores `piece` at `offset` in the pending tree (the range is free),
+    /// appending it to the piece that ends right there when it can.
+    fn park(&mut self, offset: u64, piece: Bytes) {
+        if let Some((&k, left)) = self.pending.range_mut(..offset).next_back()
+            && k + left.len() as u64 == offset
+            && left.try_append(&piece)
+        {
+            return;
+        }
+        self.pending.insert(offset, Piece::new(piece));
     }
 
     fn promote(&mut self) {
@@ -155,19 +261,21 @@ impl Assembler {
             if *entry.key() != self.ready_end {
                 break;
             }
-            let data = entry.remove();
-            self.buffered -= data.len() as u64;
-            self.push_ready(data);
+            let start = *entry.key();
+            let piece = entry.remove();
+            self.ready_end += piece.len() as u64;
+            self.ready.push_back((start, piece));
         }
     }
 
     /// Takes up to `max` contiguous bytes (at least one if any are ready).
     pub(crate) fn read(&mut self, max: usize) -> Option<Bytes> {
-        let front = self.ready.front_mut()?;
+        let (start, front) = self.ready.front_mut()?;
         let data = if front.len() > max {
-            front.split_to(max)
+            *start += max as u64;
+            front.split_front(max)
         } else {
-            self.ready.pop_front().expect("front exists")
+            self.ready.pop_front().expect("front exists").1.into_bytes()
         };
         self.read_offset += data.len() as u64;
         self.buffered -= data.len() as u64;
@@ -263,9 +371,71 @@ mod tests {
     }
 
     #[test]
+    fn tiny_in_order_pieces_cost_about_their_payload() {
+        let mut a = Assembler::default();
+        let n = 100_000u64;
+        for i in 0..n {
+            a.insert(i, Bytes::copy_from_slice(&[i as u8])).unwrap();
+        }
+        assert_eq!(a.buffered(), n);
+        assert!(a.charged() < n + 2 * PIECE_OVERHEAD, "{}", a.charged());
+        // Above a gap they merge too.
+        let mut b = Assembler::default();
+        for i in 1..=n {
+            b.insert(i, Bytes::copy_from_slice(&[i as u8])).unwrap();
+        }
+        assert!(b.charged() < n + 2 * PIECE_OVERHEAD, "{}", b.charged());
+        b.insert(0, Bytes::from_static(&[0])).unwrap();
+        assert_eq!(b.contiguous_end(), n + 1);
+        let all = {
+            let mut out = Vec::new();
+            while let Some(c) = b.read(usize::MAX) {
+                out.extend_from_slice(&c);
+            }
+            out
+        };
+        assert_eq!(all, (0..=n).map(|i| i as u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn unmergeable_pieces_are_charged_their_overhead() {
+        let mut a = Assembler::default();
+        // Every other byte: nothing is adjacent.
+        for i in 0..1000u64 {
+            a.insert(2 * i + 1, Bytes::from_static(&[1])).unwrap();
+        }
+        assert_eq!(a.charged(), 1000 * (1 + PIECE_OVERHEAD));
+    }
+
+    #[test]
+    fn duplicates_high_in_a_long_ready_queue_are_found_by_offset() {
+        let mut a = Assembler::default();
+        // Alternate big (zero-copy) and small pieces so the queue stays long.
+        let mut offset = 0u64;
+        let mut expected = Vec::new();
+        for i in 0..2000u64 {
+            let len = if i % 2 == 0 { 2000 } else { 3 };
+            let data: Vec<u8> = (0..len).map(|j| (i + j) as u8).collect();
+            expected.extend_from_slice(&data);
+            a.insert(offset, Bytes::from(data)).unwrap();
+            offset += len;
+        }
+        assert!(a.ready.len() > 1000);
+        let at = offset - 1500;
+        let same = Bytes::copy_from_slice(&expected[at as usize..at as usize + 10]);
+        assert_eq!(a.insert(at, same), Ok(false));
+        let mut wrong = expected[at as usize..at as usize + 10].to_vec();
+        wrong[4] ^= 1;
+        assert_eq!(
+            a.insert(at, Bytes::from(wrong)),
+            Err(OffsetConflict { offset: at + 4 })
+        );
+    }
+
+    #[test]
     fn random_splits_match_a_model() {
         // Deterministic pseudo-random schedule (no external RNG needed).
-        let data: Vec<u8> = (0..4096u32).map(|i| (i * 31 % 251) as u8).collect();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 31 % 251) as u8).collect();
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             state ^= state << 13;
@@ -273,14 +443,18 @@ mod tests {
             state ^= state << 17;
             state
         };
-        for _ in 0..50 {
+        for round in 0..100 {
             let mut a = Assembler::default();
             let mut out = Vec::new();
+            // Half the rounds use tiny pieces (copied and merged), half
+            // large ones (zero-copy).
+            let max_piece = if round % 2 == 0 { 8 } else { 3000 };
             while out.len() < data.len() {
                 let from = (next() % data.len() as u64) as usize;
-                let to = (from + 1 + (next() % 300) as usize).min(data.len());
+                let to = (from + 1 + (next() % max_piece) as usize).min(data.len());
                 a.insert(from as u64, Bytes::copy_from_slice(&data[from..to]))
                     .unwrap();
+                assert!(a.buffered() <= (data.len() - out.len()) as u64);
                 if next() % 3 == 0 {
                     while let Some(b) = a.read(100) {
                         out.extend_from_slice(&b);
@@ -293,6 +467,7 @@ mod tests {
                 }
             }
             assert_eq!(out, data);
+            assert_eq!(a.buffered(), 0);
         }
     }
 }

@@ -94,6 +94,11 @@ pub(crate) struct DataPiece {
     pub data: Bytes,
     /// The stream ends right after this piece.
     pub fin: bool,
+    /// End of the whole record this piece belongs to, and whether the record
+    /// carries the FIN: a receiver that checks the record's range on its
+    /// first piece refuses all of it or none.
+    pub record_end: u64,
+    pub record_fin: bool,
 }
 
 #[derive(Debug)]
@@ -208,6 +213,7 @@ impl LaneReader {
                 } => {
                     let take = remaining.min(chunk.len() as u64);
                     let data = chunk.split_to(take as usize);
+                    let record_end = offset + remaining;
                     let remaining = remaining - take;
                     self.state = if remaining == 0 {
                         LaneState::Header
@@ -224,6 +230,8 @@ impl LaneReader {
                         offset,
                         data,
                         fin: fin && remaining == 0,
+                        record_end,
+                        record_fin: fin,
                     })?;
                 }
             }
@@ -260,6 +268,8 @@ impl LaneReader {
                 offset: header.offset,
                 data: Bytes::new(),
                 fin: header.fin,
+                record_end: header.offset,
+                record_fin: header.fin,
             });
         }
         self.state = LaneState::Payload {
@@ -335,6 +345,11 @@ mod tests {
             );
             assert!(pieces.iter().any(|p| p.stream.0 == 4 && p.data.is_empty()));
             assert!(reader.at_record_boundary());
+            // Every piece names its whole record: [0, 5), [5, 11) with FIN.
+            for p in pieces.iter().filter(|p| p.stream.0 == 0) {
+                let (end, fin) = if p.offset < 5 { (5, false) } else { (11, true) };
+                assert_eq!((p.record_end, p.record_fin), (end, fin), "split {split}");
+            }
         }
     }
 

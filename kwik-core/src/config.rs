@@ -11,6 +11,7 @@ use std::time::Duration;
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn_proto::{IdleTimeout, VarInt};
 
+use crate::ids::Side;
 use crate::paths::PathPolicy;
 use crate::token::TokenKey;
 
@@ -70,7 +71,23 @@ pub struct TransportConfig {
     /// Feature bits the peer must support (client side), else the session is
     /// refused with `KWIK_FEATURE_MISMATCH`.
     pub required_features: u64,
+    /// Most delegated ranges outstanding in a session: on a primary, what
+    /// `delegate` may hand out; on a client, what it forwards to its paths;
+    /// on a secondary, what it holds to write. A peer that exceeds it is
+    /// closed with `KWIK_RESOURCE_LIMIT`.
+    pub max_delegations: usize,
+    /// QUIC connection-level receive window (bytes) once the kwik handshake
+    /// is done. kwik drains every lane as data arrives, so this only has to
+    /// cover data in flight; it bounds what QUIC buffers per connection.
+    /// Before a server accepted the peer's Hello or Join, the window is
+    /// [`PRE_HANDSHAKE_WINDOW`](crate::PRE_HANDSHAKE_WINDOW) and no lane may
+    /// be opened.
+    pub receive_window: u64,
 }
+
+/// QUIC connection receive window of a server connection before the peer's
+/// Hello or Join was accepted: room for the handshake message, nothing more.
+pub const PRE_HANDSHAKE_WINDOW: u64 = 128 << 10;
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -87,25 +104,35 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(30),
             congestion: CongestionControl::Cubic,
             required_features: 0,
+            max_delegations: 4096,
+            receive_window: 32 << 20,
         }
     }
 }
 
 impl TransportConfig {
-    /// quinn-proto's settings for a connection carrying this session.
-    pub(crate) fn quinn(&self) -> quinn_proto::TransportConfig {
+    /// quinn-proto's settings for a connection carrying this session, on
+    /// `side`. A server starts a connection with no lanes allowed and a
+    /// small connection window; both are raised once the peer's Hello or
+    /// Join is accepted, so nothing is buffered for an unauthenticated peer.
+    pub(crate) fn quinn(&self, side: Side) -> quinn_proto::TransportConfig {
         let mut t = quinn_proto::TransportConfig::default();
         // Only the control stream is bidirectional.
         t.max_concurrent_bidi_streams(VarInt::from_u32(1));
-        t.max_concurrent_uni_streams(VarInt::from_u32(self.max_lanes));
-        // kwik credit bounds what a lane carries; QUIC's windows must never
-        // stop a lane first (that would couple the logical streams on it).
+        let (lanes, window) = match side {
+            Side::Client => (self.max_lanes, self.receive_window),
+            Side::Server => (0, PRE_HANDSHAKE_WINDOW),
+        };
+        t.max_concurrent_uni_streams(VarInt::from_u32(lanes));
+        // kwik credit bounds what a lane carries; QUIC's stream windows must
+        // never stop a lane first (that would couple the logical streams on
+        // it). The connection window bounds the total.
         let lane_window = self
             .stream_window
             .saturating_mul(self.streams_per_lane.max(1) as u64 * 2)
             .max(self.max_control_message * 4);
         t.stream_receive_window(varint(lane_window));
-        t.receive_window(VarInt::MAX);
+        t.receive_window(varint(window));
         t.send_window(self.send_window);
         t.keep_alive_interval(self.keep_alive_interval);
         let idle = IdleTimeout::try_from(self.idle_timeout)
@@ -224,6 +251,18 @@ pub struct ServerConfig {
     /// `serve` are always re-assigned by their scheduler). Off: the
     /// application handles [`Event::RangesLost`](crate::Event::RangesLost).
     pub auto_reassign: bool,
+    /// Secondary: the addresses primaries name this server by in their
+    /// AddPaths. A path token names its secondary, so a Join whose token was
+    /// minted for an address not listed here is refused even when the MAC
+    /// verifies (another secondary sharing the key). An entry with an
+    /// unspecified IP (`0.0.0.0:port`, `[::]:port`) matches any IP on that
+    /// port. Empty: the address is not checked — only the MAC, expiry and
+    /// replay are (the sans-IO core cannot know where it is reachable; the
+    /// async adapters fill in the bound socket address when this is empty).
+    pub path_addresses: Vec<std::net::SocketAddr>,
+    /// Secondary: the certificate name primaries name this server by; a
+    /// Join whose token names another is refused. `None`: not checked.
+    pub path_server_name: Option<String>,
 }
 
 impl ServerConfig {
@@ -242,6 +281,8 @@ impl ServerConfig {
             token_lifetime: Duration::from_secs(60),
             add_path_timeout: Duration::from_secs(10),
             auto_reassign: false,
+            path_addresses: Vec::new(),
+            path_server_name: None,
         })
     }
 }

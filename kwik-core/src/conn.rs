@@ -14,12 +14,10 @@ use quinn_proto::{Connection, ConnectionHandle, Dir as QDir, StreamId as QStream
 
 use crate::codec::{DataPiece, LaneReader, RecordReader, encode_record};
 use crate::error::{ErrorCode, Violation};
-use crate::lanes::Lanes;
+use crate::lanes::{CONTROL_PRIORITY, Lanes};
 use crate::paths::PathId;
 use crate::proto::control::{ControlMessage, control_message::Body};
-
-/// Priority of the control stream over the lanes.
-const CONTROL_PRIORITY: i32 = 1;
+use crate::wire;
 
 pub(crate) struct Conn {
     pub path: PathId,
@@ -34,10 +32,14 @@ pub(crate) struct Conn {
     control: Option<QStreamId>,
     control_reader: RecordReader,
     control_out: VecDeque<Bytes>,
+    /// Bytes in `control_out`.
+    control_backlog: usize,
     pub lanes: Lanes,
     recv_lanes: BTreeMap<QStreamId, LaneReader>,
-    /// Last time a datagram arrived on this connection.
+    /// Last time an authenticated packet arrived on this connection.
     pub last_rx: Instant,
+    /// Frames quinn-proto has taken from authenticated packets so far.
+    frames_rx: u64,
     /// Smallest smoothed RTT seen: the path's RTT without queueing.
     base_rtt: Option<std::time::Duration>,
     scratch: Vec<Bytes>,
@@ -62,9 +64,11 @@ impl Conn {
             control: None,
             control_reader: RecordReader::new(max_control_message as usize),
             control_out: VecDeque::new(),
+            control_backlog: 0,
             lanes: Lanes::new(streams_per_lane),
             recv_lanes: BTreeMap::new(),
             last_rx: now,
+            frames_rx: 0,
             base_rtt: None,
             scratch: Vec::new(),
         }
@@ -87,6 +91,46 @@ impl Conn {
     /// The last value of [`Conn::base_rtt`], without updating it.
     pub(crate) fn known_base_rtt(&self) -> std::time::Duration {
         self.base_rtt.unwrap_or_else(|| self.quic.rtt())
+    }
+
+    /// A datagram routed to this connection was handled: it counts as a
+    /// sign of life only if quinn-proto took frames from it, i.e. it
+    /// decrypted and was not a duplicate. Garbage or replayed packets that
+    /// merely carry the connection's id keep no dead path alive.
+    pub(crate) fn note_received(&mut self, now: Instant) {
+        let f = self.quic.stats().frame_rx;
+        let frames = [
+            f.acks,
+            f.ack_frequency,
+            f.crypto,
+            f.connection_close,
+            f.data_blocked,
+            f.datagram,
+            u64::from(f.handshake_done),
+            f.immediate_ack,
+            f.max_data,
+            f.max_stream_data,
+            f.max_streams_bidi,
+            f.max_streams_uni,
+            f.new_connection_id,
+            f.new_token,
+            f.path_challenge,
+            f.path_response,
+            f.ping,
+            f.reset_stream,
+            f.retire_connection_id,
+            f.stream_data_blocked,
+            f.streams_blocked_bidi,
+            f.streams_blocked_uni,
+            f.stop_sending,
+            f.stream,
+        ]
+        .iter()
+        .fold(0u64, |sum, n| sum.saturating_add(*n));
+        if frames > self.frames_rx {
+            self.frames_rx = frames;
+            self.last_rx = now;
+        }
     }
 
     /// Client side: opens the control stream.
@@ -135,8 +179,16 @@ impl Conn {
 
     /// Queues a control message.
     pub(crate) fn send(&mut self, body: Body) {
-        self.control_out
-            .push_back(encode_record(&ControlMessage { body: Some(body) }));
+        let record = encode_record(&ControlMessage { body: Some(body) });
+        self.control_backlog += record.len();
+        self.control_out.push_back(record);
+    }
+
+    /// Control bytes queued because the peer's flow control does not take
+    /// them: a peer that makes this side answer without reading the
+    /// answers grows it.
+    pub(crate) fn control_backlog(&self) -> usize {
+        self.control_backlog
     }
 
     /// Pushes queued control messages into the control stream.
@@ -150,6 +202,7 @@ impl Conn {
             {
                 Ok(written) => {
                     self.control_out.drain(..written.chunks);
+                    self.control_backlog -= written.bytes;
                 }
                 Err(_) => break,
             }
@@ -187,11 +240,12 @@ impl Conn {
             let message = ControlMessage::decode(record).map_err(|e| {
                 Violation::new(ErrorCode::InvalidFrame, format!("bad control message: {e}"))
             })?;
-            bodies.push(
-                message.body.ok_or_else(|| {
-                    Violation::new(ErrorCode::InvalidFrame, "empty control message")
-                })?,
-            );
+            let body = message
+                .body
+                .ok_or_else(|| Violation::new(ErrorCode::InvalidFrame, "empty control message"))?;
+            // Every number is checked once, here, before anything uses it.
+            wire::check(&body)?;
+            bodies.push(body);
         }
         match ended {
             Some(reason) if bodies.is_empty() => {

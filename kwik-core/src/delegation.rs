@@ -35,9 +35,60 @@ pub struct Delegation {
     pub fin: bool,
     /// Opaque resource descriptor for the serving application.
     pub descriptor: Bytes,
+    /// The range is overdue elsewhere (re-assigned from a dead path, or a
+    /// hedge for a stalled one): write it ahead of other queued data
+    /// ([`SessionView::write_at_urgent`](crate::SessionView::write_at_urgent)).
+    pub urgent: bool,
 }
 
+/// The bytes (and the FIN) of one stream that one writer may send: on the
+/// client, what a secondary path was delegated (§10.10); on a secondary,
+/// what it was asked to write and has not written yet.
+#[derive(Debug, Default)]
+pub(crate) struct Grant {
+    /// Delegated ranges.
+    pub ranges: RangeSet,
+    /// The final size, if a delegation ended the stream.
+    pub fin: Option<u64>,
+}
+
+impl Grant {
+    /// Adds a delegated range (which ends the stream if `fin`).
+    pub(crate) fn allow(&mut self, range: Range<u64>, fin: bool) {
+        if fin {
+            self.fin = Some(range.end);
+        }
+        self.ranges.insert(range);
+    }
+
+    /// True if a record `[from, end)` (ending the stream if `fin`) lies
+    /// within the grant.
+    pub(crate) fn permits(&self, from: u64, end: u64, fin: bool) -> bool {
+        (from >= end || self.ranges.contains(from..end)) && (!fin || self.fin == Some(end))
+    }
+
+    /// Forgets ranges below `offset` (already read: nothing to check).
+    pub(crate) fn prune_below(&mut self, offset: u64) {
+        self.ranges.remove(0..offset);
+    }
+
+    /// True once nothing is left to write (secondary side).
+    pub(crate) fn is_done(&self) -> bool {
+        self.ranges.is_empty() && self.fin.is_none()
+    }
+}
+
+/// Most disjoint acknowledged ranges kept per stream. A client's Acks are
+/// snapshots of at most 64 ranges, but a hostile one could name new ones in
+/// every Ack; beyond this the highest are forgotten, which only makes the
+/// primary re-send more, never less.
+const MAX_ACKED_RANGES: usize = 256;
+
 /// The primary's record of delegations and acknowledgements.
+///
+/// Only streams the primary delegated or serves are tracked: an Ack for any
+/// other stream creates nothing, and a stream's entries go when it completes
+/// or is abandoned.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     next_id: u64,
@@ -46,6 +97,22 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
+    /// Starts tracking the client's acknowledgements of `stream`.
+    pub(crate) fn track(&mut self, stream: StreamId) {
+        self.received.entry(stream).or_default();
+    }
+
+    /// Delegations not yet settled.
+    pub(crate) fn len(&self) -> usize {
+        self.delegations.len()
+    }
+
+    /// Forgets everything about `stream` (completed or abandoned).
+    pub(crate) fn forget(&mut self, stream: StreamId) {
+        self.delegations.retain(|_, d| d.stream != stream);
+        self.received.remove(&stream);
+    }
+
     pub(crate) fn add(
         &mut self,
         path: PathId,
@@ -53,6 +120,7 @@ impl Ledger {
         range: Range<u64>,
         fin: bool,
         descriptor: Bytes,
+        urgent: bool,
     ) -> Delegation {
         let id = DelegationId(self.next_id);
         self.next_id += 1;
@@ -63,7 +131,9 @@ impl Ledger {
             range,
             fin,
             descriptor,
+            urgent,
         };
+        self.track(stream);
         self.delegations.insert(id, d.clone());
         d
     }
@@ -75,10 +145,15 @@ impl Ledger {
         contiguous: u64,
         ranges: &[Range<u64>],
     ) -> Vec<Delegation> {
-        let got = self.received.entry(stream).or_default();
+        let Some(got) = self.received.get_mut(&stream) else {
+            return Vec::new(); // not a stream this primary tracks
+        };
         got.insert(0..contiguous);
         for r in ranges {
             got.insert(r.clone());
+        }
+        while got.range_count() > MAX_ACKED_RANGES {
+            got.pop_last();
         }
         let done: Vec<DelegationId> = self
             .delegations
@@ -89,11 +164,6 @@ impl Ledger {
         done.iter()
             .filter_map(|id| self.delegations.remove(id))
             .collect()
-    }
-
-    /// The client received all of `stream`: its delegations are settled.
-    pub(crate) fn stream_complete(&mut self, stream: StreamId) {
-        self.delegations.retain(|_, d| d.stream != stream);
     }
 
     /// Bytes of `stream` the client acknowledged.
@@ -149,8 +219,8 @@ mod tests {
     fn a_dead_path_owes_exactly_its_unacknowledged_ranges() {
         let s = StreamId(3);
         let mut l = Ledger::default();
-        let a = l.add(PathId(1), s, 0..100, false, Bytes::new());
-        let b = l.add(PathId(2), s, 100..200, true, Bytes::new());
+        let a = l.add(PathId(1), s, 0..100, false, Bytes::new(), false);
+        let b = l.add(PathId(2), s, 100..200, true, Bytes::new(), false);
         let done = l.on_ack(s, 50, std::slice::from_ref(&(120..150)));
         assert!(done.is_empty());
         let lost = l.take_path(PathId(2));

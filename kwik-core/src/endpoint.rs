@@ -176,7 +176,7 @@ impl KwikEndpoint {
             let token_key =
                 ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&self.token_key);
             let mut q = quinn_proto::ServerConfig::new(s.crypto.clone(), Arc::new(token_key));
-            q.transport_config(Arc::new(s.transport.quinn()));
+            q.transport_config(Arc::new(s.transport.quinn(Side::Server)));
             q.validation_token.sent(0);
             q.time_source(no_wall_clock());
             Arc::new(q)
@@ -250,7 +250,7 @@ impl KwikEndpoint {
         transport: &TransportConfig,
     ) -> Result<(ConnectionHandle, quinn_proto::Connection), ConnectError> {
         let mut qcfg = quinn_proto::ClientConfig::new(config.crypto.clone());
-        qcfg.transport_config(Arc::new(transport.quinn()));
+        qcfg.transport_config(Arc::new(transport.quinn(Side::Client)));
         self.quinn
             .connect(self.now, qcfg, addr, server_name)
             .map_err(|e| match e {
@@ -357,7 +357,7 @@ impl KwikEndpoint {
                     && let Some(conn) = session.conns.get_mut(&path)
                 {
                     conn.quic.handle_event(event);
-                    conn.last_rx = self.now;
+                    conn.note_received(self.now);
                     self.dirty.push(&mut session.queued_drive, handle);
                 }
             }
@@ -519,17 +519,13 @@ impl KwikEndpoint {
                 SessionId(id)
             };
             let unix_now = self.config.unix_time + self.now.saturating_duration_since(self.start);
-            let trusted = self
-                .server
-                .as_ref()
-                .map_or(&[][..], |s| &s.trusted_keys[..]);
             let mut ctx = Ctx {
                 now: self.now,
                 unix_now,
                 events: &mut self.events,
                 mint_id: &mut mint,
                 tokens: &mut self.tokens,
-                trusted,
+                server: self.server.as_ref(),
                 resources: &self.resources,
             };
             session.drive(&mut ctx);

@@ -285,6 +285,12 @@ pub enum WriteError {
     Stopped(u64),
     /// The stream was finished or reset locally, or is not writable by this side.
     ClosedStream,
+    /// The write would reach past 2^62 or past the stream's final size (a
+    /// FIN already written or delegated), or put a FIN elsewhere.
+    OutOfRange,
+    /// Secondary: the bytes (or the FIN) were not delegated to this path;
+    /// the client would refuse them and drop the path.
+    NotDelegated,
     /// The session has ended.
     SessionClosed(CloseReason),
 }

@@ -15,9 +15,17 @@ use quinn_proto::{Connection, Dir as QDir, StreamId as QStreamId, WriteError as 
 
 use crate::ids::StreamId;
 
-/// Priority of lanes relative to the control stream (which gets 1), so
-/// credit and control messages never queue behind bulk data.
+/// Priority of lanes relative to the control stream (which gets
+/// [`CONTROL_PRIORITY`]), so credit and control messages never queue behind
+/// bulk data.
 pub(crate) const LANE_PRIORITY: i32 = 0;
+
+/// Priority of the urgent lane: above bulk lanes, so that an overdue range
+/// (lost elsewhere, or hedged) does not wait behind queued work.
+const URGENT_PRIORITY: i32 = 1;
+
+/// Priority of the control stream.
+pub(crate) const CONTROL_PRIORITY: i32 = 2;
 
 #[derive(Debug)]
 pub(crate) struct SendLane {
@@ -58,6 +66,8 @@ fn flush_tail(conn: &mut Connection, lane: &mut SendLane) {
 #[derive(Debug, Default)]
 pub(crate) struct Lanes {
     send: Vec<SendLane>,
+    /// Index of the urgent lane, once opened.
+    urgent: Option<usize>,
     per_lane: usize,
     /// Logical streams waiting for any lane to exist.
     waiting_for_lane: Vec<StreamId>,
@@ -67,15 +77,37 @@ impl Lanes {
     pub(crate) fn new(per_lane: usize) -> Self {
         Self {
             send: Vec::new(),
+            urgent: None,
             per_lane: per_lane.max(1),
             waiting_for_lane: Vec::new(),
         }
     }
 
+    /// The lane overdue ranges of any logical stream take: opened on first
+    /// use, with a priority above the bulk lanes. No logical stream is
+    /// assigned to it. `None` while the peer allows no new lane.
+    pub(crate) fn urgent_lane(&mut self, conn: &mut Connection) -> Option<usize> {
+        if self.urgent.is_none() {
+            let id = conn.streams().open(QDir::Uni)?;
+            let _ = conn.send_stream(id).set_priority(URGENT_PRIORITY);
+            self.send.push(SendLane {
+                id,
+                tail: VecDeque::new(),
+                users: 0,
+                waiters: Vec::new(),
+            });
+            self.urgent = Some(self.send.len() - 1);
+        }
+        self.urgent
+    }
+
     /// Picks a lane for a logical stream: the least used lane with room,
     /// else a new lane, else the least used lane of all.
     pub(crate) fn assign(&mut self, conn: &mut Connection, stream: StreamId) -> Option<usize> {
-        let least = (0..self.send.len()).min_by_key(|&i| self.send[i].users);
+        let urgent = self.urgent;
+        let least = (0..self.send.len())
+            .filter(|&i| Some(i) != urgent)
+            .min_by_key(|&i| self.send[i].users);
         let chosen = match least {
             Some(i) if self.send[i].users < self.per_lane => Some(i),
             _ => match conn.streams().open(QDir::Uni) {

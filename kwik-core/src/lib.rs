@@ -58,10 +58,11 @@ mod streams;
 mod token;
 mod transfer;
 mod view;
+mod wire;
 
 pub use config::{
-    ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, PROTOCOL_VERSION,
-    SUPPORTED_FEATURES, ServerConfig, TransportConfig,
+    ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, PRE_HANDSHAKE_WINDOW,
+    PROTOCOL_VERSION, SUPPORTED_FEATURES, ServerConfig, TransportConfig,
 };
 pub use delegation::{Delegation, DelegationId};
 pub use endpoint::{KwikEndpoint, UnknownIncoming};
@@ -72,7 +73,8 @@ pub use error::{
 pub use event::{Event, Output, Transmit};
 pub use ids::{Dir, IncomingId, SessionHandle, SessionId, Side, StreamId};
 pub use paths::{
-    PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget,
+    MAX_FINAL_PATHS, PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState,
+    PathTarget,
 };
 pub use ranges::RangeSet;
 pub use session::{Role, SessionStats};

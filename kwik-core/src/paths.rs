@@ -78,6 +78,10 @@ impl fmt::Display for PathFailure {
     }
 }
 
+/// Most paths that ended (dead, closed, failed) a session keeps listing;
+/// older ones are forgotten.
+pub const MAX_FINAL_PATHS: usize = 64;
+
 /// Most state transitions a path's history keeps (the first is kept always).
 const MAX_HISTORY: usize = 64;
 
@@ -190,6 +194,11 @@ pub struct PathPolicy {
     /// Keep-alive interval on secondary connections, so that a silent path
     /// is noticed even when no data is due.
     pub keep_alive: Duration,
+    /// AddPaths accepted per second on average; more are refused with
+    /// `KWIK_REFUSED` (a primary cannot make the client dial at any rate).
+    pub add_path_rate: u32,
+    /// AddPaths accepted in a burst before the rate applies.
+    pub add_path_burst: u32,
 }
 
 impl Default for PathPolicy {
@@ -200,6 +209,8 @@ impl Default for PathPolicy {
             dead_after: None,
             min_dead_after: Duration::from_millis(150),
             keep_alive: Duration::from_millis(50),
+            add_path_rate: 8,
+            add_path_burst: 16,
         }
     }
 }
@@ -262,6 +273,14 @@ pub enum PathError {
     },
     /// The primary has no path-token key configured.
     NoTokenKey,
+    /// The range is inverted or reaches past 2^62.
+    OutOfRange,
+    /// A configured limit (such as `TransportConfig::max_delegations`) is
+    /// reached; retry once some of what counts against it has settled.
+    LimitReached {
+        /// The limit.
+        limit: usize,
+    },
     /// The session is not established or has ended.
     SessionClosed,
 }
@@ -273,9 +292,11 @@ impl PathError {
             PathError::NotFound(_) => ErrorCode::PathNotFound,
             PathError::Dead(_) | PathError::NotReady(_) => ErrorCode::PathDead,
             PathError::TooLarge { .. } => ErrorCode::PacketTooLarge,
-            PathError::WrongRole | PathError::NoTokenKey | PathError::SessionClosed => {
-                ErrorCode::Internal
-            }
+            PathError::LimitReached { .. } => ErrorCode::ResourceLimit,
+            PathError::WrongRole
+            | PathError::NoTokenKey
+            | PathError::SessionClosed
+            | PathError::OutOfRange => ErrorCode::Internal,
         }
     }
 }

@@ -119,6 +119,11 @@ impl RangeSet {
         out
     }
 
+    /// Removes and returns the highest range.
+    pub fn pop_last(&mut self) -> Option<Range<u64>> {
+        self.map.pop_last().map(|(s, e)| s..e)
+    }
+
     /// The ranges, in order.
     pub fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
         self.map.iter().map(|(&s, &e)| s..e)

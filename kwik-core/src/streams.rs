@@ -10,16 +10,16 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use crate::assembler::Assembler;
+use crate::assembler::{Assembler, PIECE_OVERHEAD};
 use crate::codec::DataPiece;
 use crate::error::{ErrorCode, ReadError, StreamError, Violation};
 use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, Side, StreamId};
-use crate::paths::PathId;
 use crate::proto::control::{
     Ack, ByteRange, ResetStream, StopSending, StreamComplete, StreamCredit, StreamsCredit,
     control_message::Body,
 };
+use crate::wire::MAX_ACK_RANGES;
 
 fn dir_index(dir: Dir) -> usize {
     match dir {
@@ -55,6 +55,10 @@ pub(crate) struct SendHalf {
     pub state: SendState,
     /// A write was refused; announce `StreamWritable` when that changes.
     pub want_writable: bool,
+    /// The stream's final size, once a FIN record was written (by
+    /// `write_at`) or handed to a secondary in a delegation: the reader may
+    /// then report the stream complete while this half is still open.
+    pub final_size: Option<u64>,
 }
 
 impl SendHalf {
@@ -65,6 +69,7 @@ impl SendHalf {
             lane: None,
             state: SendState::Open,
             want_writable: false,
+            final_size: None,
         }
     }
 }
@@ -89,8 +94,6 @@ pub(crate) struct RecvHalf {
     /// `StreamReadable` was announced and the reader has not hit `Blocked` since.
     readable_announced: bool,
     complete_sent: bool,
-    /// Secondary paths that write into this stream (credit goes to them too).
-    sources: Vec<PathId>,
     /// Ranges of this stream were delegated: acknowledge receipt to the primary.
     delegated: bool,
     /// New bytes arrived since the last acknowledgement.
@@ -108,7 +111,6 @@ impl RecvHalf {
             state: RecvState::Open,
             readable_announced: false,
             complete_sent: false,
-            sources: Vec::new(),
             delegated: false,
             ack_pending: false,
         }
@@ -117,6 +119,15 @@ impl RecvHalf {
     /// Bytes held for the application.
     pub(crate) fn buffered(&self) -> u64 {
         self.asm.buffered()
+    }
+
+    /// Most memory the stream may be charged (payload plus per-piece
+    /// overhead) before the peer counts as abusive: twice the window, and
+    /// some slack for tiny windows.
+    fn charge_limit(&self) -> u64 {
+        self.window
+            .saturating_mul(2)
+            .saturating_add(64 * PIECE_OVERHEAD)
     }
 }
 
@@ -163,6 +174,11 @@ fn violation(reason: impl Into<String>) -> Violation {
     Violation::new(ErrorCode::InvalidFrame, reason)
 }
 
+/// Most concurrent logical streams per direction a side may allow: stream
+/// state is created for every index below the limit a peer names, so the
+/// configured limits are clamped to a size whose tables stay small.
+pub(crate) const MAX_STREAMS_PER_DIR: u64 = 1 << 16;
+
 impl Streams {
     pub(crate) fn new(
         session: SessionHandle,
@@ -171,6 +187,8 @@ impl Streams {
         max_bidi: u64,
         max_uni: u64,
     ) -> Self {
+        let max_bidi = max_bidi.min(MAX_STREAMS_PER_DIR);
+        let max_uni = max_uni.min(MAX_STREAMS_PER_DIR);
         Self {
             session,
             side,
@@ -325,10 +343,11 @@ impl Streams {
         events: &mut VecDeque<Event>,
     ) -> Result<(), Violation> {
         if self.secondary {
+            // A secondary holds state only for streams it was delegated;
+            // messages about others are ignored by the caller.
             if id.initiator() != self.side {
                 return Err(violation(format!("{id} is not a server stream")));
             }
-            self.source_half(id);
             return Ok(());
         }
         if id.initiator() == self.side {
@@ -351,7 +370,6 @@ impl Streams {
     pub(crate) fn on_data(
         &mut self,
         piece: DataPiece,
-        source: PathId,
         events: &mut VecDeque<Event>,
     ) -> Result<(), Violation> {
         self.peer_sends_on(piece.stream, events)?;
@@ -387,9 +405,6 @@ impl Streams {
             recv.final_offset = Some(end);
         }
         recv.max_seen = recv.max_seen.max(end);
-        if source != PathId::PRIMARY && !recv.sources.contains(&source) {
-            recv.sources.push(source);
-        }
         if !matches!(recv.state, RecvState::Open) {
             return Ok(());
         }
@@ -401,6 +416,17 @@ impl Streams {
                 format!("{}: different bytes at offset {}", piece.stream, c.offset),
             )
         })?;
+        if recv.asm.charged() > recv.charge_limit() {
+            return Err(Violation::new(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "{}: {} bytes held in fragments cost {}, over twice the window",
+                    piece.stream,
+                    recv.asm.buffered(),
+                    recv.asm.charged()
+                ),
+            ));
+        }
         let at_end = recv.final_offset == Some(recv.asm.contiguous_end());
         if (became_readable || (piece.fin && at_end)) && !recv.readable_announced {
             recv.readable_announced = true;
@@ -631,17 +657,33 @@ impl Streams {
             }
             Body::StreamComplete(StreamComplete { stream_id }) => {
                 let id = StreamId(stream_id);
-                self.peer_receives_on(id, events)?;
-                // Open too: the FIN may have come from a secondary.
-                if let Some(send) = self.send_mut(id)
-                    && matches!(send.state, SendState::Finished | SendState::Open)
-                {
-                    self.free_send(id);
-                    events.push_back(Event::StreamFinished {
-                        session,
-                        stream: id,
-                    });
+                if self.secondary {
+                    // Only the primary is told (§10.4); nothing to do here.
+                    return Ok(());
                 }
+                self.peer_receives_on(id, events)?;
+                let Some(send) = self.send_mut(id) else {
+                    return Ok(()); // released already
+                };
+                let end_sent = send.state == SendState::Finished || send.final_size.is_some();
+                if !end_sent {
+                    if matches!(send.state, SendState::Stopped(_)) {
+                        return Ok(()); // crossed our reset
+                    }
+                    return Err(violation(format!(
+                        "StreamComplete for {id}, whose end was never sent"
+                    )));
+                }
+                if matches!(send.state, SendState::Open | SendState::FinPending)
+                    && let Some(lane) = send.lane
+                {
+                    released.push(lane);
+                }
+                self.free_send(id);
+                events.push_back(Event::StreamFinished {
+                    session,
+                    stream: id,
+                });
             }
             Body::Hello(_) | Body::Welcome(_) => {
                 return Err(violation("handshake message after the handshake"));
@@ -691,21 +733,26 @@ impl Streams {
         }
     }
 
-    /// Secondary paths that write into `id`.
-    pub(crate) fn sources(&self, id: StreamId) -> &[PathId] {
-        self.map
-            .get(&id)
-            .and_then(|s| s.recv.as_ref())
-            .map_or(&[], |r| r.sources.as_slice())
+    /// Offset of the next byte the application reads from `id` (`None` if
+    /// this side has no receiving half of it).
+    pub(crate) fn read_offset(&self, id: StreamId) -> Option<u64> {
+        Some(self.map.get(&id)?.recv.as_ref()?.asm.read_offset())
     }
 
-    /// Client: a delegation of `id` to `path` passes through. Opens the
-    /// stream if needed, records the source, and returns the credit to hand
+    /// True if `id` is a peer-initiated stream that was opened and has been
+    /// released since (late records for it are dropped).
+    pub(crate) fn was_released(&self, id: StreamId) -> bool {
+        id.initiator() != self.side
+            && id.index() < self.next_remote[dir_index(id.dir())]
+            && !self.map.contains_key(&id)
+    }
+
+    /// Client: a delegation of `id` passes through. Opens the stream if
+    /// needed, marks it for acknowledgements, and returns the credit to hand
     /// the path (0 if the stream is no longer read).
     pub(crate) fn delegated(
         &mut self,
         id: StreamId,
-        path: PathId,
         events: &mut VecDeque<Event>,
     ) -> Result<u64, Violation> {
         if id.initiator() == self.side {
@@ -716,9 +763,6 @@ impl Streams {
             return Ok(0);
         };
         recv.delegated = true;
-        if path != PathId::PRIMARY && !recv.sources.contains(&path) {
-            recv.sources.push(path);
-        }
         Ok(recv.granted)
     }
 
@@ -781,9 +825,6 @@ fn ack_of(id: StreamId, recv: &RecvHalf) -> Body {
     })
 }
 
-/// Most received ranges an acknowledgement lists above its contiguous prefix.
-const MAX_ACK_RANGES: usize = 64;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -800,6 +841,8 @@ mod tests {
             offset,
             data: Bytes::from_static(data),
             fin,
+            record_end: offset + data.len() as u64,
+            record_fin: fin,
         }
     }
 
@@ -808,8 +851,7 @@ mod tests {
         let mut t = table(Side::Server);
         let mut ev = VecDeque::new();
         let second = StreamId::new(Side::Client, Dir::Uni, 1);
-        t.on_data(piece(second, 0, b"x", false), PathId::PRIMARY, &mut ev)
-            .unwrap();
+        t.on_data(piece(second, 0, b"x", false), &mut ev).unwrap();
         assert_eq!(
             t.accept(Dir::Uni),
             Some(StreamId::new(Side::Client, Dir::Uni, 0))
@@ -817,13 +859,11 @@ mod tests {
         assert_eq!(t.accept(Dir::Uni), Some(second));
         let third = StreamId::new(Side::Client, Dir::Uni, 2);
         let err = t
-            .on_data(piece(third, 0, b"x", false), PathId::PRIMARY, &mut ev)
+            .on_data(piece(third, 0, b"x", false), &mut ev)
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::StreamLimit);
         let ours = StreamId::new(Side::Server, Dir::Bi, 0);
-        let err = t
-            .on_data(piece(ours, 0, b"x", false), PathId::PRIMARY, &mut ev)
-            .unwrap_err();
+        let err = t.on_data(piece(ours, 0, b"x", false), &mut ev).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidFrame);
     }
 
@@ -833,11 +873,8 @@ mod tests {
         let mut ev = VecDeque::new();
         let id = StreamId::new(Side::Client, Dir::Uni, 0);
         let data: &'static [u8] = &[7; 100];
-        t.on_data(piece(id, 0, data, false), PathId::PRIMARY, &mut ev)
-            .unwrap();
-        let err = t
-            .on_data(piece(id, 100, b"!", false), PathId::PRIMARY, &mut ev)
-            .unwrap_err();
+        t.on_data(piece(id, 0, data, false), &mut ev).unwrap();
+        let err = t.on_data(piece(id, 100, b"!", false), &mut ev).unwrap_err();
         assert_eq!(err.code, ErrorCode::FlowControl);
         assert_eq!(t.read(id, 60).unwrap().unwrap().len(), 60);
         let mut out = Vec::new();
@@ -852,8 +889,7 @@ mod tests {
                 })
             )]
         );
-        t.on_data(piece(id, 100, b"!", true), PathId::PRIMARY, &mut ev)
-            .unwrap();
+        t.on_data(piece(id, 100, b"!", true), &mut ev).unwrap();
     }
 
     #[test]
@@ -861,8 +897,7 @@ mod tests {
         let mut t = table(Side::Server);
         let mut ev = VecDeque::new();
         let id = StreamId::new(Side::Client, Dir::Uni, 0);
-        t.on_data(piece(id, 0, b"hi", true), PathId::PRIMARY, &mut ev)
-            .unwrap();
+        t.on_data(piece(id, 0, b"hi", true), &mut ev).unwrap();
         assert_eq!(t.read(id, 10).unwrap().unwrap(), Bytes::from_static(b"hi"));
         assert_eq!(t.read(id, 10).unwrap(), None);
         assert_eq!(t.read(id, 10), Err(ReadError::ClosedStream));
@@ -875,7 +910,87 @@ mod tests {
             max_streams: 3
         })));
         // Late duplicates for the closed stream are ignored.
-        t.on_data(piece(id, 0, b"hi", true), PathId::PRIMARY, &mut ev)
+        t.on_data(piece(id, 0, b"hi", true), &mut ev).unwrap();
+    }
+
+    #[test]
+    fn stream_complete_is_honoured_only_once_the_end_was_sent() {
+        let mut t = table(Side::Server);
+        let mut ev = VecDeque::new();
+        let mut released = Vec::new();
+        let id = t.open(Dir::Uni).unwrap();
+        t.send_mut(id).unwrap().lane = Some(3);
+        let complete = Body::StreamComplete(StreamComplete { stream_id: id.0 });
+        // Still open, no FIN anywhere: the peer cannot know the end.
+        let err = t
+            .on_control(complete.clone(), &mut ev, &mut released)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidFrame);
+        assert!(t.send_mut(id).is_some());
+        // A FIN written at 10 (by `write_at`, or delegated): honoured, and the
+        // lane the open half held is released.
+        t.send_mut(id).unwrap().final_size = Some(10);
+        t.on_control(complete.clone(), &mut ev, &mut released)
             .unwrap();
+        assert_eq!(released, vec![3]);
+        assert!(t.send_mut(id).is_none());
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::StreamFinished { stream, .. } if *stream == id))
+        );
+        // Late duplicates are ignored.
+        t.on_control(complete, &mut ev, &mut released).unwrap();
+    }
+
+    #[test]
+    fn fragments_past_twice_the_window_are_a_resource_limit() {
+        let window = 100_000;
+        let mut t = Streams::new(SessionHandle(1), Side::Server, window, 2, 2);
+        t.set_peer_limits(window, 2, 2);
+        let mut ev = VecDeque::new();
+        let id = StreamId::new(Side::Client, Dir::Uni, 0);
+        // Every other byte: a piece each, 65 bytes charged per byte held.
+        let mut result = Ok(());
+        let mut sent = 0;
+        for i in 0..window / 2 {
+            sent = i;
+            result = t.on_data(piece(id, 2 * i + 1, b"x", false), &mut ev);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result.unwrap_err().code, ErrorCode::ResourceLimit);
+        let limit = 2 * window + 64 * PIECE_OVERHEAD;
+        assert!(sent * (1 + PIECE_OVERHEAD) <= limit + 1 + PIECE_OVERHEAD);
+        assert!(sent * (1 + PIECE_OVERHEAD) > limit - 1 - PIECE_OVERHEAD);
+        // In order, tiny records merge and stay within bounds.
+        let mut t = table(Side::Server);
+        for i in 0..100u64 {
+            t.on_data(piece(id, i, b"y", false), &mut ev).unwrap();
+        }
+        assert_eq!(t.stream_buffered(id), Some(100));
+    }
+
+    #[test]
+    fn a_secondary_keeps_no_state_for_streams_it_was_not_delegated() {
+        let mut t = table(Side::Server);
+        t.set_secondary();
+        let mut ev = VecDeque::new();
+        let mut released = Vec::new();
+        for i in 0..1000 {
+            let id = StreamId::new(Side::Server, Dir::Uni, i);
+            let credit = Body::StreamCredit(StreamCredit {
+                stream_id: id.0,
+                max_offset: 1 << 30,
+            });
+            t.on_control(credit, &mut ev, &mut released).unwrap();
+            let stop = Body::StopSending(StopSending {
+                stream_id: id.0,
+                error_code: 1,
+            });
+            t.on_control(stop, &mut ev, &mut released).unwrap();
+        }
+        assert_eq!(t.len(), 0);
+        assert!(ev.is_empty());
     }
 }

@@ -1,12 +1,16 @@
 //! Path tokens: the primary's authorisation for a client to join a
 //! secondary server on behalf of one session.
 //!
-//! A token is an HMAC-SHA256 (ring) over the session id, the path id and an
-//! expiry, under a key the primary shares with the secondaries it trusts.
-//! The client never learns the key; it only carries the MAC from the primary
-//! to the secondary. Because the MAC covers the session id the client claims,
-//! a token minted for one session is worthless for another, and the
-//! secondary's replay cache makes each token single-use.
+//! A token is an HMAC-SHA256 (ring) over the session id, the path id, an
+//! expiry and the secondary it names (the address and server name the primary
+//! put in its AddPath), under a key the primary shares with the secondaries
+//! it trusts. The client never learns the key; it only carries the MAC from
+//! the primary to the secondary. Because the MAC covers the session id the
+//! client claims, a token minted for one session is worthless for another;
+//! because it covers the target, a secondary refuses a token minted for
+//! another secondary that shares the key (each checks the target against its
+//! own identity); and the secondary's replay cache makes each token
+//! single-use.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,15 +29,26 @@ impl TokenKey {
         Self(hmac::Key::new(hmac::HMAC_SHA256, &secret))
     }
 
-    /// The token authorising path `path` of session `session` until
-    /// `expiry_unix` (seconds since the Unix epoch). Primaries mint tokens
-    /// themselves in `add_path`; this is for orchestration outside kwik and
-    /// for tests.
-    pub fn mint(&self, session: SessionId, path: crate::PathId, expiry_unix: u64) -> bytes::Bytes {
+    /// The token authorising path `path` of session `session` to join the
+    /// secondary at `address` with certificate name `server_name`, until
+    /// `expiry_unix` (seconds since the Unix epoch). `address` is the text
+    /// the AddPath carries (`SocketAddr`'s `Display` form). Primaries mint
+    /// tokens themselves in `add_path`; this is for orchestration outside
+    /// kwik and for tests.
+    pub fn mint(
+        &self,
+        session: SessionId,
+        path: crate::PathId,
+        expiry_unix: u64,
+        address: &str,
+        server_name: &str,
+    ) -> bytes::Bytes {
         let claims = TokenClaims {
             session_id: session,
             path_id: path.0,
             expiry_unix,
+            address: address.to_string(),
+            server_name: server_name.to_string(),
         };
         bytes::Bytes::from(mint(self, &claims))
     }
@@ -46,20 +61,32 @@ impl std::fmt::Debug for TokenKey {
 }
 
 /// What a token vouches for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TokenClaims {
     pub session_id: SessionId,
     pub path_id: u64,
     /// Seconds since the Unix epoch after which the token is void.
     pub expiry_unix: u64,
+    /// The secondary's address as the AddPath gave it.
+    pub address: String,
+    /// The secondary's certificate name as the AddPath gave it.
+    pub server_name: String,
 }
 
-fn message(claims: &TokenClaims) -> [u8; 48] {
-    let mut m = [0u8; 48];
-    m[..8].copy_from_slice(b"kwikpath");
-    m[8..24].copy_from_slice(&claims.session_id.0);
-    m[24..32].copy_from_slice(&claims.path_id.to_be_bytes());
-    m[32..40].copy_from_slice(&claims.expiry_unix.to_be_bytes());
+/// The MAC input (PROTOCOL.md §10.2): fixed fields, then the target's
+/// address and name, each prefixed with its length so that no two claims
+/// share an encoding.
+fn message(claims: &TokenClaims) -> Vec<u8> {
+    let mut m = Vec::with_capacity(48 + claims.address.len() + claims.server_name.len());
+    m.extend_from_slice(b"kwikpath");
+    m.extend_from_slice(&claims.session_id.0);
+    m.extend_from_slice(&claims.path_id.to_be_bytes());
+    m.extend_from_slice(&claims.expiry_unix.to_be_bytes());
+    for text in [&claims.address, &claims.server_name] {
+        // Both are at most 255 bytes (checked at the wire edge and in add_path).
+        m.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        m.extend_from_slice(text.as_bytes());
+    }
     m
 }
 
@@ -134,6 +161,8 @@ mod tests {
             session_id: SessionId([session; 16]),
             path_id: path,
             expiry_unix: expiry,
+            address: "10.0.0.2:4433".into(),
+            server_name: "cdn.test".into(),
         }
     }
 
@@ -155,6 +184,19 @@ mod tests {
         );
         assert_eq!(
             v.verify(std::slice::from_ref(&key), &claims(7, 2, 1060), &mac, now),
+            Err(TokenRefusal::BadMac)
+        );
+        // Another target, or another name: another token.
+        let mut elsewhere = c.clone();
+        elsewhere.address = "10.0.0.3:4433".into();
+        assert_eq!(
+            v.verify(std::slice::from_ref(&key), &elsewhere, &mac, now),
+            Err(TokenRefusal::BadMac)
+        );
+        let mut renamed = c.clone();
+        renamed.server_name = "other.test".into();
+        assert_eq!(
+            v.verify(std::slice::from_ref(&key), &renamed, &mac, now),
             Err(TokenRefusal::BadMac)
         );
         assert_eq!(v.verify(&[other, key.clone()], &c, &mac, now), Ok(()));

@@ -5,11 +5,18 @@
 //! path gets a chunk sized to about `chunk_time` of its measured rate, and
 //! new work only while what it owes stays below its budget (≈ rate × the
 //! time an assignment takes to be confirmed): a slow server can never hoard
-//! work and become the head of line. Ranges lost with a dead path are
-//! re-assigned first. When nothing is left to assign, an idle path takes a
-//! copy of the oldest range a slower path still owes (tail stealing), so all
-//! paths finish together; the client keeps the first copy and drops the
-//! identical second.
+//! work and become the head of line.
+//!
+//! The in-order frontier always makes progress. Ranges lost with a dead
+//! path are re-assigned at once, ahead of any budget, as *urgent* work that
+//! jumps the queue of the path that takes it. And the frontier is *hedged*:
+//! when the path that owes the first missing byte shows no progress for
+//! longer than its own round-trip statistics allow, a copy of that range
+//! goes urgently to another path — long before the silent path could be
+//! declared dead. When nothing is left to assign, an idle path takes a copy
+//! of the oldest range a slower path still owes (tail stealing), so all
+//! paths finish together. The client keeps the first copy of any byte and
+//! drops identical later ones.
 //!
 //! The scheduler is a pure function of what it is told (acknowledged ranges,
 //! path rates and RTTs, time), so it is unit-tested without a network.
@@ -109,6 +116,24 @@ struct Assignment {
     no_steal: bool,
 }
 
+/// How long a path that owes the frontier may show no progress before the
+/// frontier range is hedged elsewhere: a round trip (the acknowledgement
+/// loop) plus half of one and the client's acknowledgement delay — well
+/// under the three probe timeouts after which a silent path is declared
+/// dead.
+fn overdue_after(rtt: Duration) -> Duration {
+    rtt + (rtt / 2).max(Duration::from_millis(25)) + Duration::from_millis(10)
+}
+
+/// The first byte the client has not acknowledged.
+fn frontier(received: &RangeSet) -> u64 {
+    received
+        .iter()
+        .next()
+        .filter(|r| r.start == 0)
+        .map_or(0, |r| r.end)
+}
+
 /// Window over which a path's delivery rate is measured.
 const RATE_WINDOW: Duration = Duration::from_millis(300);
 
@@ -121,6 +146,11 @@ struct PathLoad {
     rate: f64,
     /// (time, bytes delivered so far), oldest first.
     samples: VecDeque<(Instant, u64)>,
+    /// Last time this path's deliveries grew (or it was handed work while
+    /// owing nothing).
+    progress_at: Option<Instant>,
+    /// Bytes delivered at `progress_at`.
+    progress_mark: u64,
 }
 
 impl PathLoad {
@@ -148,6 +178,8 @@ pub(crate) struct Assign {
     pub path: PathId,
     pub range: Range<u64>,
     pub fin: bool,
+    /// Overdue elsewhere: to be written ahead of queued work.
+    pub urgent: bool,
 }
 
 /// The primary's state of one multi-source transfer.
@@ -161,6 +193,11 @@ pub(crate) struct Transfer {
     /// Lost ranges waiting for a new owner, lowest first.
     reassign: VecDeque<Range<u64>>,
     loads: BTreeMap<PathId, PathLoad>,
+    /// The frontier offset last hedged, and when (a frontier is hedged
+    /// again only if that hedge also stays overdue).
+    hedged: Option<(u64, Instant)>,
+    /// Bytes handed out a second time (hedges and tail steals).
+    pub duplicated: u64,
 }
 
 impl Transfer {
@@ -179,6 +216,8 @@ impl Transfer {
             next: 0,
             reassign: VecDeque::new(),
             loads: BTreeMap::new(),
+            hedged: None,
+            duplicated: 0,
         }
     }
 
@@ -218,24 +257,57 @@ impl Transfer {
         by_rate.max(self.config.min_backlog) + self.chunk_for(path)
     }
 
-    /// Next range to hand out, at most `max` long.
-    fn take_range(&mut self, max: u64) -> Option<Range<u64>> {
-        if let Some(front) = self.reassign.front_mut() {
-            let end = front.end.min(front.start + max);
-            let range = front.start..end;
-            front.start = end;
-            if front.start >= front.end {
-                self.reassign.pop_front();
-            }
-            return Some(range);
-        }
-        if self.next >= self.len {
+    /// Next new range to hand out, at most `max` long.
+    fn take_new(&mut self, max: u64) -> Option<Range<u64>> {
+        let end = self.len.min(self.next + max);
+        if self.next >= end {
             return None;
         }
-        let end = self.len.min(self.next + max);
         let range = self.next..end;
         self.next = end;
         Some(range)
+    }
+
+    /// Takes up to `max` bytes of the lowest lost range.
+    fn take_lost(&mut self, max: u64) -> Option<Range<u64>> {
+        let front = self.reassign.front_mut()?;
+        let end = front.end.min(front.start + max);
+        let range = front.start..end;
+        front.start = end;
+        if front.start >= front.end {
+            self.reassign.pop_front();
+        }
+        Some(range)
+    }
+
+    fn assign(
+        &mut self,
+        out: &mut Vec<Assign>,
+        path: PathId,
+        range: Range<u64>,
+        now: Instant,
+        copy: bool,
+        urgent: bool,
+    ) {
+        let load = self.loads.entry(path).or_default();
+        if load.assigned.is_empty() {
+            // Owing nothing until now: the wait for progress starts here.
+            load.progress_at = Some(now);
+        }
+        load.assigned.push(Assignment {
+            range: range.clone(),
+            at: now,
+            no_steal: copy,
+        });
+        if copy {
+            self.duplicated += range.end - range.start;
+        }
+        out.push(Assign {
+            path,
+            fin: range.end == self.len,
+            range,
+            urgent,
+        });
     }
 
     /// Updates rate estimates and returns the new assignments due now.
@@ -260,6 +332,10 @@ impl Transfer {
             });
             load.delivered_pruned += pruned;
             let delivered = load.delivered(received);
+            if delivered > load.progress_mark {
+                load.progress_mark = delivered;
+                load.progress_at = Some(now);
+            }
             load.samples.push_back((now, delivered));
             while load.samples.len() > 2
                 && now.saturating_duration_since(load.samples[1].0) >= RATE_WINDOW
@@ -282,6 +358,17 @@ impl Transfer {
                 .then(a.id.cmp(&b.id))
         });
         let mut out = Vec::new();
+        self.hedge_frontier(now, &order, received, &mut out);
+        // Lost ranges go out at once, whatever the budgets: they hold the
+        // frontier back. Each piece to the path that would deliver it first.
+        while !self.reassign.is_empty() {
+            let Some(best) = self.quickest(&order, None, received) else {
+                break;
+            };
+            let chunk = self.chunk_for(best);
+            let range = self.take_lost(chunk).expect("not empty");
+            self.assign(&mut out, best, range, now, false, true);
+        }
         for p in order {
             let budget = self.budget(p.id);
             let chunk = self.chunk_for(p.id);
@@ -290,9 +377,9 @@ impl Transfer {
                 if owed >= budget {
                     break;
                 }
-                let (range, copy) = match self.take_range(chunk) {
+                let (range, copy) = match self.take_new(chunk) {
                     Some(r) => (r, false),
-                    None if self.config.steal_tail && owed < chunk => {
+                    None if self.next >= self.len && self.config.steal_tail && owed < chunk => {
                         match self.steal_for(p, received, now, chunk) {
                             Some(r) => (r, true),
                             None => break,
@@ -300,23 +387,115 @@ impl Transfer {
                     }
                     None => break,
                 };
-                self.loads
-                    .entry(p.id)
-                    .or_default()
-                    .assigned
-                    .push(Assignment {
-                        range: range.clone(),
-                        at: now,
-                        no_steal: copy,
-                    });
-                out.push(Assign {
-                    path: p.id,
-                    fin: range.end == self.len,
-                    range,
-                });
+                self.assign(&mut out, p.id, range, now, copy, false);
             }
         }
         out
+    }
+
+    /// The live path (other than `except`) that would deliver urgent bytes
+    /// to the client first: an urgent range jumps its queue, so what counts
+    /// is how far the work travels (a secondary hears of it through the
+    /// client) and the path's rate, plus whatever urgent work it still owes.
+    fn quickest(
+        &self,
+        order: &[PathView],
+        except: Option<PathId>,
+        received: &RangeSet,
+    ) -> Option<PathId> {
+        let primary_rtt = order
+            .iter()
+            .find(|p| p.id == PathId::PRIMARY)
+            .map_or(Duration::ZERO, |p| p.rtt);
+        let cost = |p: &PathView| {
+            let reach = if p.id == PathId::PRIMARY {
+                primary_rtt / 2
+            } else {
+                primary_rtt / 2 + p.rtt
+            };
+            let rate = self.rate(p.id).max(1.0);
+            let urgent_owed: u64 = self.loads.get(&p.id).map_or(0, |l| {
+                l.assigned
+                    .iter()
+                    .filter(|a| a.no_steal)
+                    .flat_map(|a| received.gaps(a.range.clone()))
+                    .map(|g| g.end - g.start)
+                    .sum()
+            });
+            reach.as_secs_f64() + (self.chunk_for(p.id) + urgent_owed) as f64 / rate
+        };
+        order
+            .iter()
+            .filter(|p| Some(p.id) != except)
+            .min_by(|a, b| {
+                cost(a)
+                    .partial_cmp(&cost(b))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .map(|p| p.id)
+    }
+
+    /// If the path that owes the first missing byte has shown no progress
+    /// for longer than its round trip allows, copies the range it owes there
+    /// to the path that would deliver it first, urgently. A frontier is
+    /// hedged again only if the hedge itself stays overdue.
+    fn hedge_frontier(
+        &mut self,
+        now: Instant,
+        order: &[PathView],
+        received: &RangeSet,
+        out: &mut Vec<Assign>,
+    ) {
+        let frontier = frontier(received);
+        if frontier >= self.len {
+            return;
+        }
+        let slowest_rtt = order.iter().map(|p| p.rtt).max().unwrap_or_default();
+        if let Some((at, when)) = self.hedged
+            && at == frontier
+            && now.saturating_duration_since(when) < overdue_after(slowest_rtt) * 2
+        {
+            return;
+        }
+        // Who owes it, and since when has it been quiet?
+        let owner = self.loads.iter().find_map(|(id, load)| {
+            load.assigned
+                .iter()
+                .find(|a| a.range.contains(&frontier))
+                .map(|a| (*id, a.range.end, load.progress_at.unwrap_or(a.at)))
+        });
+        let Some((owner, end, quiet_since)) = owner else {
+            return;
+        };
+        let overdue = match order.iter().find(|p| p.id == owner) {
+            Some(p) => now.saturating_duration_since(quiet_since) >= overdue_after(p.rtt),
+            // The owner is no longer live (degraded, or on its way out).
+            None => true,
+        };
+        if !overdue {
+            return;
+        }
+        let Some(helper) = self.quickest(order, Some(owner), received) else {
+            return;
+        };
+        let missing = received
+            .gaps(frontier..end)
+            .into_iter()
+            .next()
+            .unwrap_or(frontier..end);
+        let len = self.chunk_for(helper);
+        let range = missing.start..missing.end.min(missing.start + len);
+        self.hedged = Some((frontier, now));
+        if let Some(load) = self.loads.get_mut(&owner) {
+            for a in load
+                .assigned
+                .iter_mut()
+                .filter(|a| a.range.contains(&frontier))
+            {
+                a.no_steal = true;
+            }
+        }
+        self.assign(out, helper, range, now, true, true);
     }
 
     /// The lowest range a slower path still owes that `thief` would finish
@@ -365,6 +544,8 @@ pub(crate) struct Job {
     pub range: Range<u64>,
     pub fin: bool,
     pub resource: SharedResource,
+    /// Written ahead of other queued data (on the urgent lane).
+    pub urgent: bool,
 }
 
 #[cfg(test)]
@@ -483,5 +664,59 @@ mod tests {
             copies.iter().any(|c| owed_by_1.contains(&c.range)),
             "{later:?} vs {owed_by_1:?}"
         );
+    }
+
+    #[test]
+    fn lost_ranges_go_out_at_once_whatever_the_budgets() {
+        let mut t = transfer(100_000);
+        let now = Instant::now();
+        let received = RangeSet::new();
+        let paths = [view(0, 10), view(1, 10), view(2, 10)];
+        let first = t.schedule(now, &paths, &received);
+        let of_2: Vec<Range<u64>> = first
+            .iter()
+            .filter(|a| a.path == PathId(2))
+            .map(|a| a.range.clone())
+            .collect();
+        assert!(!of_2.is_empty());
+        // Path 2 dies; every other path is at its budget (nothing delivered).
+        t.path_lost(PathId(2), &received);
+        let next = t.schedule(now + Duration::from_millis(10), &paths[..2], &received);
+        let redone: Vec<&Assign> = next.iter().filter(|a| a.urgent).collect();
+        let covered: u64 = redone.iter().map(|a| a.range.end - a.range.start).sum();
+        let lost: u64 = of_2.iter().map(|r| r.end - r.start).sum();
+        assert_eq!(covered, lost, "every lost byte re-assigned: {next:?}");
+        assert!(redone.iter().all(|a| a.path != PathId(2)));
+    }
+
+    #[test]
+    fn a_quiet_frontier_owner_is_hedged_urgently_before_it_could_be_dead() {
+        let mut t = transfer(100_000);
+        let start = Instant::now();
+        let mut received = RangeSet::new();
+        let paths = [view(0, 20), view(1, 40)];
+        let first = t.schedule(start, &paths, &received);
+        // Everything below path 1's lowest range arrived: path 1 owes the
+        // frontier, and delivers nothing.
+        let owed_by_1: Vec<Range<u64>> = first
+            .iter()
+            .filter(|a| a.path == PathId(1))
+            .map(|a| a.range.clone())
+            .collect();
+        let low = owed_by_1.iter().map(|r| r.start).min().unwrap();
+        received.insert(0..low);
+        // Not overdue yet: no hedge.
+        let soon = t.schedule(start + Duration::from_millis(30), &paths, &received);
+        assert!(soon.iter().all(|a| !a.urgent), "{soon:?}");
+        // Overdue by path 1's own round trip (40 ms → 40 + 25 + 10 ms).
+        let late = t.schedule(start + Duration::from_millis(80), &paths, &received);
+        let hedges: Vec<&Assign> = late.iter().filter(|a| a.urgent).collect();
+        assert_eq!(hedges.len(), 1, "{late:?}");
+        assert_eq!(hedges[0].path, PathId::PRIMARY);
+        assert_eq!(hedges[0].range.start, low);
+        assert!(t.duplicated > 0);
+        // Hedged once per frontier while the hedge is young.
+        let again = t.schedule(start + Duration::from_millis(90), &paths, &received);
+        assert!(again.iter().all(|a| !a.urgent), "{again:?}");
     }
 }

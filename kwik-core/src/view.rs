@@ -166,7 +166,8 @@ impl SessionView<'_> {
         descriptor: Bytes,
     ) -> Result<Delegation, PathError> {
         self.mark();
-        self.session.delegate(path, stream, range, fin, descriptor)
+        self.session
+            .delegate(path, stream, range, fin, descriptor, false)
     }
 
     /// Primary: serves `resource` over `stream` (a stream this primary
@@ -209,7 +210,22 @@ impl SessionView<'_> {
         fin: bool,
     ) -> Result<usize, WriteError> {
         self.mark();
-        self.session.write_at(stream, offset, data, fin)
+        self.session.write_range(stream, offset, data, fin, false)
+    }
+
+    /// Like [`write_at`](Self::write_at), on the urgent lane: the bytes go
+    /// out ahead of data already queued on the connection. For ranges the
+    /// reader is waiting on — a delegation marked
+    /// [`urgent`](crate::Delegation::urgent).
+    pub fn write_at_urgent(
+        &mut self,
+        stream: StreamId,
+        offset: u64,
+        data: &mut Bytes,
+        fin: bool,
+    ) -> Result<usize, WriteError> {
+        self.mark();
+        self.session.write_range(stream, offset, data, fin, true)
     }
 
     /// Closes the session with a kwik protocol code (for kwik's own layers).

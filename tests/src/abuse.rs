@@ -77,11 +77,16 @@ pub fn arena_key(seed: u64) -> TokenKey {
     TokenKey::new(crate::seeding::derive_key(seed, "abuse token key"))
 }
 
-/// A `Join` for path [`JOIN_PATH`] of [`JOIN_SESSION`] with a genuine token
-/// minted with `key`.
-pub fn genuine_join(key: &TokenKey) -> Join {
-    let token = key.mint(JOIN_SESSION, JOIN_PATH, VALID_UNTIL);
-    join_request(&JOIN_SESSION.0, JOIN_PATH, VALID_UNTIL, token)
+/// A `Join` for path [`JOIN_PATH`] of [`JOIN_SESSION`] on the secondary at
+/// `secondary` (certificate name [`SERVER_NAME`]) with a genuine token minted
+/// with `key` for that secondary.
+pub fn genuine_join(key: &TokenKey, secondary: SocketAddr) -> Join {
+    let address = secondary.to_string();
+    let token = key.mint(JOIN_SESSION, JOIN_PATH, VALID_UNTIL, &address, SERVER_NAME);
+    let mut join = join_request(&JOIN_SESSION.0, JOIN_PATH, VALID_UNTIL, token);
+    join.address = address;
+    join.server_name = SERVER_NAME.to_string();
+    join
 }
 
 // ----- record builders -----
@@ -215,7 +220,7 @@ pub fn delegate_flood(n: u64, path: PathId) -> Bytes {
             length: 1024,
             fin: false,
             descriptor: Bytes::from_static(DESCRIPTOR),
-            credit: 0,
+            ..Delegate::default()
         })
     }))
 }
@@ -734,10 +739,9 @@ impl Arena {
     }
 
     /// A kwik server at `addr(1)` running `app` with kwik's default
-    /// configuration (adjusted by `tune`, which also gets the endpoint, e.g.
-    /// to serve resources; the server trusts [`arena_key`] for joins and
-    /// serves [`DESCRIPTOR`]), attacked by the [`HostileClient`] `hostile`
-    /// builds, at `addr(2)`.
+    /// configuration (adjusted by `tune`; the server also trusts
+    /// [`arena_key`] for joins naming it and serves [`DESCRIPTOR`]),
+    /// attacked by the [`HostileClient`] `hostile` builds, at `addr(2)`.
     pub fn against_server(
         seed: u64,
         app: TargetServer,
@@ -749,6 +753,10 @@ impl Arena {
         sim.set_path(ends.hostile, ends.target, arena_link());
         let (_, mut server_cfg) = configs(&ends.cert);
         server_cfg.trusted_keys = vec![ends.key.clone()];
+        // Tokens name their secondary: this one answers to its own address
+        // and the certificate name.
+        server_cfg.path_addresses = vec![ends.target];
+        server_cfg.path_server_name = Some(SERVER_NAME.to_string());
         tune(&mut server_cfg);
         let now = sim.now();
         let mut ep = arena_endpoint(seed, Some(server_cfg), now);
@@ -1234,7 +1242,7 @@ pub fn arena(pattern: Pattern, opts: &Options) -> Arena {
     let join = |steps: Vec<Step>| {
         move |e: &Ends| {
             HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps)
-                .join(genuine_join(&e.key))
+                .join(genuine_join(&e.key, e.target))
         }
     };
     match pattern {

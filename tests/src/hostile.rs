@@ -245,6 +245,8 @@ pub fn upload_stream() -> KStreamId {
 /// A `Join` claiming path `path` of the session whose id is `session_id`
 /// (normally 16 bytes; any length can be scripted), valid until
 /// `expiry_unix`, carrying `token`, and announcing kwik's default limits.
+/// It names no secondary (empty address and server name): set
+/// `address` / `server_name` to name one, as a token minted for it expects.
 pub fn join_request(session_id: &[u8], path: PathId, expiry_unix: u64, token: Bytes) -> Join {
     Join {
         session_id: Bytes::copy_from_slice(session_id),
@@ -252,6 +254,8 @@ pub fn join_request(session_id: &[u8], path: PathId, expiry_unix: u64, token: By
         expiry_unix,
         token,
         limits: Some(default_limits()),
+        address: String::new(),
+        server_name: String::new(),
     }
 }
 

@@ -476,6 +476,10 @@ impl MultiSetup {
                 cfg.token_key = Some(key.clone());
             } else {
                 cfg.trusted_keys = vec![key.clone()];
+                // Tokens name their secondary: this one answers to its own
+                // address and the certificate name only.
+                cfg.path_addresses = vec![*a];
+                cfg.path_server_name = Some(crate::setup::SERVER_NAME.to_string());
             }
             (options.tune_server)(i, &mut cfg);
             let mut ep_cfg = kwik_core::EndpointConfig::new([i as u8 + 1; 32]);

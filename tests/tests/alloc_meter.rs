@@ -16,7 +16,10 @@ fn a_meter_counts_what_its_calls_keep_and_its_peak() {
     });
     assert!(installed());
     assert_eq!(m.current() - before, 4096, "only what the call kept");
-    assert!(m.peak() - before >= (1 << 20), "the scratch shows in the peak");
+    assert!(
+        m.peak() - before >= (1 << 20),
+        "the scratch shows in the peak"
+    );
     // Freed outside the meter: still counted (the meter errs high).
     drop(kept);
     assert_eq!(m.current() - before, 4096);

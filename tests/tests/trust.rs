@@ -180,7 +180,7 @@ fn join_arena(seed: u64, steps: Vec<Step>) -> Arena {
         |_| {},
         move |e: &Ends| {
             HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps)
-                .join(genuine_join(&e.key))
+                .join(genuine_join(&e.key, e.target))
         },
     );
     a.establish(false).unwrap_or_else(|e| panic!("{e}"));
@@ -188,8 +188,10 @@ fn join_arena(seed: u64, steps: Vec<Step>) -> Arena {
 }
 
 /// The hostile client of `a` was closed with `code` by the target server,
-/// which saw a local protocol close with that code.
-fn assert_server_closed_hostile(a: &Arena, code: ErrorCode, what: &str) {
+/// which saw a local protocol close with that code. Runs (at most 2 s)
+/// until the close reached the hostile.
+fn assert_server_closed_hostile(a: &mut Arena, code: ErrorCode, what: &str) {
+    run_until_hostile_ends(a, Duration::from_secs(2));
     let h = a.hostile();
     assert!(
         h.misbehaved(),
@@ -238,7 +240,13 @@ fn client_with_live_path(seed: u64, then: Vec<PrimaryStep>) -> (Arena, NodeId) {
         },
         move |e: &Ends| {
             let session = HostilePrimary::session_id_for(e.seed);
-            let token = e.key.mint(session, PathId(1), VALID_UNTIL);
+            let token = e.key.mint(
+                session,
+                PathId(1),
+                VALID_UNTIL,
+                &secondary_addr.to_string(),
+                SERVER_NAME,
+            );
             let mut steps = vec![
                 PrimaryStep::Control(add_path(1, secondary_addr, SERVER_NAME, VALID_UNTIL, token)),
                 PrimaryStep::AwaitPathStatus {
@@ -252,6 +260,8 @@ fn client_with_live_path(seed: u64, then: Vec<PrimaryStep>) -> (Arena, NodeId) {
     );
     let (_, mut server_cfg) = configs(&a.ends.cert);
     server_cfg.trusted_keys = vec![a.ends.key.clone()];
+    server_cfg.path_addresses = vec![secondary_addr];
+    server_cfg.path_server_name = Some(SERVER_NAME.to_string());
     let now = a.sim.now();
     let ep = arena_endpoint(seed ^ 0x5ec, Some(server_cfg), now);
     let secondary = a.sim.add_node(
@@ -276,7 +286,7 @@ fn overflowing_delegate_from_primary(seed: u64, offset: u64, length: u64) {
         length,
         fin: false,
         descriptor: Bytes::from_static(b"anything"),
-        credit: 0,
+        ..Delegate::default()
     });
     let (mut a, secondary) = client_with_live_path(
         seed,
@@ -337,12 +347,12 @@ fn overflowing_delegate_to_secondary(seed: u64, offset: u64, length: u64) {
         length,
         fin: false,
         descriptor: Bytes::from_static(DESCRIPTOR),
-        credit: 0,
+        ..Delegate::default()
     }));
     let mut a = join_arena(seed, vec![Step::Mark, Step::Control(delegate.into())]);
     run_until_hostile_ends(&mut a, Duration::from_secs(5));
     assert_server_closed_hostile(
-        &a,
+        &mut a,
         ErrorCode::InvalidFrame,
         &format!("Delegate of [{offset}, {offset} + {length}) to a secondary"),
     );
@@ -962,10 +972,10 @@ fn gapped_tiny_records_close_the_session_before_memory_passes_two_windows() {
         stop: stop_above(bound),
         ..Options::new(302)
     };
-    let (a, r) = run_pattern(Pattern::GappedTinyRecords, &opts);
+    let (mut a, r) = run_pattern(Pattern::GappedTinyRecords, &opts);
     println!("gapped-tiny-records: {r}");
     assert_closed_within(&a, &r, ErrorCode::ResourceLimit, bound, "C2 gapped");
-    assert_server_closed_hostile(&a, ErrorCode::ResourceLimit, "C2 gapped");
+    assert_server_closed_hostile(&mut a, ErrorCode::ResourceLimit, "C2 gapped");
 }
 
 /// C2: one-byte records in descending order (every one a new gap until the
@@ -977,10 +987,10 @@ fn descending_tiny_records_close_the_session_before_memory_passes_two_windows() 
         stop: stop_above(bound),
         ..Options::new(303)
     };
-    let (a, r) = run_pattern(Pattern::DescendingTinyRecords, &opts);
+    let (mut a, r) = run_pattern(Pattern::DescendingTinyRecords, &opts);
     println!("descending-tiny-records: {r}");
     assert_closed_within(&a, &r, ErrorCode::ResourceLimit, bound, "C2 descending");
-    assert_server_closed_hostile(&a, ErrorCode::ResourceLimit, "C2 descending");
+    assert_server_closed_hostile(&mut a, ErrorCode::ResourceLimit, "C2 descending");
 }
 
 /// C3: 200 000 one-byte records in order with 20 000 duplicates aimed at
@@ -1108,7 +1118,7 @@ fn malformed_ack(seed: u64, ack: Ack, what: &str) {
     ];
     let mut a = hello_arena(seed, ServerRole::Serve { len: MIB }, steps);
     run_until_hostile_ends(&mut a, Duration::from_secs(5));
-    assert_server_closed_hostile(&a, ErrorCode::InvalidFrame, what);
+    assert_server_closed_hostile(&mut a, ErrorCode::InvalidFrame, what);
 }
 
 /// C6: an `Ack` listing 65 ranges (one more than allowed).
@@ -1221,10 +1231,10 @@ fn a_delegate_flood_closes_the_secondary_session_with_resource_limit() {
         stop: stop_above(bound),
         ..Options::new(312)
     };
-    let (a, r) = run_pattern(Pattern::DelegateFlood, &opts);
+    let (mut a, r) = run_pattern(Pattern::DelegateFlood, &opts);
     println!("delegate-flood: {r}");
     assert_closed_within(&a, &r, ErrorCode::ResourceLimit, bound, "C8 delegate flood");
-    assert_server_closed_hostile(&a, ErrorCode::ResourceLimit, "C8 delegate flood");
+    assert_server_closed_hostile(&mut a, ErrorCode::ResourceLimit, "C8 delegate flood");
 }
 
 /// C8, the other side of the limit: 4 096 outstanding delegations (the
@@ -1287,10 +1297,10 @@ fn c9_child_huge_stream_index() {
     if std::env::var_os(C9_CHILD).is_none() {
         return; // only meaningful in the child process its parent starts
     }
-    let (a, r) = huge_index(313, 1_000_000_000_000, Some(256 * MIB), stop_above(MIB));
+    let (mut a, r) = huge_index(313, 1_000_000_000_000, Some(256 * MIB), stop_above(MIB));
     println!("huge stream index: {r}");
     assert_closed_within(&a, &r, ErrorCode::StreamLimit, MIB, "C9 stream index 10^12");
-    assert_server_closed_hostile(&a, ErrorCode::StreamLimit, "C9 stream index 10^12");
+    assert_server_closed_hostile(&mut a, ErrorCode::StreamLimit, "C9 stream index 10^12");
 }
 
 /// C9: a server configured with `max_uni_streams = 2^40` gets a record for
@@ -1522,6 +1532,7 @@ fn garbage_from_a_joined_client_is_closed_by_the_secondary_within_a_second() {
             fin: false,
             descriptor: Bytes::from_static(DESCRIPTOR),
             credit: 1 << 40,
+            ..Delegate::default()
         }));
         let steps = vec![
             Step::Control(delegate.into()),
@@ -1536,7 +1547,7 @@ fn garbage_from_a_joined_client_is_closed_by_the_secondary_within_a_second() {
             |_| {},
             move |e: &Ends| {
                 HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps)
-                    .join(genuine_join(&e.key))
+                    .join(genuine_join(&e.key, e.target))
             },
         );
         a.sim.set_path(a.ends.hostile, a.ends.target, jittery());
@@ -1773,7 +1784,7 @@ fn stream_complete_for_a_stream_still_being_written_closes_the_session() {
         "the primary app was told the stream was delivered while it was still writing it\n{}",
         a.context()
     );
-    assert_server_closed_hostile(&a, ErrorCode::InvalidFrame, "G1 early StreamComplete");
+    assert_server_closed_hostile(&mut a, ErrorCode::InvalidFrame, "G1 early StreamComplete");
     let written = a.server().written;
     assert_eq!(written, 64 * KIB);
     let result = {

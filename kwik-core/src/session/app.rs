@@ -23,7 +23,7 @@ impl Session {
             return Err(self.closed_write_error());
         };
         let offset = send.offset;
-        let written = self.write_at(stream, offset, data, false)?;
+        let written = self.write_range(stream, offset, data, false, false)?;
         if let Some(send) = self.streams.send_mut(stream) {
             send.offset = offset + written as u64;
         }
@@ -39,12 +39,14 @@ impl Session {
 
     /// Writes `data` at logical `offset` of `stream` as far as credit and
     /// the lane allow; `fin` ends the stream after the last byte of `data`.
-    pub(crate) fn write_at(
+    /// `urgent` writes go on the urgent lane, ahead of queued data.
+    pub(crate) fn write_range(
         &mut self,
         stream: StreamId,
         offset: u64,
         data: &mut Bytes,
         fin: bool,
+        urgent: bool,
     ) -> Result<usize, WriteError> {
         if let Some(reason) = self.closed_error() {
             return Err(WriteError::SessionClosed(reason));
@@ -53,23 +55,37 @@ impl Session {
             return Err(WriteError::Blocked);
         }
         let frame_limit = self.send_frame_limit;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|end| *end < crate::wire::OFFSET_LIMIT)
+            .ok_or(WriteError::OutOfRange)?;
         let secondary = self.role == Role::Secondary;
-        let send = if secondary {
-            self.streams.source_half(stream)
-        } else {
-            self.streams
-                .send_mut(stream)
-                .ok_or(WriteError::ClosedStream)?
-        };
+        if secondary
+            && !self
+                .serving
+                .get(&stream)
+                .is_some_and(|grant| grant.permits(offset, end, fin))
+        {
+            return Err(WriteError::NotDelegated);
+        }
+        let send = self
+            .streams
+            .send_mut(stream)
+            .ok_or(WriteError::ClosedStream)?;
         match send.state {
             SendState::Open => {}
             SendState::Stopped(code) => {
-                if !secondary {
-                    self.streams.free_send(stream);
-                }
+                self.streams.free_send(stream);
+                self.serving.remove(&stream);
                 return Err(WriteError::Stopped(code));
             }
             SendState::FinPending | SendState::Finished => return Err(WriteError::ClosedStream),
+        }
+        if send
+            .final_size
+            .is_some_and(|f| end > f || (fin && end != f))
+        {
+            return Err(WriteError::OutOfRange);
         }
         if data.is_empty() && !fin {
             return Ok(0);
@@ -78,7 +94,12 @@ impl Session {
             .conns
             .get_mut(&PathId::PRIMARY)
             .expect("the primary connection lives as long as the session");
-        let lane = match send.lane {
+        let urgent_lane = if urgent {
+            conn.lanes.urgent_lane(&mut conn.quic)
+        } else {
+            None
+        };
+        let lane = match urgent_lane.or(send.lane) {
             Some(lane) => lane,
             None => match conn.lanes.assign(&mut conn.quic, stream) {
                 Some(lane) => {
@@ -126,9 +147,15 @@ impl Session {
             }
         }
         self.stats.bytes_sent += written as u64;
+        if fin_sent {
+            send.final_size = Some(offset);
+        }
         if written == 0 && !fin_sent {
             send.want_writable = true;
             return Err(WriteError::Blocked);
+        }
+        if secondary {
+            self.wrote_delegated(stream, offset - written as u64..offset, fin_sent);
         }
         Ok(written)
     }
@@ -191,6 +218,7 @@ impl Session {
             return Err(StreamError::SessionClosed(reason));
         }
         let released = self.streams.reset(stream, code)?;
+        self.ledger.forget(stream);
         if let Some(lane) = released.lane {
             self.main_conn().lanes.release(lane);
         }

@@ -11,9 +11,15 @@ impl Session {
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Violation> {
         let path = PathId(m.path_id);
-        if path == PathId::PRIMARY || self.paths.contains_key(&path) {
-            return Err(violation(format!("AddPath reuses {path}")));
+        // Path ids only grow (§10.1), so one number remembers every id used
+        // however short the kept history is.
+        if m.path_id <= self.last_add_path {
+            return Err(violation(format!(
+                "AddPath names {path}, not above the last one (path{})",
+                self.last_add_path
+            )));
         }
+        self.last_add_path = m.path_id;
         let address: Option<SocketAddr> = m.address.parse().ok();
         let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
         self.paths.insert(
@@ -25,10 +31,22 @@ impl Session {
                 ctx.now,
             ),
         );
+        let admitted = self.add_budget.take(
+            ctx.now,
+            self.policy.add_path_rate,
+            self.policy.add_path_burst,
+        );
         let refusal = match address {
             None => Some((
                 ErrorCode::InvalidFrame,
                 format!("bad address {:?}", m.address),
+            )),
+            Some(_) if !admitted => Some((
+                ErrorCode::Refused,
+                format!(
+                    "AddPath rate limit ({} per second, burst {}) exceeded",
+                    self.policy.add_path_rate, self.policy.add_path_burst
+                ),
             )),
             Some(a) if !self.policy.permits(a, &m.server_name) => Some((
                 ErrorCode::Refused,
@@ -71,7 +89,9 @@ impl Session {
             ClientPath {
                 expiry_unix: m.expiry_unix,
                 token: m.token,
-                owed: Vec::new(),
+                address: m.address,
+                server_name: m.server_name.clone(),
+                grants: BTreeMap::new(),
                 closing: None,
             },
         );
@@ -171,6 +191,25 @@ impl Session {
                 }
             }
         }
+        if state.is_final() {
+            self.prune_path_history();
+        }
+    }
+
+    /// Keeps the newest [`MAX_FINAL_PATHS`] paths that ended and forgets
+    /// older ones, so that paths added and failed forever (a hostile
+    /// primary's refused AddPaths) cannot grow the list.
+    fn prune_path_history(&mut self) {
+        let ended: Vec<PathId> = self
+            .paths
+            .values()
+            .filter(|p| !p.primary && p.state.is_final())
+            .map(|p| p.id)
+            .collect();
+        let excess = ended.len().saturating_sub(MAX_FINAL_PATHS);
+        for id in &ended[..excess] {
+            self.paths.remove(id);
+        }
     }
 
     /// Client: tells the primary where `path` stands.
@@ -254,25 +293,65 @@ impl Session {
     ) -> Result<(), Violation> {
         let path = PathId(m.path_id);
         let stream = StreamId(m.stream_id);
-        let credit = self.streams.delegated(stream, path, ctx.events)?;
+        // `wire::check` bounded the range when the message was decoded.
+        let range = m.offset..m.offset + m.length;
+        let credit = self.streams.delegated(stream, ctx.events)?;
         if path == PathId::PRIMARY {
             // The primary serves this range itself; only the acks matter.
             return Ok(());
         }
         let live = self.paths.get(&path).is_some_and(|p| p.state.is_live());
-        let Some(cp) = self.client_paths.get_mut(&path) else {
-            return Ok(());
-        };
-        let Some(conn) = self.conns.get_mut(&path) else {
-            return Ok(());
-        };
-        if !live || !conn.joined || conn.closed {
+        let usable = self.conns.get(&path).is_some_and(|c| c.joined && !c.closed);
+        if !live || !usable || !self.client_paths.contains_key(&path) {
             return Ok(());
         }
-        cp.owed.push((stream, m.offset..m.offset + m.length));
+        let held = self.sweep_grants();
+        if held >= self.transport.max_delegations {
+            return Err(Violation::new(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "the primary has more than {} delegated ranges outstanding",
+                    self.transport.max_delegations
+                ),
+            ));
+        }
+        let cp = self.client_paths.get_mut(&path).expect("checked");
+        cp.grants.entry(stream).or_default().allow(range, m.fin);
         m.credit = credit;
-        conn.send(Body::Delegate(m));
+        self.conns
+            .get_mut(&path)
+            .expect("checked")
+            .send(Body::Delegate(m));
         Ok(())
+    }
+
+    /// Client: forgets granted ranges the application already read and the
+    /// grants of streams that are gone; returns the ranges still granted.
+    fn sweep_grants(&mut self) -> usize {
+        let streams = &self.streams;
+        let mut held = 0;
+        for cp in self.client_paths.values_mut() {
+            cp.grants
+                .retain(|stream, grant| match streams.read_offset(*stream) {
+                    Some(read) => {
+                        grant.prune_below(read);
+                        held += grant.ranges.range_count();
+                        true
+                    }
+                    None => false,
+                });
+        }
+        held
+    }
+
+    /// Paths whose servers write into `stream` (they get its credit and
+    /// stop messages too).
+    pub(super) fn writers_of(&self, stream: StreamId) -> Vec<PathId> {
+        self.client_paths
+            .iter()
+            .filter(|(_, cp)| cp.grants.contains_key(&stream))
+            .map(|(path, _)| *path)
+            .collect()
     }
 
     pub(super) fn forward_raw(&mut self, path: PathId, payload: Bytes) {
@@ -296,4 +375,50 @@ impl Session {
             conn.send(ack);
         }
     }
+}
+
+/// Client: may secondary `path` write this piece? Only inside the ranges
+/// (and at the final size) delegated to it for the stream (§10.10). The
+/// whole record is checked on each of its pieces, so an offending record is
+/// refused before any of its bytes is delivered. `Ok(false)`: drop the
+/// piece quietly (the stream or the path is gone).
+pub(super) fn check_grant(
+    client_paths: &mut BTreeMap<PathId, ClientPath>,
+    streams: &Streams,
+    path: PathId,
+    piece: &DataPiece,
+) -> Result<bool, Violation> {
+    let Some(cp) = client_paths.get_mut(&path) else {
+        return Ok(false);
+    };
+    let not_delegated = |what: String| {
+        Violation::new(
+            ErrorCode::NotDelegated,
+            format!(
+                "{path} wrote {what} of {}, not delegated to it",
+                piece.stream
+            ),
+        )
+    };
+    let Some(grant) = cp.grants.get_mut(&piece.stream) else {
+        if streams.was_released(piece.stream) {
+            return Ok(false);
+        }
+        return Err(not_delegated(format!(
+            "{}..{}",
+            piece.offset, piece.record_end
+        )));
+    };
+    let Some(read) = streams.read_offset(piece.stream) else {
+        return Ok(false); // no longer read: on_data drops it
+    };
+    grant.prune_below(read);
+    let from = piece.offset.max(read);
+    if !grant.permits(from, piece.record_end, false) {
+        return Err(not_delegated(format!("{from}..{}", piece.record_end)));
+    }
+    if piece.record_fin && !grant.permits(from, piece.record_end, true) {
+        return Err(not_delegated(format!("a FIN at {}", piece.record_end)));
+    }
+    Ok(true)
 }

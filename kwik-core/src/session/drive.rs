@@ -180,6 +180,7 @@ impl Session {
             conns,
             streams,
             stats,
+            client_paths,
             ..
         } = self;
         let Some(conn) = conns.get_mut(&path) else {
@@ -187,8 +188,14 @@ impl Session {
         };
         let events = &mut *ctx.events;
         conn.read_lane(lane, max_payload, &mut |piece| {
+            // A secondary is trusted for its delegations only.
+            if path != PathId::PRIMARY
+                && !client_paths::check_grant(client_paths, streams, path, &piece)?
+            {
+                return Ok(());
+            }
             stats.bytes_received += piece.data.len() as u64;
-            streams.on_data(piece, path, events)
+            streams.on_data(piece, events)
         })?;
         if self.ack_due.is_none() && self.streams.acks_pending() {
             self.ack_due = Some(ctx.now + ACK_DELAY);
@@ -282,10 +289,7 @@ impl Session {
                 body => self.stream_control(body, ctx),
             },
             Role::Secondary => match body {
-                Body::Delegate(m) => {
-                    self.on_delegated(m, ctx);
-                    Ok(())
-                }
+                Body::Delegate(m) => self.on_delegated(m, ctx),
                 Body::Raw(m) => {
                     ctx.events.push_back(Event::RawReceived {
                         session: self.handle,
@@ -303,17 +307,21 @@ impl Session {
         body: Body,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Violation> {
-        if let Body::StreamComplete(m) = &body
-            && self.role == Role::Primary
-        {
-            // The client has every byte: nothing delegated on it is owed.
-            self.ledger.stream_complete(StreamId(m.stream_id));
-        }
+        let completed = match &body {
+            Body::StreamComplete(m) if self.role == Role::Primary => Some(StreamId(m.stream_id)),
+            _ => None,
+        };
         let mut released = Vec::new();
         self.streams.on_control(body, ctx.events, &mut released)?;
         let conn = self.main_conn();
         for lane in released {
             conn.lanes.release(lane);
+        }
+        if let Some(stream) = completed
+            && self.streams.send_mut(stream).is_none()
+        {
+            // The client has every byte: nothing delegated on it is owed.
+            self.ledger.forget(stream);
         }
         Ok(())
     }
@@ -359,7 +367,9 @@ impl Session {
             let cp = &self.client_paths[&path];
             if let Some(deadline) = cp.closing {
                 let streams = &self.streams;
-                let drained = cp.owed.iter().all(|(s, r)| streams.received(*s, r.clone()));
+                let drained = cp.grants.iter().all(|(stream, grant)| {
+                    grant.ranges.iter().all(|r| streams.received(*stream, r))
+                });
                 if drained || deadline <= now {
                     self.set_path_state(path, PathState::Closed, None, ctx);
                     continue;
@@ -386,7 +396,7 @@ impl Session {
 
     /// Encodes what the stream table wants sent, routes it, and pushes every
     /// connection's control queue into its control stream.
-    pub(super) fn flush(&mut self, _ctx: &mut Ctx<'_>) {
+    pub(super) fn flush(&mut self, ctx: &mut Ctx<'_>) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -395,7 +405,7 @@ impl Session {
             self.streams.drain_control(&mut out);
             for (route, body) in out {
                 if let Some(stream) = route {
-                    for source in self.streams.sources(stream).to_vec() {
+                    for source in self.writers_of(stream) {
                         if let Some(conn) = self.conns.get_mut(&source)
                             && conn.joined
                             && !conn.closed
@@ -407,10 +417,22 @@ impl Session {
                 self.main_conn().send(body);
             }
         }
-        for conn in self.conns.values_mut() {
+        let limit = control_backlog_limit(&self.transport);
+        let mut stuck = Vec::new();
+        for (path, conn) in &mut self.conns {
             if !conn.closed {
                 conn.flush_control();
+                if conn.control_backlog() > limit {
+                    stuck.push(*path);
+                }
             }
+        }
+        for path in stuck {
+            let v = Violation::new(
+                ErrorCode::ResourceLimit,
+                format!("the peer leaves more than {limit} control bytes unread"),
+            );
+            self.fail_path(path, v, ctx);
         }
     }
 
@@ -505,4 +527,11 @@ impl Session {
             info.set_state(PathState::Closed, now);
         }
     }
+}
+
+/// Most control bytes one connection may hold unsent before its peer counts
+/// as not reading them (answers to its requests, relayed messages).
+fn control_backlog_limit(transport: &TransportConfig) -> usize {
+    let sixteen_messages = transport.max_control_message.saturating_mul(16);
+    usize::try_from(sixteen_messages.max(1 << 20)).unwrap_or(usize::MAX)
 }

@@ -24,6 +24,8 @@ impl Session {
                 expiry_unix: ticket.expiry_unix,
                 token: ticket.token.clone(),
                 limits: Some(self.limits()),
+                address: ticket.address.clone(),
+                server_name: ticket.server_name.clone(),
             })
         };
         let conn = self.conns.get_mut(&path).expect("event source");
@@ -66,27 +68,34 @@ impl Session {
     }
 
     pub(super) fn on_join(&mut self, join: msg::Join, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
-        if ctx.trusted.is_empty() {
-            return Err(Violation::new(
-                ErrorCode::AuthFailed,
-                "this server accepts no paths",
-            ));
-        }
+        let auth = |reason: String| Violation::new(ErrorCode::AuthFailed, reason);
+        let Some(server) = ctx.server.filter(|s| !s.trusted_keys.is_empty()) else {
+            return Err(auth("this server accepts no paths".into()));
+        };
         let session_id = SessionId::from_slice(&join.session_id)
-            .ok_or_else(|| Violation::new(ErrorCode::AuthFailed, "session id is not 16 bytes"))?;
+            .ok_or_else(|| auth("session id is not 16 bytes".into()))?;
         // Reject a malformed Join before the token is spent on it.
         let limits = join
             .limits
             .ok_or_else(|| violation("join without limits"))?;
-        check_limits(&limits)?;
+        // The token must name us: checked first, so that a token for
+        // another secondary does not use up its single use here.
+        if !names_this_server(server, &join.address, &join.server_name) {
+            return Err(auth(format!(
+                "path token names another secondary ({} at {})",
+                join.server_name, join.address
+            )));
+        }
         let claims = TokenClaims {
             session_id,
             path_id: join.path_id,
             expiry_unix: join.expiry_unix,
+            address: join.address,
+            server_name: join.server_name,
         };
         ctx.tokens
-            .verify(ctx.trusted, &claims, &join.token, ctx.unix_now)
-            .map_err(|r| Violation::new(ErrorCode::AuthFailed, r.reason()))?;
+            .verify(&server.trusted_keys, &claims, &join.token, ctx.unix_now)
+            .map_err(|r| auth(r.reason().into()))?;
         self.role = Role::Secondary;
         self.joined_path = PathId(join.path_id);
         self.streams.set_secondary();
@@ -109,7 +118,7 @@ impl Session {
         peer: Limits,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Violation> {
-        check_limits(&peer)?;
+        // `peer` passed `wire::limits` when its message was decoded.
         self.send_frame_limit = self.transport.max_frame_payload.min(peer.max_frame_payload);
         self.peer_max_control = peer.max_control_message;
         self.streams.set_peer_limits(
@@ -119,7 +128,18 @@ impl Session {
         );
         self.id = Some(id);
         self.phase = Phase::Active;
-        self.main_conn().joined = true;
+        let (lanes, window) = (self.transport.max_lanes, self.transport.receive_window);
+        let server = self.side == Side::Server;
+        let conn = self.main_conn();
+        conn.joined = true;
+        if server {
+            // The peer is authenticated now: allow its lanes and the real window.
+            conn.quic
+                .set_max_concurrent_streams(QDir::Uni, VarInt::from_u32(lanes));
+            conn.quic.set_receive_window(
+                VarInt::from_u64(window.min(VarInt::MAX.into_inner())).expect("clamped"),
+            );
+        }
         let now = ctx.now;
         if let Some(p) = self.paths.get_mut(&PathId::PRIMARY) {
             p.set_state(PathState::Active, now);
@@ -139,6 +159,23 @@ impl Session {
         self.set_path_state(path, PathState::Active, None, ctx);
         self.read_all_lanes(path, ctx)
     }
+}
+
+/// True if a token naming `address` and `server_name` was minted for this
+/// server (per its configured identity; unconfigured parts are not checked).
+fn names_this_server(server: &ServerConfig, address: &str, server_name: &str) -> bool {
+    let name_ok = server
+        .path_server_name
+        .as_ref()
+        .is_none_or(|ours| ours == server_name);
+    let address_ok = server.path_addresses.is_empty()
+        || address.parse::<SocketAddr>().is_ok_and(|claimed| {
+            server.path_addresses.iter().any(|ours| {
+                ours.port() == claimed.port()
+                    && (ours.ip().is_unspecified() || ours.ip() == claimed.ip())
+            })
+        });
+    name_ok && address_ok
 }
 
 /// Checks a client's Hello against what this server supports; returns the
@@ -163,14 +200,6 @@ pub(super) fn negotiate(hello: &Hello, server_features: u64) -> Result<Limits, V
     hello
         .limits
         .ok_or_else(|| violation("hello without limits"))
-}
-
-/// A peer's limits must leave room for data and control messages.
-fn check_limits(limits: &Limits) -> Result<(), Violation> {
-    if limits.max_frame_payload == 0 || limits.max_control_message < 64 {
-        return Err(violation("unusable limits"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

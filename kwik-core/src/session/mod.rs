@@ -34,22 +34,25 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn_proto::{Dir as QDir, StreamEvent, StreamId as QStreamId, VarInt};
 
-use crate::codec::encode_data_header;
-use crate::config::{PROTOCOL_VERSION, SUPPORTED_FEATURES, TransportConfig};
+use crate::codec::{DataPiece, encode_data_header};
+use crate::config::{PROTOCOL_VERSION, SUPPORTED_FEATURES, ServerConfig, TransportConfig};
 use crate::conn::Conn;
-use crate::delegation::{Delegation, DelegationId, Ledger};
+use crate::delegation::{Delegation, DelegationId, Grant, Ledger};
 use crate::error::{
     CloseReason, ErrorCode, OpenError, ReadError, StreamError, Violation, WriteError,
 };
 use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
 use crate::lanes::LaneBlocked;
-use crate::paths::{PathError, PathFailure, PathId, PathInfo, PathPolicy, PathState};
+use crate::paths::{
+    MAX_FINAL_PATHS, PathError, PathFailure, PathId, PathInfo, PathPolicy, PathState,
+};
 use crate::proto::common::Limits;
 use crate::proto::control::{self as msg, Hello, Welcome, control_message::Body};
-use crate::streams::{SendState, Streams};
+use crate::streams::{MAX_STREAMS_PER_DIR, SendState, Streams};
 use crate::token::{self, TokenClaims, TokenKey, TokenVerifier};
 use crate::transfer::{Job, PathView, SharedResource, Transfer, TransferConfig, TransferId};
+use crate::wire::MAX_SERVER_NAME;
 
 /// How long the client batches acknowledgements of delegated streams.
 const ACK_DELAY: Duration = Duration::from_millis(5);
@@ -103,8 +106,9 @@ pub(crate) struct Ctx<'a> {
     /// Mints session ids (server side).
     pub mint_id: &'a mut dyn FnMut() -> SessionId,
     pub tokens: &'a mut TokenVerifier,
-    /// Keys this server accepts path tokens from.
-    pub trusted: &'a [TokenKey],
+    /// The endpoint's server configuration (keys and identity for path
+    /// tokens), if it accepts sessions.
+    pub server: Option<&'a ServerConfig>,
     /// Secondary: resources served automatically, by descriptor.
     pub resources: &'a BTreeMap<Bytes, SharedResource>,
 }
@@ -146,9 +150,15 @@ pub(crate) struct PrimarySettings {
 struct ClientPath {
     expiry_unix: u64,
     token: Bytes,
-    /// Ranges forwarded to this path and not known to have arrived.
-    owed: Vec<(StreamId, Range<u64>)>,
-    /// Removal requested: close once `owed` arrived, or at this deadline.
+    /// The target as the AddPath named it (covered by the token's MAC).
+    address: String,
+    server_name: String,
+    /// What the primary delegated to this path, per stream: the only bytes
+    /// and FINs it may write (ranges already read are pruned; the entry
+    /// lives as long as the stream).
+    grants: BTreeMap<StreamId, Grant>,
+    /// Removal requested: close once every granted byte arrived, or at this
+    /// deadline.
     closing: Option<Instant>,
 }
 
@@ -190,6 +200,47 @@ pub(crate) struct Session {
     next_transfer: u64,
     /// Ranges this side writes from a resource (own share, served delegations).
     jobs: Vec<Job>,
+    /// Secondary: what the primary delegated and this side has not written
+    /// yet, per stream; a stream's sending half lives as long as its entry.
+    serving: BTreeMap<StreamId, Grant>,
+    /// Client: the highest path id an AddPath named (ids only grow).
+    last_add_path: u64,
+    /// Client: AddPaths the rate limit still admits.
+    add_budget: RateBudget,
+}
+
+/// A token bucket in thousandths of a token, refilled from the time inputs
+/// (deterministic: no clock is read).
+#[derive(Debug)]
+pub(super) struct RateBudget {
+    millis: u64,
+    at: Instant,
+}
+
+impl RateBudget {
+    fn new(burst: u32, now: Instant) -> Self {
+        Self {
+            millis: u64::from(burst) * 1000,
+            at: now,
+        }
+    }
+
+    /// Takes one token if `per_second` refills and a `burst` cap allow.
+    pub(super) fn take(&mut self, now: Instant, per_second: u32, burst: u32) -> bool {
+        let elapsed = now.saturating_duration_since(self.at);
+        let refill = elapsed.as_millis().saturating_mul(u128::from(per_second));
+        let cap = u64::from(burst) * 1000;
+        self.millis = u64::try_from(u128::from(self.millis).saturating_add(refill))
+            .unwrap_or(u64::MAX)
+            .min(cap);
+        self.at = now;
+        if self.millis >= 1000 {
+            self.millis -= 1000;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 pub(super) fn violation(reason: impl Into<String>) -> Violation {
@@ -228,6 +279,7 @@ impl Session {
             transport.max_bidi_streams,
             transport.max_uni_streams,
         );
+        let policy_burst = policy.add_path_burst;
         let mut primary_path = PathInfo::new(PathId::PRIMARY, remote, server_name, now);
         primary_path.primary = true;
         Self {
@@ -265,14 +317,17 @@ impl Session {
             transfers: BTreeMap::new(),
             next_transfer: 0,
             jobs: Vec::new(),
+            serving: BTreeMap::new(),
+            last_add_path: 0,
+            add_budget: RateBudget::new(policy_burst, now),
         }
     }
 
     pub(super) fn limits(&self) -> Limits {
         Limits {
             stream_window: self.transport.stream_window,
-            max_bidi_streams: self.transport.max_bidi_streams,
-            max_uni_streams: self.transport.max_uni_streams,
+            max_bidi_streams: self.transport.max_bidi_streams.min(MAX_STREAMS_PER_DIR),
+            max_uni_streams: self.transport.max_uni_streams.min(MAX_STREAMS_PER_DIR),
             max_frame_payload: self.transport.max_frame_payload,
             max_control_message: self.transport.max_control_message,
         }

@@ -47,7 +47,7 @@ impl Session {
                 continue;
             }
             let Some(&path) = next.next() else { return };
-            let _ = self.delegate(path, d.stream, d.range, d.fin, d.descriptor);
+            let _ = self.delegate(path, d.stream, d.range, d.fin, d.descriptor, true);
         }
     }
 
@@ -70,12 +70,20 @@ impl Session {
             .token_key
             .clone()
             .ok_or(PathError::NoTokenKey)?;
+        if server_name.len() > MAX_SERVER_NAME {
+            return Err(PathError::TooLarge {
+                size: server_name.len(),
+                limit: MAX_SERVER_NAME,
+            });
+        }
         let path = PathId(self.next_path);
         self.next_path += 1;
         let claims = TokenClaims {
             session_id: self.id.expect("active"),
             path_id: path.0,
             expiry_unix: (unix_now + self.primary.token_lifetime).as_secs(),
+            address: address.to_string(),
+            server_name: server_name.to_string(),
         };
         let mac = token::mint(&key, &claims);
         self.paths
@@ -84,9 +92,9 @@ impl Session {
             .insert(path, now + self.primary.add_path_timeout);
         self.main_conn().send(Body::AddPath(msg::AddPath {
             path_id: path.0,
-            address: address.to_string(),
-            server_name: server_name.to_string(),
             expiry_unix: claims.expiry_unix,
+            address: claims.address,
+            server_name: claims.server_name,
             token: Bytes::from(mac),
         }));
         Ok(path)
@@ -116,7 +124,8 @@ impl Session {
         }
     }
 
-    /// Primary: hands `[range)` of `stream` to `path`.
+    /// Primary: hands `[range)` of `stream` to `path`; `urgent` asks the
+    /// path to write it ahead of its other queued work.
     pub(crate) fn delegate(
         &mut self,
         path: PathId,
@@ -124,6 +133,7 @@ impl Session {
         range: Range<u64>,
         fin: bool,
         descriptor: Bytes,
+        urgent: bool,
     ) -> Result<Delegation, PathError> {
         if self.role != Role::Primary {
             return Err(PathError::WrongRole);
@@ -132,12 +142,26 @@ impl Session {
             return Err(PathError::NotFound(path));
         }
         self.path_usable(path)?;
-        if stream.initiator() != Side::Server || self.streams.send_mut(stream).is_none() {
+        if range.start > range.end || range.end >= crate::wire::OFFSET_LIMIT {
+            return Err(PathError::OutOfRange);
+        }
+        let limit = self.transport.max_delegations;
+        if self.ledger.len() >= limit {
+            return Err(PathError::LimitReached { limit });
+        }
+        let Some(send) = self.streams.send_mut(stream) else {
             return Err(PathError::WrongRole);
+        };
+        if stream.initiator() != Side::Server {
+            return Err(PathError::WrongRole);
+        }
+        if fin {
+            // The client may now report the stream complete (§5.3).
+            send.final_size = Some(range.end);
         }
         let d = self
             .ledger
-            .add(path, stream, range.clone(), fin, descriptor.clone());
+            .add(path, stream, range.clone(), fin, descriptor.clone(), urgent);
         self.main_conn().send(Body::Delegate(msg::Delegate {
             path_id: path.0,
             delegation_id: d.id.0,
@@ -147,6 +171,7 @@ impl Session {
             fin,
             descriptor,
             credit: 0,
+            urgent,
         }));
         Ok(d)
     }

@@ -1,20 +1,60 @@
-//! The secondary's side of a path: taking delegations from the client.
+//! The secondary's side of a path: taking delegations from the client, and
+//! keeping what it was asked to write — and only that — until it is written.
+//!
+//! A secondary holds state for a stream only while it has delegated bytes
+//! to write: the delegation creates the stream's sending half, writing the
+//! last delegated byte frees it. Messages about other streams are ignored,
+//! so a client cannot grow the table by naming fresh stream ids, and the
+//! number of outstanding delegations is bounded
+//! ([`TransportConfig::max_delegations`]).
 
 use super::*;
 
 impl Session {
-    pub(super) fn on_delegated(&mut self, m: msg::Delegate, ctx: &mut Ctx<'_>) {
+    pub(super) fn on_delegated(
+        &mut self,
+        m: msg::Delegate,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
         let stream = StreamId(m.stream_id);
+        if stream.initiator() != Side::Server {
+            return Err(violation(format!("delegation of client stream {stream}")));
+        }
+        if m.length == 0 && !m.fin {
+            return Ok(()); // nothing to write
+        }
+        let held = self.jobs.len()
+            + self
+                .serving
+                .values()
+                .map(|g| g.ranges.range_count())
+                .sum::<usize>();
+        if held >= self.transport.max_delegations {
+            return Err(Violation::new(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "more than {} delegations outstanding",
+                    self.transport.max_delegations
+                ),
+            ));
+        }
+        // `wire::check` bounded the range when the message was decoded.
+        let range = m.offset..m.offset + m.length;
+        self.serving
+            .entry(stream)
+            .or_default()
+            .allow(range.clone(), m.fin);
         let half = self.streams.source_half(stream);
         half.credit = half.credit.max(m.credit);
         if let Some(resource) = ctx.resources.get(&m.descriptor) {
-            self.jobs.push(Job {
+            self.push_job(Job {
                 stream,
-                range: m.offset..m.offset + m.length,
+                range,
                 fin: m.fin,
                 resource: resource.clone(),
+                urgent: m.urgent,
             });
-            return;
+            return Ok(());
         }
         ctx.events.push_back(Event::Delegated {
             session: self.handle,
@@ -22,10 +62,33 @@ impl Session {
                 id: DelegationId(m.delegation_id),
                 path: self.joined_path,
                 stream,
-                range: m.offset..m.offset + m.length,
+                range,
                 fin: m.fin,
                 descriptor: m.descriptor,
+                urgent: m.urgent,
             },
         });
+        Ok(())
+    }
+
+    /// Secondary: `range` (and the FIN after it, if `fin`) of `stream` went
+    /// out; once nothing delegated is left, the stream's state goes.
+    pub(super) fn wrote_delegated(&mut self, stream: StreamId, range: Range<u64>, fin: bool) {
+        let Some(grant) = self.serving.get_mut(&stream) else {
+            return;
+        };
+        grant.ranges.remove(range);
+        if fin {
+            grant.fin = None;
+        }
+        if !grant.is_done() {
+            return;
+        }
+        self.serving.remove(&stream);
+        let lane = self.streams.send_mut(stream).and_then(|s| s.lane);
+        self.streams.free_send(stream);
+        if let Some(lane) = lane {
+            self.main_conn().lanes.release(lane);
+        }
     }
 }

@@ -40,13 +40,16 @@ impl Session {
         for (stream, descriptor, resource, a) in work {
             let own = a.path == PathId::PRIMARY
                 // The path went away since scheduling: serve it here.
-                || self.delegate(a.path, stream, a.range.clone(), a.fin, descriptor).is_err();
+                || self
+                    .delegate(a.path, stream, a.range.clone(), a.fin, descriptor, a.urgent)
+                    .is_err();
             if own {
-                self.jobs.push(Job {
+                self.push_job(Job {
                     stream,
                     range: a.range,
                     fin: a.fin,
                     resource,
+                    urgent: a.urgent,
                 });
             }
         }
@@ -57,6 +60,17 @@ impl Session {
                 transfer: id,
                 stream,
             });
+        }
+    }
+
+    /// Queues a job: urgent ones ahead of the others (in arrival order among
+    /// themselves), so that pumping serves them first.
+    pub(super) fn push_job(&mut self, job: Job) {
+        if job.urgent {
+            let at = self.jobs.partition_point(|j| j.urgent);
+            self.jobs.insert(at, job);
+        } else {
+            self.jobs.push(job);
         }
     }
 
@@ -75,7 +89,8 @@ impl Session {
                     return false; // the resource is shorter than the range
                 }
                 let last = want == remaining;
-                match self.write_at(job.stream, job.range.start, &mut data, job.fin && last) {
+                let fin = job.fin && last;
+                match self.write_range(job.stream, job.range.start, &mut data, fin, job.urgent) {
                     Ok(n) => {
                         job.range.start += n as u64;
                         if job.range.is_empty() && (last || !job.fin) {
@@ -113,17 +128,19 @@ impl Session {
         self.next_transfer += 1;
         if resource.is_empty() {
             // Only the FIN to send; the transfer completes at once.
-            self.jobs.push(Job {
+            self.push_job(Job {
                 stream,
                 range: 0..0,
                 fin: true,
                 resource: resource.clone(),
+                urgent: false,
             });
             self.transfers
                 .insert(id, Transfer::new(stream, descriptor, resource, config));
             return Ok(id);
         }
         // Tell the client to acknowledge this stream's progress.
+        self.ledger.track(stream);
         self.main_conn().send(Body::Delegate(msg::Delegate {
             path_id: PathId::PRIMARY.0,
             stream_id: stream.0,

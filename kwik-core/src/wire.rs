@@ -1,0 +1,215 @@
+//! Checks of every number a peer sends, made once where a control message
+//! enters (the control stream reader), before any arithmetic uses it.
+//!
+//! Offsets live below 2^62 (QUIC's varint range, and the data records'
+//! rule), stream indices below 2^60, and every list and string has a
+//! bound. A message that passes [`check`] can therefore be added, compared
+//! and indexed with plain arithmetic by the role logic behind it, in debug
+//! and release builds alike; one that fails is `KWIK_INVALID_FRAME`.
+
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::ops::Range;
+
+use crate::error::{ErrorCode, Violation};
+use crate::proto::common::Limits;
+use crate::proto::control::control_message::Body;
+use crate::proto::control::{Ack, Delegate};
+
+/// Every logical offset (and every end of a range) is below this.
+pub(crate) const OFFSET_LIMIT: u64 = 1 << 62;
+
+/// Stream ids are 62-bit (index below 2^60, two type bits).
+const STREAM_ID_LIMIT: u64 = 1 << 62;
+
+/// Most received ranges an Ack may list above its contiguous prefix.
+pub(crate) const MAX_ACK_RANGES: usize = 64;
+
+/// Longest path token accepted (an HMAC-SHA256 is 32 bytes).
+const MAX_TOKEN: usize = 64;
+
+/// Longest server name (DNS names are at most 253 characters).
+pub(crate) const MAX_SERVER_NAME: usize = 255;
+
+/// Longest textual socket address (`[v6%scope]:port`).
+const MAX_ADDRESS: usize = 64;
+
+/// Longest reason phrase in a PathStatus.
+const MAX_REASON: usize = 1024;
+
+fn invalid(reason: impl Into<String>) -> Violation {
+    Violation::new(ErrorCode::InvalidFrame, reason)
+}
+
+/// `[offset, offset + length)`, if it lies below [`OFFSET_LIMIT`].
+pub(crate) fn range(offset: u64, length: u64) -> Result<Range<u64>, Violation> {
+    match offset.checked_add(length) {
+        Some(end) if end < OFFSET_LIMIT => Ok(offset..end),
+        _ => Err(invalid(format!(
+            "range {offset}+{length} reaches past 2^62"
+        ))),
+    }
+}
+
+fn offset(what: &str, value: u64) -> Result<(), Violation> {
+    if value < OFFSET_LIMIT {
+        Ok(())
+    } else {
+        Err(invalid(format!("{what} {value} is not below 2^62")))
+    }
+}
+
+/// A credit is an offset limit: at most 2^62.
+fn credit(what: &str, value: u64) -> Result<(), Violation> {
+    if value <= OFFSET_LIMIT {
+        Ok(())
+    } else {
+        Err(invalid(format!("{what} {value} exceeds 2^62")))
+    }
+}
+
+fn stream(value: u64) -> Result<(), Violation> {
+    if value < STREAM_ID_LIMIT {
+        Ok(())
+    } else {
+        Err(invalid(format!("stream id {value} is not a 62-bit value")))
+    }
+}
+
+fn length(what: &str, len: usize, max: usize) -> Result<(), Violation> {
+    if len <= max {
+        Ok(())
+    } else {
+        Err(invalid(format!("{what} of {len} bytes exceeds {max}")))
+    }
+}
+
+/// Limits a peer announces must leave room for data and control messages
+/// and stay within the ranges the protocol can express.
+pub(crate) fn limits(limits: &Limits) -> Result<(), Violation> {
+    if limits.max_frame_payload == 0 || limits.max_control_message < 64 {
+        return Err(invalid("unusable limits"));
+    }
+    credit("stream window", limits.stream_window)?;
+    credit("max frame payload", limits.max_frame_payload)?;
+    credit("max control message", limits.max_control_message)?;
+    let streams = 1 << 60;
+    if limits.max_bidi_streams > streams || limits.max_uni_streams > streams {
+        return Err(invalid("stream limit above 2^60"));
+    }
+    Ok(())
+}
+
+fn delegate(m: &Delegate) -> Result<(), Violation> {
+    stream(m.stream_id)?;
+    range(m.offset, m.length)?;
+    credit("delegation credit", m.credit)
+}
+
+fn ack(m: &Ack) -> Result<(), Violation> {
+    stream(m.stream_id)?;
+    offset("acknowledged offset", m.contiguous)?;
+    if m.ranges.len() > MAX_ACK_RANGES {
+        return Err(invalid(format!(
+            "ack lists {} ranges, at most {MAX_ACK_RANGES} allowed",
+            m.ranges.len()
+        )));
+    }
+    for r in &m.ranges {
+        if r.start >= r.end || r.end >= OFFSET_LIMIT {
+            return Err(invalid(format!(
+                "acknowledged range {}..{} is empty or past 2^62",
+                r.start, r.end
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the numbers, lengths and lists of a decoded control message.
+pub(crate) fn check(body: &Body) -> Result<(), Violation> {
+    match body {
+        Body::Hello(m) => m.limits.as_ref().map_or(Ok(()), limits),
+        Body::Welcome(m) => m.limits.as_ref().map_or(Ok(()), limits),
+        Body::Joined(m) => m.limits.as_ref().map_or(Ok(()), limits),
+        Body::Join(m) => {
+            length("path token", m.token.len(), MAX_TOKEN)?;
+            length("server name", m.server_name.len(), MAX_SERVER_NAME)?;
+            length("address", m.address.len(), MAX_ADDRESS)?;
+            m.limits.as_ref().map_or(Ok(()), limits)
+        }
+        Body::StreamCredit(m) => {
+            stream(m.stream_id)?;
+            credit("stream credit", m.max_offset)
+        }
+        Body::StreamsCredit(m) => {
+            if m.max_streams > 1 << 60 {
+                return Err(invalid("stream count above 2^60"));
+            }
+            Ok(())
+        }
+        Body::ResetStream(m) => {
+            stream(m.stream_id)?;
+            offset("final offset", m.final_offset)
+        }
+        Body::StopSending(m) => stream(m.stream_id),
+        Body::StreamComplete(m) => stream(m.stream_id),
+        Body::AddPath(m) => {
+            if m.path_id == 0 {
+                return Err(invalid("AddPath names path 0 (the primary)"));
+            }
+            length("path token", m.token.len(), MAX_TOKEN)?;
+            length("server name", m.server_name.len(), MAX_SERVER_NAME)?;
+            length("address", m.address.len(), MAX_ADDRESS)
+        }
+        Body::PathStatus(m) => length("reason", m.reason.len(), MAX_REASON),
+        Body::Delegate(m) => delegate(m),
+        Body::Ack(m) => ack(m),
+        Body::RemovePath(_) | Body::RawRelay(_) | Body::Raw(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::control::ByteRange;
+
+    #[test]
+    fn ranges_and_offsets_stay_below_2_62() {
+        assert_eq!(range(10, 5).unwrap(), 10..15);
+        assert!(range(u64::MAX - 10, 100).is_err());
+        assert!(range(OFFSET_LIMIT - 1, 1).is_err());
+        assert!(range(OFFSET_LIMIT - 2, 1).is_ok());
+        let overflow = Delegate {
+            offset: u64::MAX - 10,
+            length: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&Body::Delegate(overflow)).unwrap_err().code,
+            ErrorCode::InvalidFrame
+        );
+    }
+
+    #[test]
+    fn acks_are_bounded_and_well_formed() {
+        let ok = Ack {
+            stream_id: 3,
+            contiguous: 10,
+            ranges: vec![ByteRange { start: 20, end: 30 }; MAX_ACK_RANGES],
+        };
+        assert!(check(&Body::Ack(ok.clone())).is_ok());
+        let mut long = ok.clone();
+        long.ranges.push(ByteRange { start: 40, end: 50 });
+        assert!(check(&Body::Ack(long)).is_err());
+        let mut empty = ok.clone();
+        empty.ranges[0] = ByteRange { start: 5, end: 5 };
+        assert!(check(&Body::Ack(empty)).is_err());
+        let mut far = ok;
+        far.ranges[0] = ByteRange {
+            start: 5,
+            end: OFFSET_LIMIT,
+        };
+        assert!(check(&Body::Ack(far)).is_err());
+    }
+}
