@@ -6,8 +6,8 @@
 //! endpoint — the *target*: a server (primary or secondary) or a client —
 //! next to one hostile node (a [`HostileClient`] or a [`HostilePrimary`])
 //! in a simulation, charges every heap allocation made inside the target's
-//! calls to a leased [`Meter`], and measures growth from a baseline taken
-//! once the attacked session is established. The attack then runs until the
+//! calls to a leased [`Meter`](crate::alloc::Meter), and measures growth
+//! from a baseline taken once the attacked session is established. The attack then runs until the
 //! target closes the session, the attacker is done and things settled, a
 //! fixed window passed, or the growth or CPU passed an abort threshold
 //! (so that a test fails fast on today's code instead of exhausting the
