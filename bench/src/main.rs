@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|abuse|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|abuse|handshake-flood|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -20,6 +20,10 @@
 //!   before the handshake, floods of credits, acks, AddPaths and
 //!   delegations): the attacked endpoint's peak heap growth and CPU time,
 //!   measured with the counting allocator ([`abuse`]);
+//! * `handshake-flood` — 10 000 forged client Initials and 100 genuine
+//!   clients against one server: its peak heap, and whether the genuine
+//!   clients get in, with Retry off and with the default configuration
+//!   ([`handshake_flood`]);
 //! * `loopback` — real UDP on 127.0.0.1: one kwik-tokio session versus one
 //!   quinn connection, same crypto and run, medians ([`loopback`]);
 //! * `loopback-multi` — real UDP on 127.0.0.1: one session from `--servers`
@@ -33,12 +37,14 @@
 //! missing or corrupt, a stalled simulation) exits with status 1.
 //!
 //! The binary's global allocator is kwik-sim's counting allocator, so that
-//! `abuse` can meter one simulated endpoint's heap; outside a meter it only
-//! forwards to the system allocator (one thread-local read per call).
+//! `abuse` and `handshake-flood` can meter one simulated endpoint's heap;
+//! outside a metered call it only adds a thread-local lookup to each
+//! allocation.
 
 mod abuse;
 mod aggregate;
 mod failover;
+mod handshake_flood;
 mod harness;
 mod loopback;
 mod loopback_multi;
@@ -68,6 +74,7 @@ scenarios:
   aggregate  one session from N servers on heterogeneous links (N = 2, 4, 8)
   failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
   abuse      hostile peers vs one session each: peak heap growth and CPU of the attacked endpoint
+  handshake-flood  10 000 forged Initials + 100 clients vs one server: heap, admissions
   loopback   1 GiB over one kwik-tokio session vs one quinn connection, real UDP on 127.0.0.1
   loopback-multi  one session from --servers rate-capped servers vs one (real UDP)
 
@@ -83,6 +90,7 @@ flags:
   --dead-after-ms N  failover: client's dead timeout (default: from the RTT)
   --kill-at PCT      failover: kill when PCT % was read (default 40)
   --rate-mbit N  loopback-multi: cap of every server's sending (default 200)
+  --initials N   handshake-flood: forged Initials (default 10000)
   --exact    sim-cpu: kwik's receiver also compares every byte (extra work)
   --max-frame-kib N  override kwik's max_frame_payload (default: kwik's own)
   --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary)
@@ -100,6 +108,7 @@ enum Scenario {
     Aggregate,
     Failover,
     Abuse,
+    HandshakeFlood,
     Loopback,
     LoopbackMulti,
     All,
@@ -123,6 +132,7 @@ struct Args {
     dead_after_ms: Option<u64>,
     kill_at: u64,
     pattern: Option<Pattern>,
+    initials: u64,
 }
 
 fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
@@ -150,6 +160,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         dead_after_ms: None,
         kill_at: failover::Options::default().kill_at,
         pattern: None,
+        initials: handshake_flood::Options::default().initials,
     };
     let mut scenario = None;
     while let Some(arg) = argv.next() {
@@ -174,6 +185,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                         .ok_or_else(|| format!("--pattern: unknown pattern {name:?}"))?,
                 );
             }
+            "--initials" => args.initials = parse_number("--initials", argv.next())?,
             "--rate-mbit" => args.rate_mbit = Some(parse_number("--rate-mbit", argv.next())?),
             "--max-frame-kib" => {
                 args.max_frame_kib = Some(parse_number("--max-frame-kib", argv.next())?);
@@ -205,6 +217,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "aggregate" => Scenario::Aggregate,
                     "failover" => Scenario::Failover,
                     "abuse" => Scenario::Abuse,
+                    "handshake-flood" => Scenario::HandshakeFlood,
                     "loopback" => Scenario::Loopback,
                     "loopback-multi" => Scenario::LoopbackMulti,
                     "all" => Scenario::All,
@@ -239,6 +252,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }
     if !(1..=99).contains(&args.kill_at) {
         return Err(format!("--kill-at must be 1 to 99, got {}", args.kill_at));
+    }
+    if args.initials == 0 {
+        return Err("--initials must be at least 1".to_string());
     }
     if args.dead_after_ms == Some(0) {
         return Err("--dead-after-ms must be at least 1".to_string());
@@ -309,6 +325,13 @@ fn run(args: &Args) -> Result<(), String> {
         abuse::main(&abuse::Options {
             seed: args.seed,
             pattern: args.pattern,
+        })?;
+    }
+    if args.scenario == Scenario::HandshakeFlood {
+        handshake_flood::main(&handshake_flood::Options {
+            initials: args.initials,
+            seed: args.seed,
+            ..handshake_flood::Options::default()
         })?;
     }
     if args.scenario == Scenario::Loopback {
@@ -395,6 +418,13 @@ mod tests {
             (a.scenario, a.pattern, a.seed),
             (Scenario::Abuse, Some(Pattern::DelegateFlood), 3)
         );
+        let a = parse("handshake-flood --initials 500 --seed 3")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (a.scenario, a.initials, a.seed),
+            (Scenario::HandshakeFlood, 500, 3)
+        );
         assert!(parse("--help").unwrap().is_none());
     }
 
@@ -413,5 +443,6 @@ mod tests {
         assert!(parse("failover --dead-after-ms 0").is_err());
         assert!(parse("abuse --pattern nope").is_err());
         assert!(parse("abuse --pattern").is_err());
+        assert!(parse("handshake-flood --initials 0").is_err());
     }
 }

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use kwik_core::{ClientConfig, CloseReason, IncomingId, ServerConfig, SharedResource, Side};
+use kwik_core::{
+    ClientConfig, CloseReason, EndpointStats, IncomingId, ServerConfig, SharedResource, Side,
+};
 
-use crate::error::{ConnectError, ConnectionError};
+use crate::error::{ConnectError, ConnectionError, RetryError};
 use crate::runtime::{Adapter, Runtime};
 use crate::session::{Session, SessionRef};
 use crate::shared::{SessionSlot, Shared, register};
@@ -182,11 +184,12 @@ impl<A: Adapter> Endpoint<A> {
 
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Option<Incoming<A>>> {
         let mut state = self.shared().lock();
-        if let Some((id, remote)) = state.incoming.pop_front() {
+        if let Some(pending) = state.incoming.pop_front() {
             return Poll::Ready(Some(Incoming {
                 shared: self.shared().clone(),
-                id,
-                remote,
+                id: pending.id,
+                remote: pending.remote,
+                address_validated: pending.address_validated,
                 decided: false,
                 _adapter: PhantomData,
             }));
@@ -246,6 +249,13 @@ impl<A: Adapter> Endpoint<A> {
         }
     }
 
+    /// Counters of the server side: sessions, half-open handshakes,
+    /// retries, refusals, handshake timeouts and bans (see
+    /// [`kwik_core::EndpointStats`]).
+    pub fn stats(&self) -> EndpointStats {
+        self.shared().lock().endpoint.stats()
+    }
+
     /// The local address the socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared().local_addr
@@ -271,10 +281,15 @@ impl<A: Adapter> Endpoint<A> {
 
 /// A connection attempt waiting for the application's decision. Dropping it
 /// refuses it.
+///
+/// Attempts the endpoint's own defences turned away (banned addresses, the
+/// Retry policy, the half-open and session limits of the
+/// [`ServerConfig`]) never get here.
 pub struct Incoming<A> {
     shared: Arc<Shared>,
     id: IncomingId,
     remote: SocketAddr,
+    address_validated: bool,
     decided: bool,
     _adapter: PhantomData<fn() -> A>,
 }
@@ -283,6 +298,7 @@ impl<A> fmt::Debug for Incoming<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Incoming")
             .field("remote", &self.remote)
+            .field("address_validated", &self.address_validated)
             .finish_non_exhaustive()
     }
 }
@@ -291,6 +307,41 @@ impl<A: Adapter> Incoming<A> {
     /// Where the attempt comes from.
     pub fn remote_address(&self) -> SocketAddr {
         self.remote
+    }
+
+    /// True if the client proved it receives at
+    /// [`remote_address`](Self::remote_address): it came back with the token
+    /// of a [`retry`](Self::retry). Otherwise the address may be forged.
+    pub fn remote_address_validated(&self) -> bool {
+        self.address_validated
+    }
+
+    /// Asks the client to prove its address: a QUIC Retry is sent and this
+    /// attempt ends. A client that really is at its address comes back as a
+    /// new [`Incoming`] (from [`Endpoint::accept`]) whose address is
+    /// validated; one with a forged address never does.
+    ///
+    /// # Errors
+    /// If the attempt already came back from a Retry (QUIC allows one);
+    /// the error gives the attempt back to accept or refuse.
+    pub fn retry(mut self) -> Result<(), RetryError<A>> {
+        let mut state = self.shared.lock();
+        let result = state.endpoint.retry(self.id);
+        state.kick();
+        drop(state);
+        match result {
+            Ok(()) => {
+                self.decided = true;
+                Ok(())
+            }
+            Err(kwik_core::RetryError::AlreadyRetried) => Err(RetryError(self)),
+            // The endpoint closed and refused the attempt meanwhile: it has
+            // ended, as a retry would have ended it.
+            Err(_) => {
+                self.decided = true;
+                Ok(())
+            }
+        }
     }
 
     /// Accepts the attempt; await the [`Connecting`] for the session.

@@ -49,6 +49,31 @@ impl From<kwik_core::ConnectError> for ConnectError {
     }
 }
 
+/// [`Incoming::retry`](crate::Incoming::retry) was refused: the attempt
+/// already came back from a Retry. Holds the attempt, still pending.
+pub struct RetryError<A>(pub(crate) crate::Incoming<A>);
+
+impl<A> RetryError<A> {
+    /// The attempt, to accept or refuse instead.
+    pub fn into_incoming(self) -> crate::Incoming<A> {
+        self.0
+    }
+}
+
+impl<A> fmt::Debug for RetryError<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RetryError").field(&self.0).finish()
+    }
+}
+
+impl<A> fmt::Display for RetryError<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the connection attempt was already retried")
+    }
+}
+
+impl<A> std::error::Error for RetryError<A> {}
+
 /// Writing to a stream failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -66,7 +66,8 @@ mod throttle;
 pub use config::{client_config, client_config_trusting, dev, server_config};
 pub use endpoint::{Connecting, Endpoint, Incoming};
 pub use error::{
-    ConnectError, ConnectionError, ReadError, ReadToEndError, StoppedError, StreamError, WriteError,
+    ConnectError, ConnectionError, ReadError, ReadToEndError, RetryError, StoppedError,
+    StreamError, WriteError,
 };
 pub use multi::{PathError, PathEvent, Transfer};
 pub use runtime::{Adapter, AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
@@ -77,8 +78,9 @@ pub use throttle::rate_limited;
 pub use bytes::Bytes;
 pub use kwik_core::{
     ALPN, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl, Delegation,
-    DelegationId, Dir, ErrorCode, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState,
-    PathTarget, Resource, Role, ServerConfig, SessionHandle, SessionId, SessionStats,
-    SharedResource, StreamId, TokenKey, TransferConfig, TransferId, TransportConfig,
+    DelegationId, Dir, EndpointStats, ErrorCode, PathFailure, PathFilter, PathId, PathInfo,
+    PathPolicy, PathState, PathTarget, Resource, RetryPolicy, Role, ServerConfig, SessionHandle,
+    SessionId, SessionStats, SharedResource, StreamId, TokenKey, TransferConfig, TransferId,
+    TransportConfig,
 };
 pub use rustls;

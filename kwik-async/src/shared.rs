@@ -318,13 +318,21 @@ impl StreamSlot {
     }
 }
 
+/// A connection attempt queued for [`Endpoint::accept`](crate::Endpoint::accept).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PendingIncoming {
+    pub(crate) id: IncomingId,
+    pub(crate) remote: SocketAddr,
+    pub(crate) address_validated: bool,
+}
+
 /// Everything behind the lock.
 pub(crate) struct State {
     pub(crate) endpoint: KwikEndpoint,
     pub(crate) sessions: BTreeMap<SessionHandle, SessionSlot>,
     pub(crate) streams: BTreeMap<(SessionHandle, StreamId), StreamSlot>,
     /// Connection attempts waiting for the application's decision.
-    pub(crate) incoming: VecDeque<(IncomingId, SocketAddr)>,
+    pub(crate) incoming: VecDeque<PendingIncoming>,
     pub(crate) accept: Wakers,
     pub(crate) idle: Wakers,
     /// No new sessions: the endpoint was closed or all its handles dropped.
@@ -365,13 +373,21 @@ impl State {
     pub(crate) fn dispatch(&mut self, event: Event, wake: &mut Vec<Waker>) {
         tracing::trace!(?event);
         match event {
-            Event::Incoming { incoming, remote } => {
+            Event::Incoming {
+                incoming,
+                remote,
+                address_validated,
+            } => {
                 if self.closed || self.incoming.len() >= MAX_PENDING_INCOMING {
                     tracing::debug!(%remote, "refusing connection attempt (not accepting)");
                     let _ = self.endpoint.refuse(incoming);
                     return;
                 }
-                self.incoming.push_back((incoming, remote));
+                self.incoming.push_back(PendingIncoming {
+                    id: incoming,
+                    remote,
+                    address_validated,
+                });
                 self.accept.drain_into(wake);
             }
             Event::SessionEstablished { session, id } => {
@@ -702,8 +718,8 @@ impl State {
     /// Stops accepting: refuses every queued attempt and wakes `accept`ers.
     pub(crate) fn stop_accepting(&mut self, wake: &mut Vec<Waker>) {
         self.closed = true;
-        for (id, _) in std::mem::take(&mut self.incoming) {
-            let _ = self.endpoint.refuse(id);
+        for pending in std::mem::take(&mut self.incoming) {
+            let _ = self.endpoint.refuse(pending.id);
         }
         self.endpoint.set_server_config(None);
         self.accept.drain_into(wake);

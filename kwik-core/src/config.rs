@@ -225,7 +225,61 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
-/// How a server accepts sessions: TLS plus transport knobs.
+/// When a server asks a connecting client to prove its address with a QUIC
+/// Retry before keeping any state for it (RFC 9000 §8.1.2).
+///
+/// A Retry costs a genuine client one round trip; it costs a forged source
+/// address everything, since the token comes back only from a client that
+/// receives at that address. See [`ServerConfig::retry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPolicy {
+    /// Retry every attempt whose address is not validated yet.
+    Always,
+    /// Never retry (the application may still, with
+    /// [`KwikEndpoint::retry`](crate::KwikEndpoint::retry)).
+    Never,
+    /// Retry unvalidated attempts while at least `above_half_open`
+    /// handshakes are half-open (see
+    /// [`EndpointStats::half_open`](crate::EndpointStats::half_open)), so
+    /// that at most that many handshakes ever run for unproven addresses.
+    /// `Auto { above_half_open: 0 }` is `Always`.
+    Auto {
+        /// Half-open handshakes from which on unvalidated attempts are
+        /// retried.
+        above_half_open: usize,
+    },
+}
+
+impl Default for RetryPolicy {
+    /// `Auto { above_half_open: 64 }`: see [`ServerConfig::retry`].
+    fn default() -> Self {
+        RetryPolicy::Auto {
+            above_half_open: 64,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether an unvalidated attempt arriving while `half_open` handshakes
+    /// are under way should be retried.
+    pub(crate) fn wants_retry(self, half_open: usize) -> bool {
+        match self {
+            RetryPolicy::Always => true,
+            RetryPolicy::Never => false,
+            RetryPolicy::Auto { above_half_open } => half_open >= above_half_open,
+        }
+    }
+}
+
+/// How a server accepts sessions: TLS plus transport knobs, and the limits
+/// that protect it from clients it cannot trust.
+///
+/// The defaults of the limits are sized for a server that otherwise runs
+/// with kwik's default [`TransportConfig`]: one half-open handshake holds
+/// about 145 KB (a QUIC connection with its TLS state and buffered flights,
+/// plus the session; measured by the `handshake-flood` benchmark), so the
+/// defaults cap what unproven addresses can pin at about 9 MB and what
+/// half-open handshakes can pin at all at about 37 MB (see PROTOCOL.md §11).
 #[derive(Clone)]
 pub struct ServerConfig {
     pub(crate) crypto: Arc<QuicServerConfig>,
@@ -263,6 +317,60 @@ pub struct ServerConfig {
     /// Secondary: the certificate name primaries name this server by; a
     /// Join whose token names another is refused. `None`: not checked.
     pub path_server_name: Option<String>,
+    /// When to ask clients to prove their address with a QUIC Retry.
+    ///
+    /// Default `Auto { above_half_open: 64 }`: a handshake lasts a couple of
+    /// round trips, so 64 concurrent ones is several hundred new sessions a
+    /// second before any genuine client pays the extra round trip, while
+    /// forged source addresses can pin at most 64 handshakes (about 9 MB)
+    /// however fast they arrive.
+    pub retry: RetryPolicy,
+    /// Most half-open handshakes (attempts awaiting the application's
+    /// decision plus accepted sessions whose kwik handshake has not
+    /// completed); attempts beyond it are refused statelessly.
+    ///
+    /// Default 256 (about 37 MB of handshake state): four times the Retry
+    /// threshold, so validated clients still get in while unvalidated ones
+    /// are being retried, and a burst of validated attempts stays bounded.
+    pub max_half_open: usize,
+    /// Most server sessions this endpoint holds (handshaking, established
+    /// or draining); attempts beyond it are refused statelessly.
+    ///
+    /// Default 10 000: with the default configuration an idle session holds
+    /// about 140 KB, so the cap is around 1.4 GB before any stream data;
+    /// set it from the memory the server may spend and what its sessions
+    /// carry (each logical stream may buffer up to its window).
+    pub max_sessions: usize,
+    /// A server session whose kwik handshake (the QUIC handshake, then the
+    /// client's `Hello` or `Join`) has not completed this long after it was
+    /// accepted is closed (locally [`CloseReason::TimedOut`](crate::CloseReason::TimedOut),
+    /// on the wire `KWIK_RESOURCE_LIMIT` "handshake timeout") and its memory
+    /// freed. Zero disables the deadline.
+    ///
+    /// Default 10 s: a genuine handshake takes two or three round trips
+    /// (one more after a Retry), and 10 s leaves room for several of
+    /// QUIC's initial 1 s probe timeouts on a lossy path, while freeing a
+    /// stalled handshake three times sooner than the 30 s idle timeout would.
+    pub handshake_timeout: Duration,
+    /// How long the IP of a peer is banned after this server closed its
+    /// session for a protocol violation that is the peer's fault (see
+    /// [`ErrorCode::is_peer_fault`](crate::ErrorCode::is_peer_fault)).
+    /// Attempts from a banned IP are refused statelessly. Zero disables
+    /// banning.
+    ///
+    /// Default 60 s: long enough that a client looping on a broken
+    /// implementation costs one session a minute, short enough that the
+    /// other users behind a shared (NAT) address are not locked out for
+    /// long.
+    pub ban_duration: Duration,
+    /// Most IPs banned at once; a new ban beyond it evicts the ban that
+    /// expires soonest. Zero disables banning.
+    ///
+    /// Default 4096 (some 400 KB of ban list).
+    pub max_bans: usize,
+    /// Also ban loopback addresses. Off by default: every local client
+    /// shares one, so a single broken one would lock out the others.
+    pub ban_loopback: bool,
 }
 
 impl ServerConfig {
@@ -283,6 +391,13 @@ impl ServerConfig {
             auto_reassign: false,
             path_addresses: Vec::new(),
             path_server_name: None,
+            retry: RetryPolicy::default(),
+            max_half_open: 256,
+            max_sessions: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            ban_duration: Duration::from_secs(60),
+            max_bans: 4096,
+            ban_loopback: false,
         })
     }
 }
@@ -292,6 +407,12 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("transport", &self.transport)
             .field("auto_accept", &self.auto_accept)
+            .field("retry", &self.retry)
+            .field("max_half_open", &self.max_half_open)
+            .field("max_sessions", &self.max_sessions)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("ban_duration", &self.ban_duration)
+            .field("max_bans", &self.max_bans)
             .finish_non_exhaustive()
     }
 }

@@ -19,6 +19,14 @@
 //! every connection is routed to its session and path. Sessions are kept in
 //! ordered maps and served in a fixed order, so the same seed and the same
 //! inputs always produce the same outputs.
+//!
+//! The server side guards itself at the door (see [`crate::defence`] for
+//! why): every new connection attempt is checked against the ban list, asked
+//! for a Retry when the [`RetryPolicy`](crate::RetryPolicy) says so, and
+//! refused beyond the half-open and session limits, all before any state is
+//! kept for it; a handshake that does not complete in time is closed; a
+//! session this side closes for the peer's protocol fault bans the peer's
+//! IP. All of it is counted in [`EndpointStats`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -26,17 +34,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use quinn_proto::{ConnectionHandle, DatagramEvent, EcnCodepoint};
+use quinn_proto::{ConnectionHandle, DatagramEvent, EcnCodepoint, VarInt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{ClientConfig, EndpointConfig, ServerConfig, TransportConfig};
 use crate::conn::Conn;
-use crate::error::{ConnectError, ErrorCode};
+use crate::defence::{BanList, EndpointClock, EndpointStats, Handshakes};
+use crate::error::{CloseReason, ConnectError, ErrorCode};
 use crate::event::{Event, Output, Transmit};
 use crate::ids::{IncomingId, SessionHandle, SessionId, Side, StreamId};
 use crate::paths::{PathId, PathPolicy};
-use crate::seeded::{SeededCids, Seeds, no_wall_clock};
+use crate::seeded::{SeededCids, Seeds};
 use crate::session::{Ctx, Phase, PrimarySettings, Request, Session};
 use crate::token::TokenVerifier;
 use crate::transfer::SharedResource;
@@ -77,6 +86,31 @@ impl std::fmt::Display for UnknownIncoming {
 }
 impl std::error::Error for UnknownIncoming {}
 
+/// Error of [`KwikEndpoint::retry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryError {
+    /// The incoming attempt is unknown (already decided, or never existed).
+    UnknownIncoming,
+    /// The attempt already came back from a Retry (its address is
+    /// validated); QUIC allows one Retry per connection. It is still
+    /// pending: accept or refuse it.
+    AlreadyRetried,
+}
+
+impl std::fmt::Display for RetryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RetryError::UnknownIncoming => "unknown incoming connection",
+            RetryError::AlreadyRetried => "the connection attempt was already retried",
+        })
+    }
+}
+impl std::error::Error for RetryError {}
+
+/// Reason phrase of the close sent when a handshake times out.
+const HANDSHAKE_TIMEOUT_REASON: &[u8] = b"handshake timeout";
+
 /// A sans-IO kwik endpoint: clients and servers of any number of sessions
 /// over one UDP socket. It is driven by one loop: feed inputs ([`handle_datagram`](Self::handle_datagram),
 /// [`handle_timeout`](Self::handle_timeout), application calls), then drain
@@ -104,9 +138,17 @@ pub struct KwikEndpoint {
     dirty: WorkQueue,
     /// Sessions that may have datagrams to send, served round-robin.
     sending: WorkQueue,
-    /// Datagrams the endpoint itself must send (refusals, resets).
+    /// Datagrams the endpoint itself must send (refusals, retries, resets).
     responses: VecDeque<(Transmit, Vec<u8>)>,
     scratch: Vec<u8>,
+    /// quinn-proto's view of wall-clock time (Retry token expiry).
+    clock: Arc<EndpointClock>,
+    /// Server sessions whose kwik handshake is under way, with deadlines.
+    handshakes: Handshakes,
+    /// Server sessions held (any phase, until drained).
+    server_sessions: usize,
+    bans: BanList,
+    stats: EndpointStats,
 }
 
 impl std::fmt::Debug for KwikEndpoint {
@@ -143,6 +185,7 @@ impl KwikEndpoint {
         let cid_seed = seeds.cids;
         qcfg.cid_generator(move || Box::new(SeededCids::new(cid_seed)));
         qcfg.rng_seed(Some(seeds.quinn));
+        let config_unix_time = config.unix_time;
         let mut endpoint = Self {
             quinn: quinn_proto::Endpoint::new(Arc::new(qcfg), None, true, None),
             config,
@@ -164,6 +207,11 @@ impl KwikEndpoint {
             sending: WorkQueue::default(),
             responses: VecDeque::new(),
             scratch: Vec::new(),
+            clock: EndpointClock::new(config_unix_time),
+            handshakes: Handshakes::default(),
+            server_sessions: 0,
+            bans: BanList::default(),
+            stats: EndpointStats::default(),
         };
         endpoint.set_server_config(server);
         endpoint
@@ -178,7 +226,7 @@ impl KwikEndpoint {
             let mut q = quinn_proto::ServerConfig::new(s.crypto.clone(), Arc::new(token_key));
             q.transport_config(Arc::new(s.transport.quinn(Side::Server)));
             q.validation_token.sent(0);
-            q.time_source(no_wall_clock());
+            q.time_source(self.clock.clone());
             Arc::new(q)
         });
         self.quinn.set_server_config(quinn_server);
@@ -204,6 +252,8 @@ impl KwikEndpoint {
     fn advance(&mut self, now: Instant) {
         if now > self.now {
             self.now = now;
+            self.clock.set(self.unix_now());
+            self.bans.purge(now);
         }
     }
 
@@ -371,15 +421,47 @@ impl KwikEndpoint {
         self.scratch = buf;
     }
 
+    /// Handshakes under way: attempts awaiting the application plus
+    /// accepted server sessions not yet established.
+    fn half_open(&self) -> usize {
+        self.incoming.len() + self.handshakes.len()
+    }
+
+    /// The door: bans, Retry, limits, then accept or ask the application.
     fn on_incoming(&mut self, incoming: quinn_proto::Incoming) {
         let Some(server) = &self.server else {
             self.quinn.ignore(incoming);
             return;
         };
+        self.stats.incoming += 1;
+        let remote = incoming.remote_address();
+        let validated = incoming.remote_address_validated();
+        let (retry, auto) = (server.retry, server.auto_accept);
+        let (max_half_open, max_sessions) = (server.max_half_open, server.max_sessions);
+        if self.bans.is_banned(remote.ip(), self.now) {
+            tracing::debug!(%remote, "refusing a banned address");
+            self.stats.refused_banned += 1;
+            self.refuse_now(incoming);
+            return;
+        }
+        let incoming = if !validated && retry.wants_retry(self.half_open()) {
+            match self.send_retry(incoming) {
+                None => return,
+                Some(incoming) => incoming,
+            }
+        } else {
+            incoming
+        };
+        if self.half_open() >= max_half_open
+            || self.server_sessions + self.incoming.len() >= max_sessions
+        {
+            tracing::debug!(%remote, half_open = self.half_open(), sessions = self.server_sessions, "refusing: limit reached");
+            self.stats.refused_limit += 1;
+            self.refuse_now(incoming);
+            return;
+        }
         let id = IncomingId(self.next_incoming);
         self.next_incoming += 1;
-        let remote = incoming.remote_address();
-        let auto = server.auto_accept;
         self.incoming.insert(id, incoming);
         if auto {
             let _ = self.accept(id);
@@ -387,7 +469,46 @@ impl KwikEndpoint {
             self.events.push_back(Event::Incoming {
                 incoming: id,
                 remote,
+                address_validated: validated,
             });
+        }
+    }
+
+    /// Answers with a Retry and forgets the attempt; gives it back if QUIC
+    /// forbids a Retry (it already came back from one).
+    fn send_retry(&mut self, incoming: quinn_proto::Incoming) -> Option<quinn_proto::Incoming> {
+        let mut buf = Vec::new();
+        match self.quinn.retry(incoming, &mut buf) {
+            Ok(t) => {
+                self.stats.retries_sent += 1;
+                self.push_response(t, buf);
+                None
+            }
+            Err(e) => Some(e.into_incoming()),
+        }
+    }
+
+    fn refuse_now(&mut self, incoming: quinn_proto::Incoming) {
+        let mut buf = Vec::new();
+        let t = self.quinn.refuse(incoming, &mut buf);
+        self.push_response(t, buf);
+    }
+
+    /// Asks a pending attempt to prove its address: a QUIC Retry is sent
+    /// and the attempt forgotten; a client that really is at its address
+    /// comes back as a new attempt whose
+    /// [`Event::Incoming`]`.address_validated` is true.
+    pub fn retry(&mut self, incoming: IncomingId) -> Result<(), RetryError> {
+        let inc = self
+            .incoming
+            .remove(&incoming)
+            .ok_or(RetryError::UnknownIncoming)?;
+        match self.send_retry(inc) {
+            None => Ok(()),
+            Some(inc) => {
+                self.incoming.insert(incoming, inc);
+                Err(RetryError::AlreadyRetried)
+            }
         }
     }
 
@@ -409,6 +530,11 @@ impl KwikEndpoint {
             Ok((ch, quic)) => {
                 let handle = self.next_handle();
                 let conn = self.wrap_conn(handle, PathId::PRIMARY, ch, quic, &server.transport);
+                let deadline = (!server.handshake_timeout.is_zero())
+                    .then(|| self.now + server.handshake_timeout);
+                self.handshakes.insert(handle, deadline);
+                self.server_sessions += 1;
+                self.stats.handshakes_accepted += 1;
                 let session = Session::new(
                     handle,
                     Side::Server,
@@ -441,9 +567,7 @@ impl KwikEndpoint {
     /// Refuses a pending connection; the client sees a connection refusal.
     pub fn refuse(&mut self, incoming: IncomingId) -> Result<(), UnknownIncoming> {
         let inc = self.incoming.remove(&incoming).ok_or(UnknownIncoming)?;
-        let mut buf = Vec::new();
-        let t = self.quinn.refuse(inc, &mut buf);
-        self.push_response(t, buf);
+        self.refuse_now(inc);
         Ok(())
     }
 
@@ -455,6 +579,7 @@ impl KwikEndpoint {
     /// Tells the endpoint that time has passed; fires due timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
+        self.expire_handshakes();
         for (handle, session) in &mut self.sessions {
             if session.deadline.is_some_and(|d| d <= now) {
                 for conn in session.conns.values_mut() {
@@ -502,7 +627,37 @@ impl KwikEndpoint {
                 return Output::Event(event);
             }
         }
-        Output::Timeout(self.sessions.values().filter_map(|s| s.deadline).min())
+        let sessions = self.sessions.values().filter_map(|s| s.deadline).min();
+        let handshakes = self.handshakes.next_deadline();
+        Output::Timeout(match (sessions, handshakes) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Closes the server sessions whose kwik handshake is overdue.
+    fn expire_handshakes(&mut self) {
+        while let Some(handle) = self.handshakes.pop_expired(self.now) {
+            let Some(session) = self.sessions.get_mut(&handle) else {
+                continue;
+            };
+            if session.phase != Phase::Handshaking || session.close_reason.is_some() {
+                continue;
+            }
+            tracing::debug!(session = %handle, remote = %session.remote_address(), "handshake timeout");
+            self.stats.handshakes_timed_out += 1;
+            // The session's own close reports `LocallyClosed`; this side did
+            // not choose to close, the peer ran out of time.
+            let mut local = VecDeque::new();
+            let code = VarInt::from_u64(ErrorCode::ResourceLimit.wire()).expect("small");
+            session.close(self.now, code, HANDSHAKE_TIMEOUT_REASON, &mut local);
+            session.close_reason = Some(CloseReason::TimedOut);
+            self.events.push_back(Event::SessionClosed {
+                session: handle,
+                reason: CloseReason::TimedOut,
+            });
+            self.dirty.push(&mut session.queued_drive, handle);
+        }
     }
 
     /// Digests pending input of every dirty session.
@@ -512,6 +667,7 @@ impl KwikEndpoint {
                 continue;
             };
             session.queued_drive = false;
+            let was_open = session.close_reason.is_none();
             let rng = &mut self.session_ids;
             let mut mint = || {
                 let mut id = [0u8; SessionId::LEN];
@@ -529,6 +685,7 @@ impl KwikEndpoint {
                 resources: &self.resources,
             };
             session.drive(&mut ctx);
+            self.after_drive(handle, was_open);
             self.serve_requests(handle);
             if self.settle_endpoint_events(handle)
                 && let Some(session) = self.sessions.get_mut(&handle)
@@ -536,6 +693,45 @@ impl KwikEndpoint {
                 self.sending.push(&mut session.queued_send, handle);
             }
         }
+    }
+
+    /// After a session was driven: its handshake may have completed, or this
+    /// side may have closed it for the peer's protocol fault (then the
+    /// peer's IP is banned).
+    fn after_drive(&mut self, handle: SessionHandle, was_open: bool) {
+        let Some(session) = self.sessions.get(&handle) else {
+            return;
+        };
+        if session.phase != Phase::Handshaking {
+            self.handshakes.remove(handle);
+        }
+        if !was_open || session.side != Side::Server {
+            return;
+        }
+        let Some(CloseReason::Protocol {
+            code,
+            by_peer: false,
+            ..
+        }) = &session.close_reason
+        else {
+            return;
+        };
+        let Some(server) = &self.server else {
+            return;
+        };
+        if !code.is_peer_fault() || server.ban_duration.is_zero() || server.max_bans == 0 {
+            return;
+        }
+        let ip = session.remote_address().ip();
+        if ip.is_loopback() && !server.ban_loopback {
+            // Every local client shares this address: one broken one must
+            // not lock out the others (and the developer's tests).
+            return;
+        }
+        tracing::debug!(session = %handle, %ip, %code, "banning");
+        self.bans
+            .ban(ip, self.now + server.ban_duration, server.max_bans);
+        self.stats.bans_total += 1;
     }
 
     /// Forwards the endpoint events of a session's connections to
@@ -573,6 +769,10 @@ impl KwikEndpoint {
         let Some(session) = self.sessions.remove(&handle) else {
             return;
         };
+        self.handshakes.remove(handle);
+        if session.side == Side::Server {
+            self.server_sessions -= 1;
+        }
         self.dial_configs.remove(&handle);
         for conn in session.conns.values().filter(|c| !c.drained) {
             if let Some(slot) = self.by_conn.get_mut(conn.handle.0) {
@@ -641,6 +841,23 @@ impl KwikEndpoint {
     /// True when no session is left (all have drained).
     pub fn is_idle(&self) -> bool {
         self.sessions.is_empty()
+    }
+
+    /// Counters of the server side: sessions, half-open handshakes,
+    /// retries, refusals, handshake timeouts and bans.
+    pub fn stats(&self) -> EndpointStats {
+        EndpointStats {
+            sessions: self.server_sessions as u64,
+            half_open: self.half_open() as u64,
+            bans_active: self.bans.active(self.now) as u64,
+            ..self.stats
+        }
+    }
+
+    /// Whether the IP is banned at the time of the latest input (see
+    /// [`ServerConfig::ban_duration`](crate::ServerConfig::ban_duration)).
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.bans.is_banned(ip, self.now)
     }
 
     /// Whether the given session has completed its kwik handshake.

@@ -48,13 +48,19 @@ pub struct Transmit {
 #[non_exhaustive]
 pub enum Event {
     /// A client is connecting; answer with
-    /// [`KwikEndpoint::accept`](crate::KwikEndpoint::accept) or
-    /// [`KwikEndpoint::refuse`](crate::KwikEndpoint::refuse).
+    /// [`KwikEndpoint::accept`](crate::KwikEndpoint::accept),
+    /// [`KwikEndpoint::refuse`](crate::KwikEndpoint::refuse) or
+    /// [`KwikEndpoint::retry`](crate::KwikEndpoint::retry). Attempts that
+    /// the ban list, the Retry policy or the limits of the
+    /// [`ServerConfig`](crate::ServerConfig) turned away never surface.
     Incoming {
         /// The pending attempt.
         incoming: IncomingId,
         /// Where it comes from.
         remote: SocketAddr,
+        /// True if the client proved it receives at `remote` (it came back
+        /// with the token of a Retry); false if `remote` may be forged.
+        address_validated: bool,
     },
     /// The kwik handshake completed; the session is active.
     SessionEstablished {

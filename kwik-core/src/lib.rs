@@ -43,6 +43,7 @@ mod assembler;
 mod codec;
 mod config;
 mod conn;
+mod defence;
 mod delegation;
 mod endpoint;
 mod error;
@@ -62,10 +63,11 @@ mod wire;
 
 pub use config::{
     ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, PRE_HANDSHAKE_WINDOW,
-    PROTOCOL_VERSION, SUPPORTED_FEATURES, ServerConfig, TransportConfig,
+    PROTOCOL_VERSION, RetryPolicy, SUPPORTED_FEATURES, ServerConfig, TransportConfig,
 };
+pub use defence::EndpointStats;
 pub use delegation::{Delegation, DelegationId};
-pub use endpoint::{KwikEndpoint, UnknownIncoming};
+pub use endpoint::{KwikEndpoint, RetryError, UnknownIncoming};
 pub use error::{
     CloseError, CloseReason, ConnectError, DisconnectKind, ErrorCode, KWIK_CODE_BASE, OpenError,
     ReadError, StreamError, WriteError,

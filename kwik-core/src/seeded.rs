@@ -6,10 +6,9 @@
 //! [`EndpointConfig::seed`](crate::EndpointConfig::seed), so one seed fixes
 //! every choice and a simulation replays exactly.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use quinn_proto::{ConnectionId, ConnectionIdGenerator, TimeSource};
+use quinn_proto::{ConnectionId, ConnectionIdGenerator};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -72,19 +71,4 @@ impl ConnectionIdGenerator for SeededCids {
     fn cid_lifetime(&self) -> Option<Duration> {
         None
     }
-}
-
-/// quinn-proto's wall clock, consulted only for address-validation tokens,
-/// which kwik never issues; pinned so that no clock is ever read.
-#[derive(Debug)]
-pub(crate) struct NoWallClock;
-
-impl TimeSource for NoWallClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH
-    }
-}
-
-pub(crate) fn no_wall_clock() -> Arc<dyn TimeSource> {
-    Arc::new(NoWallClock)
 }

@@ -37,11 +37,12 @@ use kwik_async::{AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
 
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
-    ConnectError, ConnectionError, Delegation, DelegationId, ErrorCode, PathError, PathEvent,
-    PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget, ReadError,
-    ReadToEndError, Resource, Role, ServerConfig, SessionId, SessionStats, SharedResource,
-    StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig, TransferId,
-    TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls, server_config,
+    ConnectError, ConnectionError, Delegation, DelegationId, EndpointStats, ErrorCode, PathError,
+    PathEvent, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget,
+    ReadError, ReadToEndError, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
+    SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig,
+    TransferId, TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls,
+    server_config,
 };
 
 /// Marker selecting smol / async-io for the [`kwik_async`] API.
@@ -56,6 +57,9 @@ pub type Session = kwik_async::Session<Smol>;
 pub type Connecting = kwik_async::Connecting<Smol>;
 /// A connection attempt waiting for a decision.
 pub type Incoming = kwik_async::Incoming<Smol>;
+/// [`Incoming::retry`](kwik_async::Incoming::retry) was refused; holds the
+/// attempt.
+pub type RetryError = kwik_async::RetryError<Smol>;
 
 kwik_async::adapter_streams!();
 

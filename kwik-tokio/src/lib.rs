@@ -49,11 +49,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
-    ConnectError, ConnectionError, Delegation, DelegationId, ErrorCode, PathError, PathEvent,
-    PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget, ReadError,
-    ReadToEndError, Resource, Role, ServerConfig, SessionId, SessionStats, SharedResource,
-    StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig, TransferId,
-    TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls, server_config,
+    ConnectError, ConnectionError, Delegation, DelegationId, EndpointStats, ErrorCode, PathError,
+    PathEvent, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget,
+    ReadError, ReadToEndError, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
+    SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig,
+    TransferId, TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls,
+    server_config,
 };
 
 /// Marker selecting tokio for the [`kwik_async`] API.
@@ -68,6 +69,9 @@ pub type Session = kwik_async::Session<Tokio>;
 pub type Connecting = kwik_async::Connecting<Tokio>;
 /// A connection attempt waiting for a decision.
 pub type Incoming = kwik_async::Incoming<Tokio>;
+/// [`Incoming::retry`](kwik_async::Incoming::retry) was refused; holds the
+/// attempt.
+pub type RetryError = kwik_async::RetryError<Tokio>;
 
 kwik_async::adapter_streams!();
 

@@ -93,3 +93,58 @@ async fn download_completes_when_a_secondary_dies_silently_mid_transfer() {
 async fn multi_server_verbs_paths_raw_delegation_removal_and_bounded_queues() {
     testing::multi::verbs::<Tokio>().await;
 }
+
+/// `Incoming::retry` over real UDP: the first attempt is unvalidated and is
+/// retried, the client comes back with the token (validated, same address),
+/// a second retry is refused and hands the attempt back, and accepting it
+/// establishes the session; the endpoint counts one Retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_retry_validates_the_address_then_the_session_connects() {
+    let (mut server_config, client_config) = kwik_tokio::dev::self_signed(["localhost"]);
+    // Only the application decides on retries here.
+    server_config.retry = kwik_tokio::RetryPolicy::Never;
+    let server = kwik_tokio::Endpoint::server(server_config, testing::localhost()).unwrap();
+    let client = kwik_tokio::Endpoint::client(testing::localhost()).unwrap();
+    let connecting = client
+        .connect(server.local_addr(), "localhost", &client_config)
+        .unwrap();
+    let client_side = tokio::spawn(connecting);
+
+    let first = server.accept().await.expect("an attempt");
+    assert!(!first.remote_address_validated());
+    let remote = first.remote_address();
+    first
+        .retry()
+        .expect("an unvalidated attempt may be retried");
+
+    let second = server.accept().await.expect("the client comes back");
+    assert!(second.remote_address_validated());
+    assert_eq!(second.remote_address(), remote);
+    let second = match second.retry() {
+        Err(e) => e.into_incoming(),
+        Ok(()) => panic!("an attempt that came back from a Retry cannot be retried again"),
+    };
+    let server_session = second.accept().await.expect("accepted");
+    let client_session = tokio::time::timeout(Duration::from_secs(10), client_side)
+        .await
+        .expect("the client connects")
+        .unwrap()
+        .expect("established");
+    assert_eq!(server_session.id(), client_session.id());
+    let stats = server.stats();
+    assert_eq!(
+        (
+            stats.incoming,
+            stats.retries_sent,
+            stats.handshakes_accepted
+        ),
+        (2, 1, 1),
+        "{stats:?}"
+    );
+
+    client_session.close(0, b"").unwrap();
+    drop((client_session, server_session));
+    client.wait_idle().await;
+    server.close(0, b"");
+    server.wait_idle().await;
+}

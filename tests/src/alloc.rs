@@ -42,14 +42,6 @@ static LIMIT: [AtomicI64; METERS] = [const { AtomicI64::new(i64::MAX) }; METERS]
 static LEASED: AtomicU32 = AtomicU32::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// Marks the allocator installed (a load first, so that the hot path does
-/// not write a shared cache line on every allocation).
-fn mark_installed() {
-    if !INSTALLED.load(Ordering::Relaxed) {
-        INSTALLED.store(true, Ordering::Relaxed);
-    }
-}
-
 /// True if allocating `size` more bytes under `meter` would pass its cap.
 fn over_limit(meter: usize, size: usize) -> bool {
     let limit = LIMIT[meter].load(Ordering::Relaxed);
@@ -69,6 +61,14 @@ fn charge(meter: usize, delta: i64) {
     let now = CURRENT[meter].fetch_add(delta, Ordering::Relaxed) + delta;
     if delta > 0 {
         PEAK[meter].fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// Sets [`INSTALLED`] once; later allocations only read it, so threads
+/// allocating in parallel do not fight over its cache line.
+fn mark_installed() {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        INSTALLED.store(true, Ordering::Relaxed);
     }
 }
 

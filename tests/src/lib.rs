@@ -30,12 +30,15 @@
 //!   forged source address;
 //! * [`abuse`] — resource-exhaustion attacks on one kwik endpoint with its
 //!   heap use and CPU time metered, shared by the trust tests and the
-//!   `abuse` benchmark.
+//!   `abuse` benchmark;
+//! * [`handshakes`] — load on a server's door: forged client Initials, mute
+//!   clients, and a client that only connects.
 
 pub mod abuse;
 pub mod alloc;
 pub mod apps;
 pub mod certs;
+pub mod handshakes;
 pub mod hostile;
 pub mod hostile_primary;
 pub mod hostile_secondary;
