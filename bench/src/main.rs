@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|handshake-flood|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|abuse|handshake-flood|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -16,6 +16,10 @@
 //!   ([`aggregate`]);
 //! * `failover` — 4 servers, one secondary dies at 40 %: longest delivery
 //!   stall, lost or duplicated bytes ([`failover`]);
+//! * `abuse` — hostile peers against one session each (tiny records, lanes
+//!   before the handshake, floods of credits, acks, AddPaths and
+//!   delegations): the attacked endpoint's peak heap growth and CPU time,
+//!   measured with the counting allocator ([`abuse`]);
 //! * `handshake-flood` — 10 000 forged client Initials and 100 genuine
 //!   clients against one server: its peak heap, and whether the genuine
 //!   clients get in, with Retry off and with the default configuration
@@ -33,9 +37,11 @@
 //! missing or corrupt, a stalled simulation) exits with status 1.
 //!
 //! The binary's global allocator is kwik-sim's counting allocator, so that
-//! `handshake-flood` can meter the server's heap; outside a metered call it
-//! only adds a thread-local lookup to each allocation.
+//! `abuse` and `handshake-flood` can meter one simulated endpoint's heap;
+//! outside a metered call it only adds a thread-local lookup to each
+//! allocation.
 
+mod abuse;
 mod aggregate;
 mod failover;
 mod handshake_flood;
@@ -52,6 +58,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use harness::Cc;
+use kwik_sim::abuse::Pattern;
 
 #[global_allocator]
 static ALLOC: kwik_sim::alloc::CountingAlloc = kwik_sim::alloc::CountingAlloc;
@@ -66,6 +73,7 @@ scenarios:
   all        the three above, in order (default)
   aggregate  one session from N servers on heterogeneous links (N = 2, 4, 8)
   failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
+  abuse      hostile peers vs one session each: peak heap growth and CPU of the attacked endpoint
   handshake-flood  10 000 forged Initials + 100 clients vs one server: heap, admissions
   loopback   1 GiB over one kwik-tokio session vs one quinn connection, real UDP on 127.0.0.1
   loopback-multi  one session from --servers rate-capped servers vs one (real UDP)
@@ -86,6 +94,9 @@ flags:
   --exact    sim-cpu: kwik's receiver also compares every byte (extra work)
   --max-frame-kib N  override kwik's max_frame_payload (default: kwik's own)
   --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary)
+  --pattern NAME  abuse: run only this pattern (tiny-records, gapped-tiny-records,
+             descending-tiny-records, duplicate-tiny-records, pre-handshake-lanes,
+             fresh-id-credits, arbitrary-acks, refused-addpaths, delegate-flood)
   --seed N   base seed of the simulations (default 1)
   -h, --help this text";
 
@@ -96,6 +107,7 @@ enum Scenario {
     Mux,
     Aggregate,
     Failover,
+    Abuse,
     HandshakeFlood,
     Loopback,
     LoopbackMulti,
@@ -119,6 +131,7 @@ struct Args {
     backlog_ms: Option<u64>,
     dead_after_ms: Option<u64>,
     kill_at: u64,
+    pattern: Option<Pattern>,
     initials: u64,
 }
 
@@ -146,6 +159,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         backlog_ms: None,
         dead_after_ms: None,
         kill_at: failover::Options::default().kill_at,
+        pattern: None,
         initials: handshake_flood::Options::default().initials,
     };
     let mut scenario = None;
@@ -164,6 +178,13 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 args.dead_after_ms = Some(parse_number("--dead-after-ms", argv.next())?);
             }
             "--kill-at" => args.kill_at = parse_number("--kill-at", argv.next())?,
+            "--pattern" => {
+                let name = argv.next().ok_or("--pattern needs a value")?;
+                args.pattern = Some(
+                    Pattern::from_name(&name)
+                        .ok_or_else(|| format!("--pattern: unknown pattern {name:?}"))?,
+                );
+            }
             "--initials" => args.initials = parse_number("--initials", argv.next())?,
             "--rate-mbit" => args.rate_mbit = Some(parse_number("--rate-mbit", argv.next())?),
             "--max-frame-kib" => {
@@ -195,6 +216,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "mux" => Scenario::Mux,
                     "aggregate" => Scenario::Aggregate,
                     "failover" => Scenario::Failover,
+                    "abuse" => Scenario::Abuse,
                     "handshake-flood" => Scenario::HandshakeFlood,
                     "loopback" => Scenario::Loopback,
                     "loopback-multi" => Scenario::LoopbackMulti,
@@ -299,6 +321,12 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_or(defaults.backlog, Duration::from_millis),
         })?;
     }
+    if args.scenario == Scenario::Abuse {
+        abuse::main(&abuse::Options {
+            seed: args.seed,
+            pattern: args.pattern,
+        })?;
+    }
     if args.scenario == Scenario::HandshakeFlood {
         handshake_flood::main(&handshake_flood::Options {
             initials: args.initials,
@@ -383,6 +411,13 @@ mod tests {
             (a.scenario, a.mib, a.cc, a.kill_at, a.dead_after_ms),
             (Scenario::Failover, Some(64), Some(Cc::Bbr), 50, Some(300))
         );
+        let a = parse("abuse --pattern delegate-flood --seed 3")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (a.scenario, a.pattern, a.seed),
+            (Scenario::Abuse, Some(Pattern::DelegateFlood), 3)
+        );
         let a = parse("handshake-flood --initials 500 --seed 3")
             .unwrap()
             .unwrap();
@@ -406,6 +441,8 @@ mod tests {
         assert!(parse("aggregate --secs 0").is_err());
         assert!(parse("failover --kill-at 100").is_err());
         assert!(parse("failover --dead-after-ms 0").is_err());
+        assert!(parse("abuse --pattern nope").is_err());
+        assert!(parse("abuse --pattern").is_err());
         assert!(parse("handshake-flood --initials 0").is_err());
     }
 }

@@ -5,28 +5,33 @@
 //! completes the QUIC handshake with ALPN [`kwik_core::ALPN`], opens the
 //! control stream, sends a valid `Hello`, waits for the server's `Welcome`
 //! (so the session is active on the server) and then executes one scripted
-//! [`Misbehaviour`]. It records how its connection ended, which is what the
-//! tests assert on: a server must close only the offending session, with
-//! `KWIK_INVALID_FRAME`.
+//! [`Misbehaviour`] and/or a script of [`Step`]s. It records how its
+//! connection ended, which is what the tests assert on: a server must close
+//! only the offending session, with the code the fault calls for.
 //!
 //! Messages are encoded and decoded with the prost types kwik-core
 //! generates from `proto/*.proto`; the framing (length prefixes, raw lane
-//! payloads, the scripted faults) is written out here. A well-behaved run
-//! ([`Misbehaviour::None`] with an [`upload`](HostileClient::upload)) proves
-//! that this framing matches the server's, so the refusals seen in the
-//! misbehaving runs are about the scripted fault and not about a framing
-//! slip.
+//! payloads, the scripted faults) is written out in [`crate::wire`]. A
+//! well-behaved run ([`Misbehaviour::None`] with an
+//! [`upload`](HostileClient::upload)) proves that this framing matches the
+//! server's, so the refusals seen in the misbehaving runs are about the
+//! scripted fault and not about a framing slip.
 //!
 //! With [`join`](HostileClient::join) the client opens with a scripted
 //! `Join` instead of the `Hello` (as if it were joining a secondary path),
 //! so that token checks of a secondary server can be attacked: forged,
-//! expired, replayed or borrowed tokens.
+//! expired, replayed or borrowed tokens — and, with a genuine token, a
+//! secondary's handling of what its client sends once joined.
+//! With [`without_hello`](HostileClient::without_hello) it sends nothing at
+//! all on the control stream and runs its script as soon as the QUIC
+//! handshake is done (attacks on a server before the kwik handshake).
 //!
-//! [`HostileSecondary`] is the other way round: a secondary *server* that
-//! accepts a kwik client's path connection, answers its `Join` with `Joined`
-//! and then breaks the protocol on the first delegation it is handed.
+//! The other hostile nodes are [`HostileSecondary`] (a secondary server
+//! that writes what it was not given, see [`crate::hostile_secondary`]) and
+//! [`crate::hostile_primary::HostilePrimary`] (a primary that feeds a kwik
+//! client what it likes).
 //!
-//! Both nodes drive their quinn-proto endpoint through the same
+//! All of them drive their quinn-proto endpoint through the same
 //! [`QuicDriver`] as [`crate::quinn_node`] (see [`crate::quic_driver`]),
 //! holding at most one connection, and draw every quinn random choice from
 //! a seed (see [`crate::seeding`]).
@@ -37,30 +42,34 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use kwik_core::proto::common::Limits;
+use bytes::Bytes;
 use kwik_core::proto::control::control_message::Body;
-use kwik_core::proto::control::{
-    ControlMessage, Delegate, Hello, Join, Joined, StreamCredit, Welcome,
-};
+use kwik_core::proto::control::{Hello, Join, Joined, Welcome};
 use kwik_core::proto::data::DataHeader;
 use kwik_core::{
-    ALPN, Dir as KDir, PROTOCOL_VERSION, PathId, SessionId, SharedResource, Side,
-    StreamId as KStreamId,
+    ALPN, Dir as KDir, PROTOCOL_VERSION, PathId, SessionId, Side, StreamId as KStreamId,
 };
 use prost::Message;
 use quinn_proto::crypto::rustls::QuicClientConfig;
 use quinn_proto::{
     ConnectionError, Dir, Endpoint, Event, ReadError, StreamEvent, StreamId, TransportConfig,
-    VarInt, WriteError,
+    VarInt,
 };
 
 use crate::certs::DevCert;
 use crate::node::{Node, Transmit};
-use crate::quic_driver::{Incoming, QuicDriver};
-use crate::seeding::{seeded_client_config, seeded_endpoint_config, seeded_server_config};
+use crate::quic_driver::QuicDriver;
+use crate::seeding::{seeded_client_config, seeded_endpoint_config};
 use crate::setup::SERVER_NAME;
 use crate::trace::Trace;
+use crate::wire::{
+    RecordBuffer, SendQueue, control_record, decode_control, default_limits, garbage_record,
+    length_prefix,
+};
+
+pub use crate::hostile_secondary::{
+    HostileSecondary, InjectedRecord, Injection, Overshoot, PAST_CREDIT_FILL, PastCreditRecord,
+};
 
 /// Payload length an [`Misbehaviour::OversizedFrame`] header claims (at
 /// least; more if the server announced a larger frame limit).
@@ -70,7 +79,7 @@ pub const OVERSIZED_FRAME_LEN: u64 = (1 << 20) + 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Misbehaviour {
     /// Nothing wrong: the client stays connected (apart from an optional
-    /// [`upload`](HostileClient::upload)).
+    /// [`upload`](HostileClient::upload) and [`script`](HostileClient::script)).
     None,
     /// Raw bytes on the control stream that are no protobuf: a varint
     /// length of 16 followed by sixteen `0xff` bytes.
@@ -92,100 +101,82 @@ impl fmt::Display for Misbehaviour {
     }
 }
 
-/// `len` as a record length prefix (a protobuf varint).
-fn length_prefix(len: u64) -> Vec<u8> {
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    let mut out = Vec::with_capacity(prost::length_delimiter_len(len));
-    prost::encode_length_delimiter(len, &mut out).expect("a Vec grows");
-    out
+/// One step of a [`HostileClient`] script, run in order once the session is
+/// established (after the upload and the [`Misbehaviour`], if any). Bytes
+/// are handed to quinn-proto as flow control allows; a step that must wait
+/// (no lane credit yet, too few bytes received) holds up the ones after it.
+#[derive(Clone)]
+pub enum Step {
+    /// Bytes for the control stream: one record, a flood of them
+    /// ([`crate::wire::control_records`]) or garbage.
+    Control(Bytes),
+    /// Bytes for the client's lane (data records, see
+    /// [`crate::wire::data_record`]), opened on first use.
+    Lane(Bytes),
+    /// Waits until at least this many bytes arrived on streams the server
+    /// opened (its lanes), which this client reads and discards.
+    AwaitServerBytes(u64),
+    /// Notes the moment the misbehaviour starts
+    /// ([`misbehaved_at`](HostileClient::misbehaved_at)).
+    Mark,
+    /// From now on, opens as many lanes as the server allows (at most
+    /// `lanes`) and writes `per_lane` bytes of junk on each as fast as flow
+    /// control lets it. Runs in the background; the script goes on.
+    FloodLanes {
+        /// Most lanes to open.
+        lanes: u64,
+        /// Junk bytes to write on each.
+        per_lane: u64,
+    },
 }
 
-/// A whole control record: length prefix + `ControlMessage { body }`.
-fn control_record(body: Body) -> Vec<u8> {
-    ControlMessage { body: Some(body) }.encode_length_delimited_to_vec()
-}
-
-/// A whole control record: length prefix + `ControlMessage { hello }`.
-fn hello_record(hello: Hello) -> Vec<u8> {
-    control_record(Body::Hello(hello))
-}
-
-/// Decodes a control record (without its length prefix). `Err` if it does
-/// not parse or carries no known body.
-fn decode_control(record: Bytes) -> Result<Body, String> {
-    ControlMessage::decode(record)
-        .map_err(|e| e.to_string())?
-        .body
-        .ok_or_else(|| "control message without a body".into())
-}
-
-/// Accumulates the control stream and yields whole records.
-#[derive(Debug, Default)]
-struct RecordBuffer {
-    buf: BytesMut,
-}
-
-impl RecordBuffer {
-    fn next_record(&mut self) -> Result<Option<Bytes>, String> {
-        let mut rest = &self.buf[..];
-        let len = match prost::decode_length_delimiter(&mut rest) {
-            Ok(len) => len,
-            // Under ten bytes the prefix can only be incomplete.
-            Err(_) if self.buf.len() < 10 => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        if rest.len() < len {
-            return Ok(None);
-        }
-        let prefix = self.buf.len() - rest.len();
-        let mut record = self.buf.split_to(prefix + len);
-        let _ = record.split_to(prefix);
-        Ok(Some(record.freeze()))
-    }
-}
-
-/// One QUIC stream's bytes waiting for quinn-proto to take them.
-struct Outgoing {
-    id: StreamId,
-    queue: VecDeque<Bytes>,
-}
-
-/// Bytes waiting for quinn-proto, per QUIC stream, in order: the hostile
-/// nodes script whole records and hand them over as flow control allows.
-#[derive(Default)]
-struct SendQueue(Vec<Outgoing>);
-
-impl SendQueue {
-    fn push(&mut self, id: StreamId, bytes: impl Into<Bytes>) {
-        let bytes = bytes.into();
-        match self.0.iter_mut().find(|o| o.id == id) {
-            Some(o) => o.queue.push_back(bytes),
-            None => self.0.push(Outgoing {
-                id,
-                queue: VecDeque::from([bytes]),
-            }),
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Control(b) => write!(f, "Control({} bytes)", b.len()),
+            Step::Lane(b) => write!(f, "Lane({} bytes)", b.len()),
+            Step::AwaitServerBytes(n) => write!(f, "AwaitServerBytes({n})"),
+            Step::Mark => f.write_str("Mark"),
+            Step::FloodLanes { lanes, per_lane } => {
+                write!(f, "FloodLanes {{ lanes: {lanes}, per_lane: {per_lane} }}")
+            }
         }
     }
+}
 
-    /// Hands queued bytes to quinn-proto until it refuses more.
-    fn pump(&mut self, conn: &mut quinn_proto::Connection, now: Instant, trace: &mut Trace) {
-        for out in &mut self.0 {
-            while !out.queue.is_empty() {
-                match conn
-                    .send_stream(out.id)
-                    .write_chunks(out.queue.make_contiguous())
-                {
-                    Ok(written) => {
-                        out.queue.drain(..written.chunks);
-                        if written.bytes == 0 {
-                            break;
-                        }
+/// Lanes a [`Step::FloodLanes`] keeps writing to.
+#[derive(Debug)]
+struct Flood {
+    max_lanes: u64,
+    per_lane: u64,
+    /// Each lane with the junk bytes written to it so far.
+    lanes: Vec<(StreamId, u64)>,
+    /// Total junk bytes handed to quinn-proto.
+    written: u64,
+}
+
+/// Junk the lane flood is written from (shared, never copied).
+static JUNK: [u8; 64 * 1024] = [0x5a; 64 * 1024];
+
+impl Flood {
+    /// Opens what lanes it may and fills them until quinn-proto refuses.
+    fn pump(&mut self, conn: &mut quinn_proto::Connection) {
+        while (self.lanes.len() as u64) < self.max_lanes {
+            match conn.streams().open(Dir::Uni) {
+                Some(id) => self.lanes.push((id, 0)),
+                None => break,
+            }
+        }
+        let junk = Bytes::from_static(&JUNK);
+        for (id, sent) in &mut self.lanes {
+            while *sent < self.per_lane {
+                let n = (self.per_lane - *sent).min(junk.len() as u64) as usize;
+                match conn.send_stream(*id).write_chunks(&mut [junk.slice(..n)]) {
+                    Ok(w) if w.bytes > 0 => {
+                        *sent += w.bytes as u64;
+                        self.written += w.bytes as u64;
                     }
-                    Err(WriteError::Blocked) => break,
-                    Err(e) => {
-                        trace.record(now, format_args!("hostile write on {} failed: {e}", out.id));
-                        out.queue.clear();
-                    }
+                    _ => break,
                 }
             }
         }
@@ -202,6 +193,11 @@ pub struct HostileClient {
     upload: Option<Bytes>,
     /// Sent instead of the `Hello`, if set.
     join: Option<Join>,
+    /// Send neither `Hello` nor `Join`.
+    no_hello: bool,
+    script: VecDeque<Step>,
+    scripted: bool,
+    flood: Option<Flood>,
     quic: QuicDriver,
     control: Option<StreamId>,
     lane: Option<StreamId>,
@@ -211,12 +207,14 @@ pub struct HostileClient {
     joined: Option<Joined>,
     received: Vec<Body>,
     wire_errors: Vec<String>,
+    server_bytes: u64,
     acted: bool,
     connected_at: Option<Instant>,
     welcomed_at: Option<Instant>,
     joined_at: Option<Instant>,
     misbehaved_at: Option<Instant>,
     ended_at: Option<Instant>,
+    vanished: bool,
     error: Option<ConnectionError>,
 }
 
@@ -228,20 +226,14 @@ impl fmt::Debug for HostileClient {
             .field("welcomed", &self.welcomed())
             .field("joining", &self.join.is_some())
             .field("joined", &self.joined())
+            .field("no_hello", &self.no_hello)
+            .field("script_left", &self.script)
+            .field("queued_bytes", &self.outgoing.pending_bytes())
+            .field("server_bytes", &self.server_bytes)
+            .field("flood_bytes", &self.flood_bytes())
+            .field("vanished", &self.vanished)
             .field("error", &self.error)
             .finish_non_exhaustive()
-    }
-}
-
-/// The limits of kwik's default [`kwik_core::TransportConfig`].
-fn default_limits() -> Limits {
-    let t = kwik_core::TransportConfig::default();
-    Limits {
-        stream_window: t.stream_window,
-        max_bidi_streams: t.max_bidi_streams,
-        max_uni_streams: t.max_uni_streams,
-        max_frame_payload: t.max_frame_payload,
-        max_control_message: t.max_control_message,
     }
 }
 
@@ -286,6 +278,10 @@ impl HostileClient {
             tls: Some(cert.client_config(&[ALPN])),
             upload: None,
             join: None,
+            no_hello: false,
+            script: VecDeque::new(),
+            scripted: false,
+            flood: None,
             quic: QuicDriver::new(addr, endpoint),
             control: None,
             lane: None,
@@ -295,14 +291,27 @@ impl HostileClient {
             joined: None,
             received: Vec::new(),
             wire_errors: Vec::new(),
+            server_bytes: 0,
             acted: false,
             connected_at: None,
             welcomed_at: None,
             joined_at: None,
             misbehaved_at: None,
             ended_at: None,
+            vanished: false,
             error: None,
         }
+    }
+
+    /// A client that behaves ([`Misbehaviour::None`]) apart from `script`.
+    pub fn scripted(
+        addr: SocketAddr,
+        server: SocketAddr,
+        seed: u64,
+        cert: &DevCert,
+        script: impl IntoIterator<Item = Step>,
+    ) -> Self {
+        Self::new(addr, server, seed, cert, Misbehaviour::None).script(script)
     }
 
     /// Offers `alpn` in the TLS handshake instead of kwik's.
@@ -328,10 +337,27 @@ impl HostileClient {
     /// id, expiry and token the script chose (see [`join_request`]). A
     /// server that accepts it answers `Joined` ([`joined`](Self::joined));
     /// one that refuses closes the connection (see
-    /// [`close_code`](Self::close_code)). The misbehaviour and the upload,
-    /// if any, follow the `Joined` as they would follow a `Welcome`.
+    /// [`close_code`](Self::close_code)). The misbehaviour, the upload and
+    /// the script, if any, follow the `Joined` as they would follow a
+    /// `Welcome`.
     pub fn join(mut self, join: Join) -> Self {
         self.join = Some(join);
+        self
+    }
+
+    /// Sends no `Hello` (nor `Join`): the control stream is opened but stays
+    /// silent, and the script runs as soon as the QUIC handshake completed.
+    pub fn without_hello(mut self) -> Self {
+        self.no_hello = true;
+        self
+    }
+
+    /// Steps to run, in order, once the session is established (see
+    /// [`Step`]). The node is [done](Node::done) once every step ran and
+    /// quinn-proto took every byte, or once the connection ended.
+    pub fn script(mut self, steps: impl IntoIterator<Item = Step>) -> Self {
+        self.script.extend(steps);
+        self.scripted = true;
         self
     }
 
@@ -366,6 +392,12 @@ impl HostileClient {
         self.joined_at
     }
 
+    /// True once the script may run: welcomed, joined, or (without a
+    /// `Hello`) connected.
+    pub fn established(&self) -> bool {
+        self.welcomed() || self.joined() || (self.no_hello && self.connected_at.is_some())
+    }
+
     /// Closes the connection with application code `code` (as a client
     /// that is done would). The node must be touched for the close to be
     /// sent (`Sim::node_mut` does that).
@@ -398,9 +430,41 @@ impl HostileClient {
         &self.wire_errors
     }
 
-    /// True once the scripted misbehaviour was put on the wire.
+    /// True once the scripted misbehaviour (or a [`Step::Mark`]) was put on
+    /// the wire.
     pub fn misbehaved(&self) -> bool {
         self.misbehaved_at.is_some()
+    }
+
+    /// True once every step of the script ran and quinn-proto took every
+    /// byte it queued (a lane flood may still be going on).
+    pub fn script_done(&self) -> bool {
+        self.script.is_empty() && self.outgoing.is_empty()
+    }
+
+    /// Steps not run yet.
+    pub fn script_left(&self) -> usize {
+        self.script.len()
+    }
+
+    /// Bytes queued and not yet taken by quinn-proto.
+    pub fn queued_bytes(&self) -> u64 {
+        self.outgoing.pending_bytes()
+    }
+
+    /// Bytes received (and discarded) on streams the server opened.
+    pub fn server_bytes(&self) -> u64 {
+        self.server_bytes
+    }
+
+    /// Lanes a [`Step::FloodLanes`] managed to open.
+    pub fn flood_lanes(&self) -> u64 {
+        self.flood.as_ref().map_or(0, |f| f.lanes.len() as u64)
+    }
+
+    /// Junk bytes a [`Step::FloodLanes`] handed to quinn-proto.
+    pub fn flood_bytes(&self) -> u64 {
+        self.flood.as_ref().map_or(0, |f| f.written)
     }
 
     /// When the QUIC handshake completed.
@@ -413,14 +477,22 @@ impl HostileClient {
         self.welcomed_at
     }
 
-    /// When the misbehaviour was written.
+    /// When the misbehaviour was written (or the first [`Step::Mark`] ran).
     pub fn misbehaved_at(&self) -> Option<Instant> {
         self.misbehaved_at
     }
 
-    /// When the connection was lost.
+    /// When the connection was lost (or [vanished](Self::vanished)).
     pub fn ended_at(&self) -> Option<Instant> {
         self.ended_at
+    }
+
+    /// True if the connection disappeared without this node seeing why: it
+    /// drained inside one datagram's processing (a stateless reset, say)
+    /// and the driver dropped it before its `ConnectionLost` was polled.
+    /// [`connection_error`](Self::connection_error) is `None` then.
+    pub fn vanished(&self) -> bool {
+        self.vanished
     }
 
     /// How the connection ended, if it did.
@@ -480,6 +552,10 @@ impl HostileClient {
             return;
         };
         self.control = Some(id);
+        if self.no_hello {
+            trace.record(now, "hostile: control stream open, no Hello");
+            return;
+        }
         if let Some(join) = self.join.clone() {
             trace.record(
                 now,
@@ -498,7 +574,7 @@ impl HostileClient {
             required_features: 0,
             limits: Some(default_limits()),
         };
-        self.outgoing.push(id, hello_record(hello));
+        self.outgoing.push(id, control_record(Body::Hello(hello)));
     }
 
     /// Reads whatever arrived on the control stream and parses it.
@@ -510,7 +586,7 @@ impl HostileClient {
         if let Ok(mut chunks) = recv.read(true) {
             loop {
                 match chunks.next(usize::MAX) {
-                    Ok(Some(chunk)) => self.inbox.buf.extend_from_slice(&chunk.bytes),
+                    Ok(Some(chunk)) => self.inbox.push(&chunk.bytes),
                     Ok(None) => {
                         trace.record(now, "hostile: server finished the control stream");
                         break;
@@ -530,7 +606,7 @@ impl HostileClient {
                 Ok(None) => break,
                 Err(e) => {
                     self.wire_errors.push(e);
-                    self.inbox.buf.clear();
+                    self.inbox.clear();
                     break;
                 }
             };
@@ -566,14 +642,18 @@ impl HostileClient {
         }
     }
 
-    /// Server-opened streams are not expected; read and discard them.
+    /// Server-opened streams carry nothing this client wants: read and
+    /// discard them (counting the bytes), so that the server's data keeps
+    /// flowing.
     fn discard(&mut self, id: StreamId) {
         let Some(conn) = self.quic.connection_mut() else {
             return;
         };
         let mut recv = conn.recv_stream(id);
         if let Ok(mut chunks) = recv.read(true) {
-            while let Ok(Some(_)) = chunks.next(usize::MAX) {}
+            while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
+                self.server_bytes += chunk.bytes.len() as u64;
+            }
             let _ = chunks.finalize();
         }
     }
@@ -590,6 +670,11 @@ impl HostileClient {
     /// After the `Welcome`: the optional upload, then the misbehaviour.
     fn act(&mut self, now: Instant, trace: &mut Trace) {
         if self.acted || self.error.is_some() {
+            return;
+        }
+        if self.no_hello {
+            // Nothing to announce limits: straight to the script.
+            self.acted = self.connected_at.is_some();
             return;
         }
         // The server's limits: from its Welcome, or its Joined in join mode.
@@ -647,9 +732,7 @@ impl HostileClient {
         match self.misbehaviour {
             Misbehaviour::None => return,
             Misbehaviour::GarbageOnControl => {
-                let mut garbage = length_prefix(16);
-                garbage.extend_from_slice(&[0xff; 16]);
-                self.outgoing.push(control, garbage);
+                self.outgoing.push(control, garbage_record());
             }
             Misbehaviour::OversizedControlMessage => {
                 let mut prefix = length_prefix(limits.max_control_message.saturating_add(1));
@@ -688,10 +771,49 @@ impl HostileClient {
             format_args!("hostile: misbehaving: {}", self.misbehaviour),
         );
     }
+
+    /// Runs the script's steps as far as they can go now.
+    fn run_script(&mut self, now: Instant, trace: &mut Trace) {
+        if !self.acted || self.ended_at.is_some() || !self.established() {
+            return;
+        }
+        while let Some(step) = self.script.front() {
+            match step {
+                Step::Control(bytes) => {
+                    let Some(control) = self.control else { return };
+                    self.outgoing.push(control, bytes.clone());
+                }
+                Step::Lane(bytes) => {
+                    let bytes = bytes.clone();
+                    let Some(lane) = self.lane() else { return };
+                    self.outgoing.push(lane, bytes);
+                }
+                Step::AwaitServerBytes(n) => {
+                    if self.server_bytes < *n {
+                        return;
+                    }
+                }
+                Step::Mark => {
+                    trace.record(now, "hostile: misbehaving (scripted)");
+                    self.misbehaved_at.get_or_insert(now);
+                }
+                Step::FloodLanes { lanes, per_lane } => {
+                    trace.record(now, format_args!("hostile: flooding up to {lanes} lanes"));
+                    self.flood = Some(Flood {
+                        max_lanes: *lanes,
+                        per_lane: *per_lane,
+                        lanes: Vec::new(),
+                        written: 0,
+                    });
+                }
+            }
+            self.script.pop_front();
+        }
+    }
 }
 
 impl Node for HostileClient {
-    fn receive(&mut self, now: Instant, _: SocketAddr, remote: SocketAddr, data: BytesMut) {
+    fn receive(&mut self, now: Instant, _: SocketAddr, remote: SocketAddr, data: bytes::BytesMut) {
         self.quic.receive(now, remote, data, false);
     }
 
@@ -746,16 +868,33 @@ impl Node for HostileClient {
                 _ => {}
             }
         }
+        if self.connected_at.is_some() && self.ended_at.is_none() && self.quic.is_empty() {
+            trace.record(now, "hostile: connection vanished (drained unseen)");
+            self.vanished = true;
+            self.ended_at = Some(now);
+        }
         self.act(now, trace);
+        self.run_script(now, trace);
         if let Some(conn) = self.quic.connection_mut() {
             self.outgoing.pump(conn, now, trace);
+            if let Some(flood) = &mut self.flood
+                && self.error.is_none()
+            {
+                flood.pump(conn);
+            }
         }
         self.quic.process_endpoint_events();
     }
 
     fn done(&self) -> bool {
-        if self.error.is_some() {
+        if self.error.is_some() || self.vanished {
             return true;
+        }
+        if self.scripted {
+            return self.established()
+                && self.acted
+                && self.script_done()
+                && (self.upload.is_none() || self.upload_confirmed());
         }
         match self.misbehaviour {
             Misbehaviour::None => {
@@ -768,471 +907,5 @@ impl Node for HostileClient {
             }
             _ => false,
         }
-    }
-}
-
-/// Where a [`HostileSecondary`] puts its record past the credit.
-#[derive(Clone)]
-pub enum Overshoot {
-    /// `len` bytes of [`PAST_CREDIT_FILL`] at offset `max(c, a + window)`
-    /// (see [`HostileSecondary`]): past the credit the client granted when
-    /// it forwarded the delegation *and* past any credit it can have granted
-    /// by the time the record arrives, however far its reader got.
-    Far {
-        /// Payload length.
-        len: u64,
-    },
-    /// A record of `len` bytes ending exactly one byte past the credit `c`:
-    /// bytes `[c + 1 - len, c)` copied from `source` (the genuine bytes, so
-    /// within the credit they are harmless duplicates) and one byte of
-    /// [`PAST_CREDIT_FILL`] at offset `c`. Only certain to be refused when
-    /// the client's credit cannot have grown since it forwarded the
-    /// delegation, i.e. while its reader is paused.
-    OneByte {
-        /// Payload length (at least 1).
-        len: u64,
-        /// The genuine bytes of the stream.
-        source: SharedResource,
-    },
-}
-
-impl fmt::Debug for Overshoot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Overshoot::Far { len } => write!(f, "Far {{ len: {len} }}"),
-            Overshoot::OneByte { len, .. } => write!(f, "OneByte {{ len: {len} }}"),
-        }
-    }
-}
-
-/// The record a [`HostileSecondary`] wrote past the client's credit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PastCreditRecord {
-    /// The logical stream it names.
-    pub stream: KStreamId,
-    /// The delegated range it answered.
-    pub delegated: (u64, u64),
-    /// The credit the client passed along with the delegation.
-    pub credit: u64,
-    /// The client's stream window (from its `Join`).
-    pub window: u64,
-    /// First logical offset of the record.
-    pub offset: u64,
-    /// Its payload length.
-    pub len: u64,
-    /// Offset of its first [`PAST_CREDIT_FILL`] byte (every byte from there
-    /// to its end is one).
-    pub fill_from: u64,
-    /// When it was written.
-    pub at: Instant,
-}
-
-impl PastCreditRecord {
-    /// One past the record's last byte.
-    pub fn end(&self) -> u64 {
-        self.offset + self.len
-    }
-}
-
-/// Byte the made-up part of a [`PastCreditRecord`] is made of (a delivered
-/// run of it would fail the tests' payload verification).
-pub const PAST_CREDIT_FILL: u8 = 0xee;
-
-/// A secondary server built directly on quinn-proto that joins a kwik
-/// client's path and then writes past the flow-control credit.
-///
-/// It accepts the first QUIC connection (ALPN [`kwik_core::ALPN`], one
-/// bidirectional stream allowed: the control stream), reads the client's
-/// `Join` (the token is not checked: the node is hostile, not careful),
-/// answers `Joined` with kwik's default limits, and waits for a `Delegate`.
-/// On the first one with a non-empty range `[a, b)` of stream `s` and
-/// credit `c` it opens a lane and writes one data record for `s` placed as
-/// the [`Overshoot`] says.
-///
-/// Why [`Overshoot::Far`] is refused whatever the timing: the client's
-/// credit for a stream never exceeds what its application read plus one
-/// window, and its application cannot read past `a` before somebody writes
-/// `[a, b)`, which only this node was asked to do. So `a + window` lies past
-/// the credit the client granted when it forwarded the delegation
-/// (`c ≤ a + window`) and past any it may have granted since.
-///
-/// Everything else the client sends (credit updates, further delegations,
-/// raw messages) is recorded and ignored.
-pub struct HostileSecondary {
-    overshoot: Overshoot,
-    quic: QuicDriver,
-    control: Option<StreamId>,
-    outgoing: SendQueue,
-    inbox: RecordBuffer,
-    join: Option<Join>,
-    joined_at: Option<Instant>,
-    delegates: Vec<Delegate>,
-    credits: Vec<StreamCredit>,
-    received: Vec<Body>,
-    wire_errors: Vec<String>,
-    record: Option<PastCreditRecord>,
-    refused_connections: u64,
-    ended_at: Option<Instant>,
-    error: Option<ConnectionError>,
-}
-
-impl fmt::Debug for HostileSecondary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HostileSecondary")
-            .field("addr", &self.quic.addr())
-            .field("joined", &self.joined_at.is_some())
-            .field("delegates", &self.delegates.len())
-            .field("record", &self.record)
-            .field("error", &self.error)
-            .finish_non_exhaustive()
-    }
-}
-
-impl HostileSecondary {
-    /// A hostile secondary at `addr` presenting `cert` that answers its
-    /// first delegation with a record past the credit, placed as
-    /// `overshoot` says (its length clamped to the client's frame limit).
-    /// Every quinn random choice derives from `seed`.
-    pub fn past_credit(addr: SocketAddr, seed: u64, cert: &DevCert, overshoot: Overshoot) -> Self {
-        let mut transport = TransportConfig::default();
-        // PROTOCOL.md §1: exactly one bidirectional stream, the control stream.
-        transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
-        transport.max_concurrent_uni_streams(VarInt::from_u32(16));
-        let crypto = Arc::new(cert.quic_server_config(&[ALPN]));
-        let server = seeded_server_config(seed, crypto, Arc::new(transport));
-        let endpoint = Endpoint::new(
-            Arc::new(seeded_endpoint_config(seed)),
-            Some(Arc::new(server)),
-            true,
-            None,
-        );
-        HostileSecondary {
-            overshoot,
-            quic: QuicDriver::new(addr, endpoint),
-            control: None,
-            outgoing: SendQueue::default(),
-            inbox: RecordBuffer::default(),
-            join: None,
-            joined_at: None,
-            delegates: Vec::new(),
-            credits: Vec::new(),
-            received: Vec::new(),
-            wire_errors: Vec::new(),
-            record: None,
-            refused_connections: 0,
-            ended_at: None,
-            error: None,
-        }
-    }
-
-    /// The client's `Join`, once read.
-    pub fn join_received(&self) -> Option<&Join> {
-        self.join.as_ref()
-    }
-
-    /// When `Joined` was sent.
-    pub fn joined_at(&self) -> Option<Instant> {
-        self.joined_at
-    }
-
-    /// Every `Delegate` the client forwarded, in order.
-    pub fn delegates(&self) -> &[Delegate] {
-        &self.delegates
-    }
-
-    /// Every `StreamCredit` the client sent this source, in order.
-    pub fn credits(&self) -> &[StreamCredit] {
-        &self.credits
-    }
-
-    /// Other control messages received, in order.
-    pub fn received(&self) -> &[Body] {
-        &self.received
-    }
-
-    /// Bytes from the client this node could not parse (must stay empty).
-    pub fn wire_errors(&self) -> &[String] {
-        &self.wire_errors
-    }
-
-    /// The offending record, once written.
-    pub fn record(&self) -> Option<&PastCreditRecord> {
-        self.record.as_ref()
-    }
-
-    /// Connections after the first (ignored).
-    pub fn refused_connections(&self) -> u64 {
-        self.refused_connections
-    }
-
-    /// When the connection was lost.
-    pub fn ended_at(&self) -> Option<Instant> {
-        self.ended_at
-    }
-
-    /// How the connection ended, if it did.
-    pub fn connection_error(&self) -> Option<&ConnectionError> {
-        self.error.as_ref()
-    }
-
-    /// The code of the client's application close, if the connection ended
-    /// with one.
-    pub fn close_code(&self) -> Option<u64> {
-        match &self.error {
-            Some(ConnectionError::ApplicationClosed(close)) => Some(close.error_code.into_inner()),
-            _ => None,
-        }
-    }
-
-    /// The reason text of the client's application close.
-    pub fn close_reason(&self) -> Option<String> {
-        match &self.error {
-            Some(ConnectionError::ApplicationClosed(c)) => {
-                Some(String::from_utf8_lossy(&c.reason).into_owned())
-            }
-            _ => None,
-        }
-    }
-
-    fn accept_streams(&mut self, now: Instant, trace: &mut Trace) {
-        let Some(conn) = self.quic.connection_mut() else {
-            return;
-        };
-        while let Some(id) = conn.streams().accept(Dir::Bi) {
-            if self.control.is_none() {
-                self.control = Some(id);
-            } else {
-                trace.record(now, format_args!("hostile-secondary: extra bi stream {id}"));
-            }
-        }
-        while let Some(id) = conn.streams().accept(Dir::Uni) {
-            trace.record(now, format_args!("hostile-secondary: client lane {id}"));
-            discard_stream(conn, id);
-        }
-    }
-
-    fn read_control(&mut self, now: Instant, trace: &mut Trace) {
-        let (Some(conn), Some(id)) = (self.quic.connection_mut(), self.control) else {
-            return;
-        };
-        let mut recv = conn.recv_stream(id);
-        if let Ok(mut chunks) = recv.read(true) {
-            // End, reset or nothing more for now: whatever arrived is parsed.
-            while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
-                self.inbox.buf.extend_from_slice(&chunk.bytes);
-            }
-            let _ = chunks.finalize();
-        }
-        loop {
-            let record = match self.inbox.next_record() {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(e) => {
-                    self.wire_errors.push(e);
-                    self.inbox.buf.clear();
-                    break;
-                }
-            };
-            match decode_control(record) {
-                Ok(Body::Join(join)) if self.join.is_none() => {
-                    trace.record(
-                        now,
-                        format_args!(
-                            "hostile-secondary: join of path {} (window {:?})",
-                            join.path_id,
-                            join.limits.map(|l| l.stream_window)
-                        ),
-                    );
-                    self.join = Some(join);
-                    let joined = Joined {
-                        limits: Some(default_limits()),
-                    };
-                    self.outgoing.push(id, control_record(Body::Joined(joined)));
-                    self.joined_at = Some(now);
-                }
-                Ok(Body::Delegate(d)) => {
-                    trace.record(
-                        now,
-                        format_args!(
-                            "hostile-secondary: delegated {}..{} of stream {} (credit {})",
-                            d.offset,
-                            d.offset + d.length,
-                            d.stream_id,
-                            d.credit
-                        ),
-                    );
-                    self.delegates.push(d.clone());
-                    self.overshoot_credit(d, now, trace);
-                }
-                Ok(Body::StreamCredit(c)) => self.credits.push(c),
-                Ok(body) => self.received.push(body),
-                Err(e) => {
-                    trace.record(now, format_args!("hostile-secondary: bad record: {e}"));
-                    self.wire_errors.push(e);
-                }
-            }
-        }
-    }
-
-    /// On the first non-empty delegation: the record past the credit.
-    fn overshoot_credit(&mut self, d: Delegate, now: Instant, trace: &mut Trace) {
-        if self.record.is_some() || d.length == 0 {
-            return;
-        }
-        let Some(limits) = self.join.as_ref().and_then(|j| j.limits) else {
-            return;
-        };
-        let Some(conn) = self.quic.connection_mut() else {
-            return;
-        };
-        let Some(lane) = conn.streams().open(Dir::Uni) else {
-            trace.record(now, "hostile-secondary: the client allows no lane");
-            return;
-        };
-        let window = limits.stream_window;
-        let max_len = limits.max_frame_payload.max(1);
-        let (offset, fill_from, payload) = match &self.overshoot {
-            Overshoot::Far { len } => {
-                let offset = d.credit.max(d.offset + window);
-                let len = (*len).clamp(1, max_len);
-                (offset, offset, vec![PAST_CREDIT_FILL; len as usize])
-            }
-            Overshoot::OneByte { len, source } => {
-                let genuine = (*len).clamp(1, max_len).min(d.credit + 1) - 1;
-                let offset = d.credit - genuine;
-                let mut payload = source.read(offset, genuine as usize).to_vec();
-                payload.resize(genuine as usize, PAST_CREDIT_FILL);
-                payload.push(PAST_CREDIT_FILL);
-                (offset, d.credit, payload)
-            }
-        };
-        let len = payload.len() as u64;
-        let header = DataHeader {
-            stream_id: d.stream_id,
-            offset,
-            length: len,
-            fin: false,
-        };
-        self.outgoing
-            .push(lane, header.encode_length_delimited_to_vec());
-        self.outgoing.push(lane, payload);
-        let record = PastCreditRecord {
-            stream: KStreamId(d.stream_id),
-            delegated: (d.offset, d.offset + d.length),
-            credit: d.credit,
-            window,
-            offset,
-            len,
-            fill_from,
-            at: now,
-        };
-        trace.record(
-            now,
-            format_args!(
-                "hostile-secondary: writing {}..{} past credit {}",
-                record.offset,
-                record.end(),
-                record.credit
-            ),
-        );
-        self.record = Some(record);
-    }
-}
-
-/// Reads and drops whatever `id` holds.
-fn discard_stream(conn: &mut quinn_proto::Connection, id: StreamId) {
-    let mut recv = conn.recv_stream(id);
-    if let Ok(mut chunks) = recv.read(true) {
-        while let Ok(Some(_)) = chunks.next(usize::MAX) {}
-        let _ = chunks.finalize();
-    }
-}
-
-impl Node for HostileSecondary {
-    fn receive(&mut self, now: Instant, _: SocketAddr, remote: SocketAddr, data: BytesMut) {
-        // Only the first connection is served.
-        let accept = self.quic.is_empty() && self.ended_at.is_none();
-        match self.quic.receive(now, remote, data, accept) {
-            Incoming::Ignored | Incoming::Failed(_) => self.refused_connections += 1,
-            Incoming::None | Incoming::Accepted(_) => {}
-        }
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.quic.handle_timeout(now);
-    }
-
-    fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        self.quic.poll_transmit(now, buf)
-    }
-
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        self.quic.poll_timeout()
-    }
-
-    fn step(&mut self, now: Instant, trace: &mut Trace) {
-        while let Some(ev) = self.quic.connection_mut().and_then(|c| c.poll()) {
-            match ev {
-                Event::Connected => trace.record(now, "hostile-secondary: connected"),
-                Event::ConnectionLost { reason } => {
-                    trace.record(
-                        now,
-                        format_args!("hostile-secondary: connection lost: {reason}"),
-                    );
-                    self.ended_at = Some(now);
-                    self.error = Some(reason);
-                }
-                Event::Stream(StreamEvent::Opened { .. }) => {
-                    self.accept_streams(now, trace);
-                    self.read_control(now, trace);
-                }
-                Event::Stream(StreamEvent::Readable { id }) => {
-                    if Some(id) == self.control {
-                        self.read_control(now, trace);
-                    } else if let Some(conn) = self.quic.connection_mut() {
-                        discard_stream(conn, id);
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let Some(conn) = self.quic.connection_mut() {
-            self.outgoing.pump(conn, now, trace);
-        }
-        self.quic.process_endpoint_events();
-    }
-
-    fn done(&self) -> bool {
-        self.error.is_some() || self.record.is_some()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kwik_core::proto::control::StreamComplete;
-
-    #[test]
-    fn record_buffer_waits_for_whole_records() {
-        let complete = StreamComplete { stream_id: 5 };
-        let record = ControlMessage {
-            body: Some(Body::StreamComplete(complete)),
-        }
-        .encode_length_delimited_to_vec();
-        let mut inbox = RecordBuffer::default();
-        // A long prefix split mid-varint, then a record split mid-body.
-        inbox.buf.extend_from_slice(&length_prefix(300)[..1]);
-        assert_eq!(inbox.next_record(), Ok(None));
-        inbox.buf.clear();
-        for &b in &record {
-            assert_eq!(inbox.next_record(), Ok(None));
-            inbox.buf.extend_from_slice(&[b]);
-        }
-        let got = inbox.next_record().unwrap().unwrap();
-        assert_eq!(decode_control(got), Ok(Body::StreamComplete(complete)));
-        assert!(inbox.buf.is_empty());
-        // An over-long prefix is an error, not a wait.
-        inbox.buf.extend_from_slice(&[0xff; 10]);
-        assert!(inbox.next_record().is_err());
     }
 }

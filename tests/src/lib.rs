@@ -22,14 +22,26 @@
 //!   bare-quinn nodes ([`quinn_node`], [`hostile`]);
 //! * [`quinn_node`] — a bare quinn-proto bulk-transfer pair, used to validate
 //!   the simulator and as the baseline contender in benchmarks;
+//! * [`wire`] — the kwik wire written out by hand, for the hostile nodes;
+//! * [`hostile`], [`hostile_secondary`], [`hostile_primary`] — scripted
+//!   misbehaving peers of each role (client, secondary server, primary
+//!   server) built on bare quinn-proto;
+//! * [`spoof`] — an off-path attacker replaying captured datagrams under a
+//!   forged source address;
+//! * [`abuse`] — resource-exhaustion attacks on one kwik endpoint with its
+//!   heap use and CPU time metered, shared by the trust tests and the
+//!   `abuse` benchmark;
 //! * [`handshakes`] — load on a server's door: forged client Initials, mute
 //!   clients, and a client that only connects.
 
+pub mod abuse;
 pub mod alloc;
 pub mod apps;
 pub mod certs;
 pub mod handshakes;
 pub mod hostile;
+pub mod hostile_primary;
+pub mod hostile_secondary;
 pub mod kwik_node;
 pub mod link;
 pub mod multi;
@@ -39,7 +51,9 @@ pub mod quinn_node;
 pub mod seeding;
 pub mod setup;
 pub mod sim;
+pub mod spoof;
 pub mod trace;
+pub mod wire;
 
 pub use apps::{BulkClient, BulkServer, Payload, Received};
 pub use certs::DevCert;

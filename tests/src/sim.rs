@@ -26,6 +26,15 @@
 //! Each call to [`Sim::step`] then processes one instant: the minimum of the
 //! earliest arrival and the earliest node deadline.
 //!
+//! # Taps and spoofing
+//!
+//! [`Sim::tap`] keeps copies of the latest datagrams sent in one direction
+//! (what an eavesdropper on that path would capture). A node may put any
+//! address in [`Transmit::src`](crate::Transmit::src); a datagram whose
+//! source another node owns is *spoofed*, and [`Sim::set_down`] drops it
+//! only if the node that really sent it is down (a forged source does not
+//! die with the host it names).
+//!
 //! # Cost
 //!
 //! Per datagram: one copy into a fresh `BytesMut`, one heap push and pop,
@@ -35,12 +44,12 @@
 
 use std::any::Any;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::alloc::Meter;
 use rand::SeedableRng;
@@ -123,6 +132,14 @@ struct Packet {
     data: BytesMut,
 }
 
+/// Copies of the latest datagrams sent in one direction.
+#[derive(Debug)]
+struct Tap {
+    keep: usize,
+    datagrams: VecDeque<Bytes>,
+    seen: u64,
+}
+
 /// Same-instant iterations after which the loop is declared livelocked.
 const LIVELOCK_STEPS: u64 = 1_000_000;
 
@@ -139,6 +156,7 @@ pub struct Sim {
     links: Vec<Link>,
     link_index: BTreeMap<(SocketAddr, SocketAddr), usize>,
     down: BTreeSet<SocketAddr>,
+    taps: BTreeMap<(SocketAddr, SocketAddr), Tap>,
     /// In flight: (arrival ns, sequence number, packet slot).
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
     packets: Vec<Option<Packet>>,
@@ -177,6 +195,7 @@ impl Sim {
             links: Vec::new(),
             link_index: BTreeMap::new(),
             down: BTreeSet::new(),
+            taps: BTreeMap::new(),
             queue: BinaryHeap::new(),
             packets: Vec::new(),
             free_packets: Vec::new(),
@@ -259,6 +278,41 @@ impl Sim {
         } else {
             self.down.remove(&addr);
         }
+    }
+
+    /// Starts keeping copies of the latest `keep` datagrams sent from `src`
+    /// to `dst` (captured as they are sent, before the link may drop them).
+    /// Tapping a direction again changes how many are kept.
+    pub fn tap(&mut self, src: SocketAddr, dst: SocketAddr, keep: usize) {
+        let tap = self.taps.entry((src, dst)).or_insert_with(|| Tap {
+            keep,
+            datagrams: VecDeque::new(),
+            seen: 0,
+        });
+        tap.keep = keep;
+        while tap.datagrams.len() > keep {
+            tap.datagrams.pop_front();
+        }
+    }
+
+    /// The datagrams a [`tap`](Sim::tap) on `src → dst` kept, oldest first
+    /// (empty if the direction is not tapped).
+    pub fn tapped(&self, src: SocketAddr, dst: SocketAddr) -> Vec<Bytes> {
+        self.taps
+            .get(&(src, dst))
+            .map_or_else(Vec::new, |t| t.datagrams.iter().cloned().collect())
+    }
+
+    /// How many datagrams a tap on `src → dst` has seen in all.
+    pub fn tapped_count(&self, src: SocketAddr, dst: SocketAddr) -> u64 {
+        self.taps.get(&(src, dst)).map_or(0, |t| t.seen)
+    }
+
+    /// Stops tapping `src → dst` and returns what the tap kept.
+    pub fn untap(&mut self, src: SocketAddr, dst: SocketAddr) -> Vec<Bytes> {
+        self.taps
+            .remove(&(src, dst))
+            .map_or_else(Vec::new, |t| t.datagrams.into())
     }
 
     /// Whether `addr` is currently down.
@@ -553,6 +607,17 @@ impl Sim {
 
     fn send_datagram(&mut self, from: usize, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
         let len = data.len();
+        if !self.taps.is_empty()
+            && let Some(tap) = self.taps.get_mut(&(src, dst))
+        {
+            tap.seen += 1;
+            if tap.keep > 0 {
+                if tap.datagrams.len() >= tap.keep {
+                    tap.datagrams.pop_front();
+                }
+                tap.datagrams.push_back(Bytes::copy_from_slice(data));
+            }
+        }
         let Some(&to) = self.owners.get(&dst) else {
             self.unroutable += 1;
             if self.trace.datagrams_enabled() {
@@ -566,7 +631,7 @@ impl Sim {
         };
         let li = self.link_for(src, dst);
         let verdict =
-            if !self.down.is_empty() && (self.down.contains(&src) || self.down.contains(&dst)) {
+            if !self.down.is_empty() && (self.sender_down(from, src) || self.down.contains(&dst)) {
                 let stats = &mut self.links[li].stats;
                 stats.sent += 1;
                 stats.bytes_sent += len as u64;
@@ -594,6 +659,18 @@ impl Sim {
             if let Some(at) = duplicate_at {
                 self.enqueue(at, src, dst, li, to, data);
             }
+        }
+    }
+
+    /// Whether a datagram that node `from` sends with source `src` leaves a
+    /// host that is down: `src` itself, unless the node spoofs an address
+    /// another node owns (then the sender's own addresses count).
+    fn sender_down(&self, from: usize, src: SocketAddr) -> bool {
+        match self.owners.get(&src) {
+            Some(&owner) if owner != from => {
+                self.slots[from].addrs.iter().any(|a| self.down.contains(a))
+            }
+            _ => self.down.contains(&src),
         }
     }
 
