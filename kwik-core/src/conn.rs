@@ -6,11 +6,11 @@
 //! records mean — that is the session's business.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
-use quinn_proto::{Connection, ConnectionHandle, Dir as QDir, StreamId as QStreamId};
+use quinn_proto::{Connection, ConnectionHandle, Dir as QDir, StreamId as QStreamId, VarInt};
 
 use crate::codec::{DataPiece, LaneReader, RecordReader, encode_record};
 use crate::error::{ErrorCode, Violation};
@@ -29,6 +29,8 @@ pub(crate) struct Conn {
     pub closed: bool,
     /// quinn-proto drained it; its handle may belong to another connection.
     pub drained: bool,
+    /// A close waiting for what was in flight to be acknowledged.
+    close_after: Option<(Instant, VarInt, Bytes)>,
     control: Option<QStreamId>,
     control_reader: RecordReader,
     control_out: VecDeque<Bytes>,
@@ -67,6 +69,7 @@ impl Conn {
             joined: false,
             closed: false,
             drained: false,
+            close_after: None,
             control: None,
             control_reader: RecordReader::new(max_control_message as usize),
             control_out: VecDeque::new(),
@@ -149,6 +152,43 @@ impl Conn {
             self.last_rx = now;
             self.probes = 0;
             self.next_probe = None;
+        }
+    }
+
+    /// Closes the connection with `code` and `reason`. Its lanes are reset
+    /// at once, so that nothing more is queued, and the close goes to
+    /// quinn-proto a couple of round trips later, once what was in flight
+    /// had time to be acknowledged: quinn-proto 0.11 gates a
+    /// CONNECTION_CLOSE on the congestion window while stream data is
+    /// queued, and stops processing acknowledgements once closed, so a close
+    /// issued on a full window would never leave (quinn-rs/quinn#2785).
+    pub(crate) fn close_soon(&mut self, now: Instant, code: VarInt, reason: Bytes) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if self.quic.is_handshaking() || self.lanes.count() == 0 {
+            // No lane ever carried data: nothing can hold the close back.
+            self.quic.close(now, code, reason);
+            return;
+        }
+        self.lanes.reset_all(&mut self.quic);
+        let delay =
+            (self.quic.rtt() * 2 + Duration::from_millis(10)).min(Duration::from_millis(300));
+        self.close_after = Some((now + delay, code, reason));
+    }
+
+    /// When a deferred close is due.
+    pub(crate) fn close_due(&self) -> Option<Instant> {
+        self.close_after.as_ref().map(|(t, ..)| *t)
+    }
+
+    /// Hands a deferred close to quinn-proto once it is due.
+    pub(crate) fn apply_close(&mut self, now: Instant) {
+        if self.close_due().is_some_and(|t| t <= now)
+            && let Some((_, code, reason)) = self.close_after.take()
+        {
+            self.quic.close(now, code, reason);
         }
     }
 
@@ -333,7 +373,12 @@ impl Conn {
                 ErrorCode::InvalidFrame,
                 "lane ended inside a record",
             )),
-            Some(true) => Err(Violation::new(ErrorCode::InvalidFrame, "peer reset a lane")),
+            // A closing peer resets its lanes first (see `close_soon`): the
+            // lane and its incomplete record are dropped.
+            Some(true) => {
+                self.recv_lanes.remove(&id);
+                Ok(())
+            }
             None => Ok(()),
         }
     }

@@ -11,7 +11,9 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use quinn_proto::{Connection, Dir as QDir, StreamId as QStreamId, WriteError as QWriteError};
+use quinn_proto::{
+    Connection, Dir as QDir, StreamId as QStreamId, VarInt, WriteError as QWriteError,
+};
 
 use crate::ids::StreamId;
 
@@ -209,6 +211,17 @@ impl Lanes {
     /// A new lane may be opened: the streams that waited for one.
     pub(crate) fn on_lane_available(&mut self) -> Vec<StreamId> {
         std::mem::take(&mut self.waiting_for_lane)
+    }
+
+    /// Resets every lane and forgets what waited to be written on them: the
+    /// connection is closing.
+    pub(crate) fn reset_all(&mut self, conn: &mut Connection) {
+        for lane in &mut self.send {
+            lane.tail.clear();
+            lane.waiters.clear();
+            let _ = conn.send_stream(lane.id).reset(VarInt::from_u32(0));
+        }
+        self.waiting_for_lane.clear();
     }
 
     /// Number of lanes opened by this side.

@@ -165,12 +165,11 @@ impl Session {
                     let reason = failure
                         .as_ref()
                         .map_or("path closed", |f| f.reason.as_str());
-                    conn.quic.close(
+                    conn.close_soon(
                         ctx.now,
                         VarInt::from_u64(code).expect("small"),
                         truncate(reason),
                     );
-                    conn.closed = true;
                 }
             }
             self.report_path(path);

@@ -8,6 +8,9 @@ impl Session {
     /// Digests everything quinn-proto reported, fires timers, sends what is due.
     pub(crate) fn drive(&mut self, ctx: &mut Ctx<'_>) {
         self.clock = ctx.now;
+        for conn in self.conns.values_mut() {
+            conn.apply_close(ctx.now);
+        }
         for (path, reason) in std::mem::take(&mut self.dial_failures) {
             let failure = PathFailure {
                 code: ErrorCode::PathDead,
@@ -53,10 +56,11 @@ impl Session {
 
     /// The earliest of kwik's own timers.
     pub(super) fn kwik_deadline(&self) -> Option<Instant> {
+        let closes = self.conns.values().filter_map(Conn::close_due).min();
         if self.phase == Phase::Closed {
-            return None;
+            return closes;
         }
-        let mut next = self.ack_due;
+        let mut next = closes.into_iter().chain(self.ack_due).min();
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for d in self.add_deadlines.values() {
             consider(*d);
@@ -94,6 +98,8 @@ impl Session {
             E::ConnectionLost { reason } => {
                 self.on_conn_lost(path, CloseReason::from_quinn(reason), ctx)
             }
+            // A closing session reads nothing more.
+            E::Stream(_) if self.phase == Phase::Closed => {}
             E::Stream(ev) => self.on_stream_event(path, ev, ctx)?,
             E::HandshakeDataReady | E::DatagramReceived | E::DatagramsUnblocked => {}
         }
@@ -486,10 +492,7 @@ impl Session {
         let code = VarInt::from_u64(code).expect("small");
         let reason = truncate(&String::from_utf8_lossy(reason));
         for conn in self.conns.values_mut() {
-            if !conn.closed {
-                conn.quic.close(ctx.now, code, reason.clone());
-                conn.closed = true;
-            }
+            conn.close_soon(ctx.now, code, reason.clone());
         }
         let now = ctx.now;
         for info in self.paths.values_mut() {
@@ -518,10 +521,7 @@ impl Session {
         self.phase = Phase::Closed;
         let reason = Bytes::copy_from_slice(reason);
         for conn in self.conns.values_mut() {
-            if !conn.closed {
-                conn.quic.close(now, code, reason.clone());
-                conn.closed = true;
-            }
+            conn.close_soon(now, code, reason.clone());
         }
         for info in self.paths.values_mut() {
             info.set_state(PathState::Closed, now);
