@@ -65,6 +65,14 @@ impl RecordReader {
         self.buf.extend_from_slice(chunk);
     }
 
+    /// Gives back a large buffer once it is empty (a burst of messages
+    /// must not pin its peak).
+    pub(crate) fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 64 << 10 {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// The next complete record body, `Ok(None)` if incomplete.
     pub(crate) fn next_record(&mut self) -> Result<Option<Bytes>, Violation> {
         let Some((len, prefix)) = peek_varint(&self.buf)? else {

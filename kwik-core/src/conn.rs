@@ -19,6 +19,9 @@ use crate::paths::PathId;
 use crate::proto::control::{ControlMessage, control_message::Body};
 use crate::wire;
 
+/// Most control bytes taken from quinn-proto at a time.
+const CONTROL_CHUNK: usize = 16 << 10;
+
 pub(crate) struct Conn {
     pub path: PathId,
     pub handle: ConnectionHandle,
@@ -33,6 +36,8 @@ pub(crate) struct Conn {
     close_after: Option<(Instant, VarInt, Bytes)>,
     control: Option<QStreamId>,
     control_reader: RecordReader,
+    /// Why the peer's side of the control stream ended, once it did.
+    control_end: Option<&'static str>,
     control_out: VecDeque<Bytes>,
     /// Bytes in `control_out`.
     control_backlog: usize,
@@ -72,6 +77,7 @@ impl Conn {
             close_after: None,
             control: None,
             control_reader: RecordReader::new(max_control_message as usize),
+            control_end: None,
             control_out: VecDeque::new(),
             control_backlog: 0,
             lanes: Lanes::new(streams_per_lane),
@@ -273,49 +279,48 @@ impl Conn {
         }
     }
 
-    /// Every complete control message received so far.
-    pub(crate) fn read_control(&mut self) -> Result<Vec<Body>, Violation> {
+    /// The next complete control message, `Ok(None)` once nothing more
+    /// has arrived. Messages are read and decoded one at a time, so a peer
+    /// that floods the control stream makes this side hold one chunk, not
+    /// everything that arrived.
+    pub(crate) fn next_control(&mut self) -> Result<Option<Body>, Violation> {
         let Some(id) = self.control else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
-        let mut ended = None;
-        {
-            let mut recv = self.quic.recv_stream(id);
-            if let Ok(mut chunks) = recv.read(true) {
-                loop {
-                    match chunks.next(usize::MAX) {
-                        Ok(Some(chunk)) => self.control_reader.push(&chunk.bytes),
-                        Ok(None) => {
-                            ended = Some("peer finished the control stream");
-                            break;
-                        }
-                        Err(quinn_proto::ReadError::Blocked) => break,
-                        Err(quinn_proto::ReadError::Reset(_)) => {
-                            ended = Some("peer reset the control stream");
-                            break;
-                        }
+        loop {
+            if let Some(record) = self.control_reader.next_record()? {
+                let message = ControlMessage::decode(record).map_err(|e| {
+                    Violation::new(ErrorCode::InvalidFrame, format!("bad control message: {e}"))
+                })?;
+                let body = message.body.ok_or_else(|| {
+                    Violation::new(ErrorCode::InvalidFrame, "empty control message")
+                })?;
+                // Every number is checked once, here, before anything uses it.
+                wire::check(&body)?;
+                return Ok(Some(body));
+            }
+            if let Some(reason) = self.control_end {
+                return Err(Violation::new(ErrorCode::InvalidFrame, reason));
+            }
+            let mut more = false;
+            if let Ok(mut chunks) = self.quic.recv_stream(id).read(true) {
+                match chunks.next(CONTROL_CHUNK) {
+                    Ok(Some(chunk)) => {
+                        self.control_reader.push(&chunk.bytes);
+                        more = true;
+                    }
+                    Ok(None) => self.control_end = Some("peer finished the control stream"),
+                    Err(quinn_proto::ReadError::Blocked) => {}
+                    Err(quinn_proto::ReadError::Reset(_)) => {
+                        self.control_end = Some("peer reset the control stream");
                     }
                 }
                 let _ = chunks.finalize();
             }
-        }
-        let mut bodies = Vec::new();
-        while let Some(record) = self.control_reader.next_record()? {
-            let message = ControlMessage::decode(record).map_err(|e| {
-                Violation::new(ErrorCode::InvalidFrame, format!("bad control message: {e}"))
-            })?;
-            let body = message
-                .body
-                .ok_or_else(|| Violation::new(ErrorCode::InvalidFrame, "empty control message"))?;
-            // Every number is checked once, here, before anything uses it.
-            wire::check(&body)?;
-            bodies.push(body);
-        }
-        match ended {
-            Some(reason) if bodies.is_empty() => {
-                Err(Violation::new(ErrorCode::InvalidFrame, reason))
+            if !more && self.control_end.is_none() {
+                self.control_reader.shrink();
+                return Ok(None);
             }
-            _ => Ok(bodies),
         }
     }
 

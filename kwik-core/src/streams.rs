@@ -177,7 +177,7 @@ fn violation(reason: impl Into<String>) -> Violation {
 /// Most concurrent logical streams per direction a side may allow: stream
 /// state is created for every index below the limit a peer names, so the
 /// configured limits are clamped to a size whose tables stay small.
-pub(crate) const MAX_STREAMS_PER_DIR: u64 = 1 << 16;
+pub(crate) const MAX_STREAMS_PER_DIR: u64 = 1 << 14;
 
 impl Streams {
     pub(crate) fn new(
@@ -737,6 +737,12 @@ impl Streams {
     /// this side has no receiving half of it).
     pub(crate) fn read_offset(&self, id: StreamId) -> Option<u64> {
         Some(self.map.get(&id)?.recv.as_ref()?.asm.read_offset())
+    }
+
+    /// True if `id` is a stream this side initiated and has opened (it may
+    /// be released since).
+    pub(crate) fn opened_locally(&self, id: StreamId) -> bool {
+        id.initiator() == self.side && id.index() < self.next_local[dir_index(id.dir())]
     }
 
     /// True if `id` is a peer-initiated stream that was opened and has been

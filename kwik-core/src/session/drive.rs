@@ -237,15 +237,14 @@ impl Session {
         path: PathId,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Violation> {
-        let Some(conn) = self.conns.get_mut(&path) else {
-            return Ok(());
-        };
-        let bodies = conn.read_control()?;
-        for body in bodies {
-            self.on_control(path, body, ctx)?;
-            if self.phase == Phase::Closed {
+        while self.phase != Phase::Closed {
+            let Some(conn) = self.conns.get_mut(&path) else {
                 break;
-            }
+            };
+            let Some(body) = conn.next_control()? else {
+                break;
+            };
+            self.on_control(path, body, ctx)?;
         }
         Ok(())
     }
@@ -289,6 +288,12 @@ impl Session {
                     Ok(())
                 }
                 Body::Ack(m) => {
+                    let stream = StreamId(m.stream_id);
+                    if !self.streams.opened_locally(stream) {
+                        // Acks are only for streams this primary delegated
+                        // or serves (§10.6).
+                        return Err(violation(format!("Ack for {stream}, never opened here")));
+                    }
                     let ranges: Vec<Range<u64>> = m.ranges.iter().map(|r| r.start..r.end).collect();
                     self.ledger
                         .on_ack(StreamId(m.stream_id), m.contiguous, &ranges);

@@ -225,6 +225,8 @@ pub(crate) struct Session {
     last_add_path: u64,
     /// Client: AddPaths the rate limit still admits.
     add_budget: RateBudget,
+    /// Client: AddPaths refused in a row for the rate limit.
+    add_flood: u32,
     /// The time of the latest drive (deadlines are computed against it).
     clock: Instant,
     /// Primary: the secondaries the application added, by target.
@@ -342,6 +344,7 @@ impl Session {
             serving: BTreeMap::new(),
             last_add_path: 0,
             add_budget: RateBudget::new(policy_burst, now),
+            add_flood: 0,
             clock: now,
             targets: Vec::new(),
         }

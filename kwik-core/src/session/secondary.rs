@@ -23,12 +23,10 @@ impl Session {
         if m.length == 0 && !m.fin {
             return Ok(()); // nothing to write
         }
-        let held = self.jobs.len()
-            + self
-                .serving
-                .values()
-                .map(|g| g.ranges.range_count())
-                .sum::<usize>();
+        // A delegation of a served resource is a job; one for the
+        // application is a granted range (adjacent ones merge).
+        let ranges: usize = self.serving.values().map(|g| g.ranges.range_count()).sum();
+        let held = self.jobs.len().max(ranges);
         if held >= self.transport.max_delegations {
             return Err(Violation::new(
                 ErrorCode::ResourceLimit,
