@@ -190,6 +190,11 @@ pub fn arbitrary_acks(n: u64, seed: u64) -> Bytes {
     }))
 }
 
+/// `n` `Ack`s of `stream`, each listing 64 valid ranges.
+pub fn untracked_acks(n: u64, stream: StreamId) -> Bytes {
+    control_records((0..n).map(|i| Body::Ack(valid_ack(stream, i % (1 << 20), MAX_ACK_RANGES))))
+}
+
 /// `n` `AddPath`s with path ids `1..=n`, each to a fresh address in
 /// `10.128.0.0/9` (which no arena client policy allows).
 pub fn refused_add_paths(n: u64) -> Bytes {
@@ -1146,6 +1151,9 @@ pub enum Pattern {
     /// A client of a primary sends 100 000 `Ack`s naming arbitrary streams
     /// with 64 valid ranges each.
     ArbitraryAcks,
+    /// A client sends a primary 100 000 `Ack`s (64 valid ranges each) for a
+    /// stream the primary opened and writes but never delegated or serves.
+    UntrackedAcks,
     /// A primary sends its client 100 000 `AddPath`s to addresses the
     /// client's policy does not allow.
     RefusedAddPaths,
@@ -1156,7 +1164,7 @@ pub enum Pattern {
 
 impl Pattern {
     /// Every pattern, in the order the benchmark runs them.
-    pub const ALL: [Pattern; 9] = [
+    pub const ALL: [Pattern; 10] = [
         Pattern::TinyRecords,
         Pattern::GappedTinyRecords,
         Pattern::DescendingTinyRecords,
@@ -1164,6 +1172,7 @@ impl Pattern {
         Pattern::PreHandshakeLanes,
         Pattern::FreshIdCredits,
         Pattern::ArbitraryAcks,
+        Pattern::UntrackedAcks,
         Pattern::RefusedAddPaths,
         Pattern::DelegateFlood,
     ];
@@ -1178,6 +1187,7 @@ impl Pattern {
             Pattern::PreHandshakeLanes => "pre-handshake-lanes",
             Pattern::FreshIdCredits => "fresh-id-credits",
             Pattern::ArbitraryAcks => "arbitrary-acks",
+            Pattern::UntrackedAcks => "untracked-acks",
             Pattern::RefusedAddPaths => "refused-addpaths",
             Pattern::DelegateFlood => "delegate-flood",
         }
@@ -1318,6 +1328,19 @@ pub fn arena(pattern: Pattern, opts: &Options) -> Arena {
             hello(vec![
                 Step::Mark,
                 Step::Control(arbitrary_acks(ARBITRARY_ACKS, seed)),
+            ]),
+        ),
+        Pattern::UntrackedAcks => Arena::against_server(
+            seed,
+            server(ServerRole::Write { len: 64 << 10 }),
+            |_| {},
+            hello(vec![
+                Step::AwaitServerBytes(1),
+                Step::Mark,
+                Step::Control(untracked_acks(
+                    ARBITRARY_ACKS,
+                    StreamId::new(Side::Server, Dir::Uni, 0),
+                )),
             ]),
         ),
         Pattern::RefusedAddPaths => Arena::against_client(

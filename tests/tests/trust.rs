@@ -1110,6 +1110,29 @@ fn acks_for_streams_never_opened_close_the_session() {
     assert_server_closed_hostile(&mut a, ErrorCode::InvalidFrame, "C6 arbitrary acks");
 }
 
+/// C6: 100 000 `Ack`s of 64 ranges each for a stream the primary opened
+/// and writes but never delegated: ignored, no state kept. While the flood
+/// lasts QUIC buffers what arrives out of order (up to a congestion window:
+/// growth stays within 2 windows); afterwards the primary holds at most
+/// 512 KiB more than before, and the session is open.
+#[test]
+fn acks_for_a_stream_never_delegated_are_ignored_and_leave_no_state() {
+    let bound = 2 * abuse::window();
+    let opts = Options {
+        stop: stop_above(bound),
+        ..Options::new(315)
+    };
+    let (a, r) = run_pattern(Pattern::UntrackedAcks, &opts);
+    println!("untracked-acks: {r}");
+    assert_open_within(&a, &r, bound, "C6 untracked acks");
+    assert!(r.attack_done, "every ack was sent: {r}\n{}", a.context());
+    assert!(
+        r.end_growth <= (512 << 10) as i64,
+        "nothing is kept once the flood is over: {r}\n{}",
+        a.context()
+    );
+}
+
 /// A hostile client sends `ack` for the stream a primary serves (so it is
 /// a stream that has a ledger): `KWIK_INVALID_FRAME`.
 fn malformed_ack(seed: u64, ack: Ack, what: &str) {
