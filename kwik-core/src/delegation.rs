@@ -102,6 +102,11 @@ impl Ledger {
         self.received.entry(stream).or_default();
     }
 
+    /// True if the client's acknowledgements of `stream` are tracked.
+    pub(crate) fn tracks(&self, stream: StreamId) -> bool {
+        self.received.contains_key(&stream)
+    }
+
     /// Delegations not yet settled.
     pub(crate) fn len(&self) -> usize {
         self.delegations.len()
@@ -143,14 +148,20 @@ impl Ledger {
         &mut self,
         stream: StreamId,
         contiguous: u64,
-        ranges: &[Range<u64>],
+        ranges: impl IntoIterator<Item = Range<u64>>,
     ) -> Vec<Delegation> {
         let Some(got) = self.received.get_mut(&stream) else {
             return Vec::new(); // not a stream this primary tracks
         };
         got.insert(0..contiguous);
         for r in ranges {
-            got.insert(r.clone());
+            // Past the cap, a range above the highest kept would be dropped
+            // again at once: skip the work.
+            let beyond = got.range_count() >= MAX_ACKED_RANGES
+                && got.last().is_some_and(|last| r.start > last.end);
+            if !beyond {
+                got.insert(r);
+            }
         }
         while got.range_count() > MAX_ACKED_RANGES {
             got.pop_last();
@@ -221,7 +232,7 @@ mod tests {
         let mut l = Ledger::default();
         let a = l.add(PathId(1), s, 0..100, false, Bytes::new(), false);
         let b = l.add(PathId(2), s, 100..200, true, Bytes::new(), false);
-        let done = l.on_ack(s, 50, std::slice::from_ref(&(120..150)));
+        let done = l.on_ack(s, 50, [120..150]);
         assert!(done.is_empty());
         let lost = l.take_path(PathId(2));
         let ranges: Vec<_> = lost
@@ -232,7 +243,7 @@ mod tests {
             ranges,
             vec![(100..120, false, b.id), (150..200, true, b.id)]
         );
-        let done = l.on_ack(s, 100, &[]);
+        let done = l.on_ack(s, 100, []);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].id, a.id);
         assert!(l.outstanding().is_empty());

@@ -47,12 +47,15 @@ impl RangeSet {
         if let Some((&s, &e)) = self.map.range(..=start).next_back()
             && e >= start
         {
+            if e >= end {
+                return; // already held
+            }
             start = s;
             end = end.max(e);
         }
-        let covered: Vec<u64> = self.map.range(start..=end).map(|(&s, _)| s).collect();
-        for s in covered {
-            let e = self.map.remove(&s).expect("listed");
+        // Absorb every range that starts inside the new one.
+        while let Some((&s, &e)) = self.map.range(start..=end).next() {
+            self.map.remove(&s);
             end = end.max(e);
         }
         self.map.insert(start, end);
@@ -117,6 +120,11 @@ impl RangeSet {
             out.push(cursor..range.end);
         }
         out
+    }
+
+    /// The highest range.
+    pub fn last(&self) -> Option<Range<u64>> {
+        self.map.last_key_value().map(|(&s, &e)| s..e)
     }
 
     /// Removes and returns the highest range.

@@ -194,6 +194,8 @@ impl Session {
             self.follow_target(path, state, ctx.now);
         }
         if self.role == Role::Primary && state.is_final() {
+            // What the client reported must count before what is lost.
+            self.apply_acks(ctx.now);
             self.add_deadlines.remove(&path);
             for t in self.transfers.values_mut() {
                 let received = self.ledger.received(t.stream).cloned().unwrap_or_default();

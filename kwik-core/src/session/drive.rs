@@ -60,7 +60,11 @@ impl Session {
         if self.phase == Phase::Closed {
             return closes;
         }
-        let mut next = closes.into_iter().chain(self.ack_due).min();
+        let mut next = closes
+            .into_iter()
+            .chain(self.ack_due)
+            .chain(self.acks_apply_at)
+            .min();
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for d in self.add_deadlines.values() {
             consider(*d);
@@ -289,14 +293,18 @@ impl Session {
                 }
                 Body::Ack(m) => {
                     let stream = StreamId(m.stream_id);
+                    // Acks are only for streams this primary delegated or
+                    // serves (§10.6); a late one for a stream that completed
+                    // since is ignored.
                     if !self.streams.opened_locally(stream) {
-                        // Acks are only for streams this primary delegated
-                        // or serves (§10.6).
                         return Err(violation(format!("Ack for {stream}, never opened here")));
                     }
-                    let ranges: Vec<Range<u64>> = m.ranges.iter().map(|r| r.start..r.end).collect();
-                    self.ledger
-                        .on_ack(StreamId(m.stream_id), m.contiguous, &ranges);
+                    if self.streams.send_mut(stream).is_some() && !self.ledger.tracks(stream) {
+                        return Err(violation(format!(
+                            "Ack for {stream}, which was never delegated"
+                        )));
+                    }
+                    self.stash_ack(stream, m, ctx.now);
                     Ok(())
                 }
                 body => self.stream_control(body, ctx),
@@ -344,6 +352,9 @@ impl Session {
             return;
         }
         let now = ctx.now;
+        if self.acks_apply_at.is_some_and(|t| t <= now) {
+            self.apply_acks(now);
+        }
         if self.ack_due.is_some_and(|t| t <= now) {
             self.send_acks();
         }

@@ -213,6 +213,12 @@ pub(crate) struct Session {
     /// Secondary: the path id the primary assigned.
     joined_path: PathId,
     ack_due: Option<Instant>,
+    /// Primary: the newest Ack of each stream not yet applied to the ledger.
+    stashed_acks: BTreeMap<StreamId, msg::Ack>,
+    /// Primary: when stashed Acks are applied next.
+    acks_apply_at: Option<Instant>,
+    /// Primary: when Acks were last applied.
+    acks_applied: Option<Instant>,
     dial_failures: Vec<(PathId, String)>,
     transfers: BTreeMap<TransferId, Transfer>,
     next_transfer: u64,
@@ -337,6 +343,9 @@ impl Session {
             add_deadlines: BTreeMap::new(),
             joined_path: PathId::PRIMARY,
             ack_due: None,
+            stashed_acks: BTreeMap::new(),
+            acks_apply_at: None,
+            acks_applied: None,
             dial_failures: Vec::new(),
             transfers: BTreeMap::new(),
             next_transfer: 0,

@@ -295,7 +295,39 @@ impl Session {
     pub(super) fn next_retry(&self) -> Option<Instant> {
         self.targets.iter().filter_map(|t| t.due).min()
     }
+
+    /// Primary: takes a client's Ack. An Ack is a snapshot of what arrived,
+    /// so a newer one supersedes an older one; they are applied to the
+    /// ledger at most every [`ACK_APPLY_INTERVAL`], which keeps a client
+    /// that floods Acks from making this side do the ledger work for each.
+    pub(super) fn stash_ack(&mut self, stream: StreamId, ack: msg::Ack, now: Instant) {
+        self.stashed_acks.insert(stream, ack);
+        let due = self
+            .acks_applied
+            .map_or(now, |t| (t + ACK_APPLY_INTERVAL).max(now));
+        if due <= now {
+            self.apply_acks(now);
+        } else {
+            self.acks_apply_at.get_or_insert(due);
+        }
+    }
+
+    /// Primary: applies the stashed Acks to the ledger.
+    pub(super) fn apply_acks(&mut self, now: Instant) {
+        self.acks_apply_at = None;
+        if self.stashed_acks.is_empty() {
+            return;
+        }
+        self.acks_applied = Some(now);
+        for (stream, ack) in std::mem::take(&mut self.stashed_acks) {
+            let ranges = ack.ranges.iter().map(|r| r.start..r.end);
+            self.ledger.on_ack(stream, ack.contiguous, ranges);
+        }
+    }
 }
+
+/// Shortest interval between two applications of the client's Acks.
+const ACK_APPLY_INTERVAL: Duration = Duration::from_millis(2);
 
 /// A deterministic draw in [0, 1) for the retry of `path` (from the session
 /// id, so that a primary's sessions do not retry in step).
