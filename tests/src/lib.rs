@@ -20,12 +20,15 @@
 //! * [`seeding`] — quinn-proto configs with every random source seeded;
 //! * [`quic_driver`] — the quinn-proto endpoint plumbing shared by the
 //!   bare-quinn nodes ([`quinn_node`], [`hostile`]);
+//! * [`chaos`] — seeded random multi-server scenarios (loss, reordering,
+//!   duplication, corruption, outages, deaths), a runner and a judge;
 //! * [`quinn_node`] — a bare quinn-proto bulk-transfer pair, used to validate
 //!   the simulator and as the baseline contender in benchmarks.
 
 pub mod alloc;
 pub mod apps;
 pub mod certs;
+pub mod chaos;
 pub mod hostile;
 pub mod kwik_node;
 pub mod link;
