@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|chaos|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -16,6 +16,10 @@
 //!   ([`aggregate`]);
 //! * `failover` — 4 servers, one secondary dies at 40 %: longest delivery
 //!   stall, lost or duplicated bytes ([`failover`]);
+//! * `chaos` — 1000 seeded random multi-server transfers under loss,
+//!   reordering, duplication, outages and deaths, each judged (delivered,
+//!   primary-dead error, primary-alive failure, hung, …); one line per
+//!   failing seed with its replay command, then the summary ([`chaos`]);
 //! * `loopback` — real UDP on 127.0.0.1: one kwik-tokio session versus one
 //!   quinn connection, same crypto and run, medians ([`loopback`]);
 //! * `loopback-multi` — real UDP on 127.0.0.1: one session from `--servers`
@@ -27,8 +31,13 @@
 //! Every scenario writes progress to stderr and JSON lines to stdout; the
 //! last stdout line of each scenario is its summary. A failed check (bytes
 //! missing or corrupt, a stalled simulation) exits with status 1.
+//!
+//! The binary's global allocator is kwik-sim's counting allocator, so that
+//! `chaos` can meter the client's heap; outside a metered call it only adds
+//! a thread-local lookup to each allocation.
 
 mod aggregate;
+mod chaos;
 mod failover;
 mod harness;
 mod loopback;
@@ -44,6 +53,9 @@ use std::time::{Duration, Instant};
 
 use harness::Cc;
 
+#[global_allocator]
+static ALLOC: kwik_sim::alloc::CountingAlloc = kwik_sim::alloc::CountingAlloc;
+
 const USAGE: &str = "\
 usage: kwik-bench [SCENARIO] [FLAGS]
 
@@ -54,6 +66,7 @@ scenarios:
   all        the three above, in order (default)
   aggregate  one session from N servers on heterogeneous links (N = 2, 4, 8)
   failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
+  chaos      seeded random multi-server transfers with loss and faults, judged
   loopback   1 GiB over one kwik-tokio session vs one quinn connection, real UDP on 127.0.0.1
   loopback-multi  one session from --servers rate-capped servers vs one (real UDP)
 
@@ -71,7 +84,14 @@ flags:
   --rate-mbit N  loopback-multi: cap of every server's sending (default 200)
   --exact    sim-cpu: kwik's receiver also compares every byte (extra work)
   --max-frame-kib N  override kwik's max_frame_payload (default: kwik's own)
-  --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary)
+  --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary);
+             chaos: replay seed S verbosely
+  --seeds N        chaos: number of seeds (default 1000)
+  --seed-base S    chaos: first seed (default 1)
+  --max-loss L     chaos: highest random loss of a link (default 0.2)
+  --mix K=V,...    chaos: fault / controller / size mix (see bench/src/chaos.rs)
+  --jobs N         chaos: worker threads (default 1)
+  --all            chaos: a line for every seed, not only failing ones
   --seed N   base seed of the simulations (default 1)
   -h, --help this text";
 
@@ -82,6 +102,7 @@ enum Scenario {
     Mux,
     Aggregate,
     Failover,
+    Chaos,
     Loopback,
     LoopbackMulti,
     All,
@@ -104,6 +125,12 @@ struct Args {
     backlog_ms: Option<u64>,
     dead_after_ms: Option<u64>,
     kill_at: u64,
+    seeds: u64,
+    seed_base: u64,
+    max_loss: f64,
+    mix: Option<String>,
+    jobs: usize,
+    all_seeds: bool,
 }
 
 fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
@@ -130,6 +157,12 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         backlog_ms: None,
         dead_after_ms: None,
         kill_at: failover::Options::default().kill_at,
+        seeds: chaos::Options::default().seeds,
+        seed_base: chaos::Options::default().seed_base,
+        max_loss: chaos::Options::default().max_loss,
+        mix: None,
+        jobs: chaos::Options::default().jobs,
+        all_seeds: false,
     };
     let mut scenario = None;
     while let Some(arg) = argv.next() {
@@ -147,19 +180,17 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 args.dead_after_ms = Some(parse_number("--dead-after-ms", argv.next())?);
             }
             "--kill-at" => args.kill_at = parse_number("--kill-at", argv.next())?,
+            "--seeds" => args.seeds = parse_number("--seeds", argv.next())?,
+            "--seed-base" => args.seed_base = parse_number("--seed-base", argv.next())?,
+            "--max-loss" => args.max_loss = parse_number("--max-loss", argv.next())?,
+            "--mix" => args.mix = Some(argv.next().ok_or("--mix needs a value")?),
+            "--jobs" => args.jobs = parse_number("--jobs", argv.next())?,
+            "--all" => args.all_seeds = true,
             "--rate-mbit" => args.rate_mbit = Some(parse_number("--rate-mbit", argv.next())?),
             "--max-frame-kib" => {
                 args.max_frame_kib = Some(parse_number("--max-frame-kib", argv.next())?);
             }
-            "--only" => {
-                let stack = argv.next().ok_or("--only needs a value")?;
-                if stack != "kwik" && stack != "quinn-proto" && stack != "quinn" {
-                    return Err(format!(
-                        "--only: expected kwik or quinn-proto, got {stack:?}"
-                    ));
-                }
-                args.only = Some(stack);
-            }
+            "--only" => args.only = Some(argv.next().ok_or("--only needs a value")?),
             "--cc" => {
                 let name = argv.next().ok_or("--cc needs a value")?;
                 args.cc = Some(
@@ -177,6 +208,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "mux" => Scenario::Mux,
                     "aggregate" => Scenario::Aggregate,
                     "failover" => Scenario::Failover,
+                    "chaos" => Scenario::Chaos,
                     "loopback" => Scenario::Loopback,
                     "loopback-multi" => Scenario::LoopbackMulti,
                     "all" => Scenario::All,
@@ -187,6 +219,26 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }
     if let Some(s) = scenario {
         args.scenario = s;
+    }
+    if let Some(only) = &args.only {
+        if args.scenario == Scenario::Chaos {
+            if only.parse::<u64>().is_err() {
+                return Err(format!("--only: expected a seed, got {only:?}"));
+            }
+        } else if only != "kwik" && only != "quinn-proto" && only != "quinn" {
+            return Err(format!(
+                "--only: expected kwik or quinn-proto, got {only:?}"
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&args.max_loss) {
+        return Err(format!("--max-loss must be 0 to 1, got {}", args.max_loss));
+    }
+    if args.seeds == 0 {
+        return Err("--seeds must be at least 1".to_string());
+    }
+    if args.jobs == 0 {
+        return Err("--jobs must be at least 1".to_string());
     }
     if args.reps == 0 || args.reps % 2 == 0 {
         return Err(format!("--reps must be odd, got {}", args.reps));
@@ -277,6 +329,17 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_or(defaults.backlog, Duration::from_millis),
         })?;
     }
+    if args.scenario == Scenario::Chaos {
+        chaos::main(&chaos::Options {
+            seeds: args.seeds,
+            seed_base: args.seed_base,
+            max_loss: args.max_loss,
+            only: args.only.as_deref().map(|s| s.parse().expect("checked")),
+            mix: args.mix.clone(),
+            jobs: args.jobs,
+            all: args.all_seeds,
+        })?;
+    }
     if args.scenario == Scenario::Loopback {
         loopback::main(&loopback::Options {
             mib: args.mib.unwrap_or(loopback::Options::default().mib),
@@ -354,6 +417,20 @@ mod tests {
             (a.scenario, a.mib, a.cc, a.kill_at, a.dead_after_ms),
             (Scenario::Failover, Some(64), Some(Cc::Bbr), 50, Some(300))
         );
+        let a = parse("chaos --seeds 20 --seed-base 5 --max-loss 0.02 --only 7 --jobs 2")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                a.scenario,
+                a.seeds,
+                a.seed_base,
+                a.max_loss,
+                a.only.as_deref(),
+                a.jobs
+            ),
+            (Scenario::Chaos, 20, 5, 0.02, Some("7"), 2)
+        );
         assert!(parse("--help").unwrap().is_none());
     }
 
@@ -370,5 +447,8 @@ mod tests {
         assert!(parse("aggregate --secs 0").is_err());
         assert!(parse("failover --kill-at 100").is_err());
         assert!(parse("failover --dead-after-ms 0").is_err());
+        assert!(parse("chaos --only kwik").is_err());
+        assert!(parse("chaos --max-loss 2").is_err());
+        assert!(parse("chaos --seeds 0").is_err());
     }
 }
