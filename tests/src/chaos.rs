@@ -784,6 +784,9 @@ pub struct RunResult {
     /// Counters of every link direction, summed (corrupted, duplicated,
     /// dropped datagrams …).
     pub link_stats: LinkStats,
+    /// Counters of each server's direction towards the client (primary
+    /// first).
+    pub downlinks: Vec<LinkStats>,
     /// Digest of the simulation trace (events are traced only with
     /// [`TraceMode::Digest`] or [`TraceMode::Verbose`]).
     pub digest: u64,
@@ -943,6 +946,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunResult {
                 diagnosis: String::new(),
                 panic: Some(msg),
                 link_stats: LinkStats::default(),
+                downlinks: Vec::new(),
                 digest: 0,
                 wall: started.elapsed(),
             }
@@ -1386,6 +1390,11 @@ fn finish(
         diagnosis,
         panic: None,
         link_stats: s.sim.total_link_stats(),
+        downlinks: s
+            .servers
+            .iter()
+            .map(|a| s.sim.link_stats(*a, s.client_addr))
+            .collect(),
         digest: s.sim.trace().digest(),
         wall: started.elapsed(),
     }
@@ -1434,6 +1443,20 @@ fn diagnose(
             d.server.map_or("?".to_string(), server_name),
             d.at.as_secs_f64(),
             if d.justified { "" } else { " — FALSE death" }
+        );
+    }
+    for (i, a) in s.servers.iter().enumerate() {
+        let st = s.sim.link_stats(*a, s.client_addr);
+        let _ = writeln!(
+            out,
+            "  link {} -> client: {} datagrams ({} bytes) delivered, {} lost, {} queue drops, \
+             {} blackholed",
+            server_name(i),
+            st.delivered,
+            st.bytes_delivered,
+            st.dropped_loss,
+            st.dropped_queue,
+            st.dropped_blackhole
         );
     }
     // Client view.
