@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|abuse|handshake-flood|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|abuse|handshake-flood|chaos|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -24,6 +24,10 @@
 //!   clients against one server: its peak heap, and whether the genuine
 //!   clients get in, with Retry off and with the default configuration
 //!   ([`handshake_flood`]);
+//! * `chaos` — 1000 seeded random multi-server transfers under loss,
+//!   reordering, duplication, outages and deaths, each judged (delivered,
+//!   primary-dead error, primary-alive failure, hung, …); one line per
+//!   failing seed with its replay command, then the summary ([`chaos`]);
 //! * `loopback` — real UDP on 127.0.0.1: one kwik-tokio session versus one
 //!   quinn connection, same crypto and run, medians ([`loopback`]);
 //! * `loopback-multi` — real UDP on 127.0.0.1: one session from `--servers`
@@ -37,12 +41,13 @@
 //! missing or corrupt, a stalled simulation) exits with status 1.
 //!
 //! The binary's global allocator is kwik-sim's counting allocator, so that
-//! `abuse` and `handshake-flood` can meter one simulated endpoint's heap;
-//! outside a metered call it only adds a thread-local lookup to each
-//! allocation.
+//! `abuse`, `handshake-flood` and `chaos` meter one simulated endpoint's
+//! heap; outside a metered call the allocator only adds a thread-local
+//! lookup to each allocation.
 
 mod abuse;
 mod aggregate;
+mod chaos;
 mod failover;
 mod handshake_flood;
 mod harness;
@@ -75,6 +80,7 @@ scenarios:
   failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
   abuse      hostile peers vs one session each: peak heap growth and CPU of the attacked endpoint
   handshake-flood  10 000 forged Initials + 100 clients vs one server: heap, admissions
+  chaos      seeded random multi-server transfers with loss and faults, judged
   loopback   1 GiB over one kwik-tokio session vs one quinn connection, real UDP on 127.0.0.1
   loopback-multi  one session from --servers rate-capped servers vs one (real UDP)
 
@@ -93,10 +99,17 @@ flags:
   --initials N   handshake-flood: forged Initials (default 10000)
   --exact    sim-cpu: kwik's receiver also compares every byte (extra work)
   --max-frame-kib N  override kwik's max_frame_payload (default: kwik's own)
-  --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary)
+  --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary);
+             chaos: replay seed S verbosely
+  --seeds N        chaos: number of seeds (default 1000)
+  --seed-base S    chaos: first seed (default 1)
+  --max-loss L     chaos: highest random loss of a link (default 0.2)
+  --mix K=V,...    chaos: fault / controller / size mix (see bench/src/chaos.rs)
+  --jobs N         chaos: worker threads (default 1)
+  --all            chaos: a line for every seed, not only failing ones
   --pattern NAME  abuse: run only this pattern (tiny-records, gapped-tiny-records,
              descending-tiny-records, duplicate-tiny-records, pre-handshake-lanes,
-             fresh-id-credits, arbitrary-acks, refused-addpaths, delegate-flood)
+             fresh-id-credits, arbitrary-acks, served-acks, refused-addpaths, delegate-flood)
   --seed N   base seed of the simulations (default 1)
   -h, --help this text";
 
@@ -109,6 +122,7 @@ enum Scenario {
     Failover,
     Abuse,
     HandshakeFlood,
+    Chaos,
     Loopback,
     LoopbackMulti,
     All,
@@ -133,6 +147,12 @@ struct Args {
     kill_at: u64,
     pattern: Option<Pattern>,
     initials: u64,
+    seeds: u64,
+    seed_base: u64,
+    max_loss: f64,
+    mix: Option<String>,
+    jobs: usize,
+    all_seeds: bool,
 }
 
 fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
@@ -161,6 +181,12 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         kill_at: failover::Options::default().kill_at,
         pattern: None,
         initials: handshake_flood::Options::default().initials,
+        seeds: chaos::Options::default().seeds,
+        seed_base: chaos::Options::default().seed_base,
+        max_loss: chaos::Options::default().max_loss,
+        mix: None,
+        jobs: chaos::Options::default().jobs,
+        all_seeds: false,
     };
     let mut scenario = None;
     while let Some(arg) = argv.next() {
@@ -186,19 +212,17 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 );
             }
             "--initials" => args.initials = parse_number("--initials", argv.next())?,
+            "--seeds" => args.seeds = parse_number("--seeds", argv.next())?,
+            "--seed-base" => args.seed_base = parse_number("--seed-base", argv.next())?,
+            "--max-loss" => args.max_loss = parse_number("--max-loss", argv.next())?,
+            "--mix" => args.mix = Some(argv.next().ok_or("--mix needs a value")?),
+            "--jobs" => args.jobs = parse_number("--jobs", argv.next())?,
+            "--all" => args.all_seeds = true,
             "--rate-mbit" => args.rate_mbit = Some(parse_number("--rate-mbit", argv.next())?),
             "--max-frame-kib" => {
                 args.max_frame_kib = Some(parse_number("--max-frame-kib", argv.next())?);
             }
-            "--only" => {
-                let stack = argv.next().ok_or("--only needs a value")?;
-                if stack != "kwik" && stack != "quinn-proto" && stack != "quinn" {
-                    return Err(format!(
-                        "--only: expected kwik or quinn-proto, got {stack:?}"
-                    ));
-                }
-                args.only = Some(stack);
-            }
+            "--only" => args.only = Some(argv.next().ok_or("--only needs a value")?),
             "--cc" => {
                 let name = argv.next().ok_or("--cc needs a value")?;
                 args.cc = Some(
@@ -218,6 +242,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "failover" => Scenario::Failover,
                     "abuse" => Scenario::Abuse,
                     "handshake-flood" => Scenario::HandshakeFlood,
+                    "chaos" => Scenario::Chaos,
                     "loopback" => Scenario::Loopback,
                     "loopback-multi" => Scenario::LoopbackMulti,
                     "all" => Scenario::All,
@@ -228,6 +253,26 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }
     if let Some(s) = scenario {
         args.scenario = s;
+    }
+    if let Some(only) = &args.only {
+        if args.scenario == Scenario::Chaos {
+            if only.parse::<u64>().is_err() {
+                return Err(format!("--only: expected a seed, got {only:?}"));
+            }
+        } else if only != "kwik" && only != "quinn-proto" && only != "quinn" {
+            return Err(format!(
+                "--only: expected kwik or quinn-proto, got {only:?}"
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&args.max_loss) {
+        return Err(format!("--max-loss must be 0 to 1, got {}", args.max_loss));
+    }
+    if args.seeds == 0 {
+        return Err("--seeds must be at least 1".to_string());
+    }
+    if args.jobs == 0 {
+        return Err("--jobs must be at least 1".to_string());
     }
     if args.reps == 0 || args.reps % 2 == 0 {
         return Err(format!("--reps must be odd, got {}", args.reps));
@@ -334,6 +379,17 @@ fn run(args: &Args) -> Result<(), String> {
             ..handshake_flood::Options::default()
         })?;
     }
+    if args.scenario == Scenario::Chaos {
+        chaos::main(&chaos::Options {
+            seeds: args.seeds,
+            seed_base: args.seed_base,
+            max_loss: args.max_loss,
+            only: args.only.as_deref().map(|s| s.parse().expect("checked")),
+            mix: args.mix.clone(),
+            jobs: args.jobs,
+            all: args.all_seeds,
+        })?;
+    }
     if args.scenario == Scenario::Loopback {
         loopback::main(&loopback::Options {
             mib: args.mib.unwrap_or(loopback::Options::default().mib),
@@ -425,6 +481,20 @@ mod tests {
             (a.scenario, a.initials, a.seed),
             (Scenario::HandshakeFlood, 500, 3)
         );
+        let a = parse("chaos --seeds 20 --seed-base 5 --max-loss 0.02 --only 7 --jobs 2")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                a.scenario,
+                a.seeds,
+                a.seed_base,
+                a.max_loss,
+                a.only.as_deref(),
+                a.jobs
+            ),
+            (Scenario::Chaos, 20, 5, 0.02, Some("7"), 2)
+        );
         assert!(parse("--help").unwrap().is_none());
     }
 
@@ -444,5 +514,8 @@ mod tests {
         assert!(parse("abuse --pattern nope").is_err());
         assert!(parse("abuse --pattern").is_err());
         assert!(parse("handshake-flood --initials 0").is_err());
+        assert!(parse("chaos --only kwik").is_err());
+        assert!(parse("chaos --max-loss 2").is_err());
+        assert!(parse("chaos --seeds 0").is_err());
     }
 }

@@ -20,6 +20,8 @@
 //! * [`seeding`] — quinn-proto configs with every random source seeded;
 //! * [`quic_driver`] — the quinn-proto endpoint plumbing shared by the
 //!   bare-quinn nodes ([`quinn_node`], [`hostile`]);
+//! * [`chaos`] — seeded random multi-server scenarios (loss, reordering,
+//!   duplication, corruption, outages, deaths), a runner and a judge;
 //! * [`quinn_node`] — a bare quinn-proto bulk-transfer pair, used to validate
 //!   the simulator and as the baseline contender in benchmarks;
 //! * [`wire`] — the kwik wire written out by hand, for the hostile nodes;
@@ -38,6 +40,7 @@ pub mod abuse;
 pub mod alloc;
 pub mod apps;
 pub mod certs;
+pub mod chaos;
 pub mod handshakes;
 pub mod hostile;
 pub mod hostile_primary;

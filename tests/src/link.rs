@@ -22,7 +22,11 @@
 //! 5. otherwise it arrives at `finish + latency + U[0, jitter)`; with
 //!    probability `duplicate` a second copy arrives at
 //!    `finish + latency + U[0, jitter)` (an independent draw). The copy is
-//!    made past the bottleneck, so it does not use link capacity.
+//!    made past the bottleneck, so it does not use link capacity;
+//! 6. with probability `corrupt` the first copy arrives with one to three of
+//!    its bytes flipped (each a uniform position and a non-zero XOR mask);
+//!    then the same, independently, for the duplicate if there is one. A
+//!    corrupted datagram keeps its length and timing.
 //!
 //! Random draws happen in exactly that order and only for features that are
 //! switched on, from the simulator's single seeded generator, so the outcome
@@ -50,6 +54,8 @@ pub struct LinkConfig {
     pub jitter: Duration,
     /// Probability that a datagram is delivered twice.
     pub duplicate: f64,
+    /// Probability that a delivered copy of a datagram has bytes flipped.
+    pub corrupt: f64,
     /// Windows `[t1, t2)`, measured from the start of the simulation, during
     /// which every datagram sent on the link is dropped.
     pub blackholes: Vec<(Duration, Duration)>,
@@ -66,6 +72,7 @@ impl Default for LinkConfig {
             loss: 0.0,
             jitter: Duration::ZERO,
             duplicate: 0.0,
+            corrupt: 0.0,
             blackholes: Vec::new(),
             max_datagram: 1472,
         }
@@ -119,6 +126,13 @@ impl LinkConfig {
         self
     }
 
+    /// Sets the probability that a delivered copy is corrupted (one to
+    /// three bytes flipped).
+    pub fn corrupt(mut self, p: f64) -> Self {
+        self.corrupt = p;
+        self
+    }
+
     /// Adds an outage window `[from, to)` measured from the simulation start.
     pub fn blackhole(mut self, from: Duration, to: Duration) -> Self {
         self.blackholes.push((from, to));
@@ -156,6 +170,8 @@ pub struct LinkStats {
     pub delivered: u64,
     /// Extra copies created by duplication.
     pub duplicated: u64,
+    /// Copies delivered with flipped bytes (counted in `delivered` too).
+    pub corrupted: u64,
     /// Dropped by random loss.
     pub dropped_loss: u64,
     /// Dropped because the bottleneck buffer was full.
@@ -181,6 +197,7 @@ impl LinkStats {
         self.sent += other.sent;
         self.delivered += other.delivered;
         self.duplicated += other.duplicated;
+        self.corrupted += other.corrupted;
         self.dropped_loss += other.dropped_loss;
         self.dropped_queue += other.dropped_queue;
         self.dropped_blackhole += other.dropped_blackhole;
@@ -210,11 +227,45 @@ impl DropReason {
     }
 }
 
+/// Most bytes one corruption flips.
+const MAX_FLIPS: usize = 3;
+
+/// Bytes to flip in one delivered copy: `(position, XOR mask)` pairs, the
+/// mask never zero. Positions lie inside the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Corruption {
+    count: u8,
+    flips: [(u32, u8); MAX_FLIPS],
+}
+
+impl Corruption {
+    /// True if nothing is flipped.
+    pub(crate) fn is_none(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Flips the chosen bytes of `data`.
+    pub(crate) fn apply(&self, data: &mut [u8]) {
+        for &(at, mask) in &self.flips[..usize::from(self.count)] {
+            if let Some(b) = data.get_mut(at as usize) {
+                *b ^= mask;
+            }
+        }
+    }
+}
+
 /// Outcome of handing a datagram to a link (times in ns since sim start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Drop(DropReason),
-    Deliver { at: u64, duplicate_at: Option<u64> },
+    Deliver {
+        at: u64,
+        duplicate_at: Option<u64>,
+        /// Bytes flipped in the first copy.
+        corrupt: Corruption,
+        /// Bytes flipped in the duplicate.
+        duplicate_corrupt: Corruption,
+    },
 }
 
 /// State of one direction of a link.
@@ -310,7 +361,36 @@ impl Link {
             } else {
                 None
             };
-        Verdict::Deliver { at, duplicate_at }
+        let corrupt = self.corruption(size, rng);
+        let duplicate_corrupt = match duplicate_at {
+            Some(_) => self.corruption(size, rng),
+            None => Corruption::default(),
+        };
+        Verdict::Deliver {
+            at,
+            duplicate_at,
+            corrupt,
+            duplicate_corrupt,
+        }
+    }
+
+    /// Draws whether one delivered copy of `size` bytes is corrupted, and
+    /// how (no draw at all when corruption is off).
+    fn corruption(&mut self, size: usize, rng: &mut StdRng) -> Corruption {
+        let mut c = Corruption::default();
+        if self.cfg.corrupt <= 0.0 || size == 0 || !rng.random_bool(self.cfg.corrupt.min(1.0)) {
+            return c;
+        }
+        self.stats.corrupted += 1;
+        let n = rng.random_range(1..=MAX_FLIPS);
+        for flip in &mut c.flips[..n] {
+            *flip = (
+                rng.random_range(0..size) as u32,
+                rng.random_range(1..=u8::MAX),
+            );
+        }
+        c.count = n as u8;
+        c
     }
 
     fn jitter(&self, rng: &mut StdRng) -> u64 {
@@ -319,5 +399,61 @@ impl Link {
         } else {
             rng.random_range(0..self.jitter_ns)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn deliver(link: &mut Link, rng: &mut StdRng) -> (Corruption, Corruption) {
+        match link.send(0, 1200, rng) {
+            Verdict::Deliver {
+                corrupt,
+                duplicate_corrupt,
+                ..
+            } => (corrupt, duplicate_corrupt),
+            Verdict::Drop(r) => panic!("dropped: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn corruption_flips_one_to_three_bytes_inside_the_datagram() {
+        let mut link = Link::new(LinkConfig::new().corrupt(1.0).duplicate(1.0), true);
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let (a, b) = deliver(&mut link, &mut rng);
+            for c in [a, b] {
+                assert!((1..=MAX_FLIPS as u8).contains(&c.count));
+                for &(at, mask) in &c.flips[..usize::from(c.count)] {
+                    assert!(at < 1200 && mask != 0);
+                }
+                let mut data = vec![0u8; 1200];
+                c.apply(&mut data);
+                let changed = data.iter().filter(|&&b| b != 0).count();
+                assert!(changed >= 1 && changed <= usize::from(c.count));
+            }
+        }
+        assert_eq!(link.stats.corrupted, 400);
+    }
+
+    #[test]
+    fn without_corruption_no_random_draw_is_made() {
+        // Same draws as before corruption existed: loss and jitter only.
+        let cfg = LinkConfig::new().loss(0.1).jitter(Duration::from_millis(3));
+        let mut a = Link::new(cfg.clone(), true);
+        let mut b = Link::new(cfg.corrupt(0.0), true);
+        let mut ra = StdRng::seed_from_u64(9);
+        let mut rb = StdRng::seed_from_u64(9);
+        for t in 0..500 {
+            assert_eq!(a.send(t, 1000, &mut ra), b.send(t, 1000, &mut rb));
+        }
+        // A clean link draws nothing at all.
+        let mut c = Link::new(LinkConfig::new(), true);
+        let (x, y) = deliver(&mut c, &mut ra);
+        assert!(x.is_none() && y.is_none());
+        assert_eq!(ra.random::<u64>(), rb.random::<u64>());
     }
 }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kwik_core::{
-    ClientConfig, CloseReason, Delegation, Dir, Event, KwikEndpoint, PathFailure, PathId,
-    PathPolicy, PathTarget, ReadError, Resource, ServerConfig, SessionHandle, StreamId, TokenKey,
-    TransferConfig, TransferId,
+    ClientConfig, CloseReason, Delegation, Dir, Event, KwikEndpoint, PathFailure, PathFilter,
+    PathId, PathPolicy, PathTarget, ReadError, Resource, ServerConfig, SessionHandle, StreamId,
+    TokenKey, TransferConfig, TransferId,
 };
 
 use crate::apps::Payload;
@@ -83,6 +83,12 @@ pub struct MultiClient {
     pub max_stall: Duration,
     /// Path events seen.
     pub path_events: Vec<Event>,
+    /// Path events and the session's end, with when they happened.
+    pub log: Vec<(Instant, Event)>,
+    /// Server address of every path a path event named.
+    pub path_addrs: BTreeMap<PathId, SocketAddr>,
+    /// When the session ended.
+    pub closed_at: Option<Instant>,
     /// Don't read (so that data stays buffered).
     pub paused: bool,
 }
@@ -103,6 +109,9 @@ impl MultiClient {
             last_byte: None,
             max_stall: Duration::ZERO,
             path_events: Vec::new(),
+            log: Vec::new(),
+            path_addrs: BTreeMap::new(),
+            closed_at: None,
             paused: false,
         }
     }
@@ -170,11 +179,19 @@ impl App for MultiClient {
                 }
             }
             Event::StreamReadable { stream, .. } => self.drain(ep, now, *stream),
-            Event::SessionClosed { reason, .. } => self.closed = Some(reason.clone()),
-            Event::PathAdded { .. }
-            | Event::PathFailed { .. }
-            | Event::PathDead { .. }
-            | Event::PathClosed { .. } => self.path_events.push(event.clone()),
+            Event::SessionClosed { reason, .. } => {
+                self.closed = Some(reason.clone());
+                self.closed_at = Some(now);
+                self.log.push((now, event.clone()));
+            }
+            Event::PathAdded { session, path }
+            | Event::PathFailed { session, path, .. }
+            | Event::PathDead { session, path, .. }
+            | Event::PathClosed { session, path } => {
+                self.path_events.push(event.clone());
+                self.log.push((now, event.clone()));
+                note_address(ep, *session, *path, &mut self.path_addrs);
+            }
             _ => {}
         }
     }
@@ -192,6 +209,26 @@ impl App for MultiClient {
 
     fn done(&self) -> bool {
         self.closed.is_some() || !self.finished.is_empty()
+    }
+}
+
+/// Records the server address of `path` (looked up in the session's path
+/// list) unless it is known already.
+fn note_address(
+    ep: &mut KwikEndpoint,
+    session: SessionHandle,
+    path: PathId,
+    addrs: &mut BTreeMap<PathId, SocketAddr>,
+) {
+    if addrs.contains_key(&path) {
+        return;
+    }
+    if let Some(info) = ep.session(session).and_then(|mut v| {
+        v.paths(PathFilter::All)
+            .into_iter()
+            .find(|info| info.id == path)
+    }) {
+        addrs.insert(path, info.address);
     }
 }
 
@@ -236,6 +273,10 @@ pub struct MultiPrimary {
     pub complete_at: Option<Instant>,
     /// Why the session ended.
     pub closed: Option<CloseReason>,
+    /// Path events and the session's end, with when they happened.
+    pub log: Vec<(Instant, Event)>,
+    /// Server address of every path a path event named.
+    pub path_addrs: BTreeMap<PathId, SocketAddr>,
 }
 
 impl MultiPrimary {
@@ -257,6 +298,8 @@ impl MultiPrimary {
             stream: None,
             complete_at: None,
             closed: None,
+            log: Vec::new(),
+            path_addrs: BTreeMap::new(),
         }
     }
 
@@ -318,6 +361,21 @@ impl App for MultiPrimary {
             Event::RangesLost { ranges, .. } => self.lost.extend(ranges.iter().cloned()),
             Event::TransferComplete { .. } => self.complete_at = Some(now),
             Event::SessionClosed { reason, .. } => self.closed = Some(reason.clone()),
+            _ => {}
+        }
+        match event {
+            Event::PathAdded { session, path }
+            | Event::PathFailed { session, path, .. }
+            | Event::PathDead { session, path, .. }
+            | Event::PathClosed { session, path } => {
+                self.log.push((now, event.clone()));
+                note_address(ep, *session, *path, &mut self.path_addrs);
+            }
+            Event::SessionClosed { .. }
+            | Event::TransferComplete { .. }
+            | Event::RangesLost { .. } => {
+                self.log.push((now, event.clone()));
+            }
             _ => {}
         }
     }

@@ -12,8 +12,8 @@
 //! * Every datagram in flight carries a sequence number from a counter, so
 //!   arrivals at the same instant are delivered in send order; due timeouts
 //!   fire in node index order. Nothing iterates a hash map.
-//! * One seeded `StdRng` drives loss, jitter and duplication, drawn in the
-//!   order datagrams are sent.
+//! * One seeded `StdRng` drives loss, jitter, duplication and corruption,
+//!   drawn in the order datagrams are sent.
 //!
 //! # Loop semantics
 //!
@@ -55,7 +55,7 @@ use crate::alloc::Meter;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::link::{DropReason, Link, LinkConfig, LinkStats, Verdict};
+use crate::link::{Corruption, DropReason, Link, LinkConfig, LinkStats, Verdict};
 use crate::node::Node;
 use crate::trace::Trace;
 
@@ -654,10 +654,16 @@ impl Sim {
                 }
             }
         }
-        if let Verdict::Deliver { at, duplicate_at } = verdict {
-            self.enqueue(at, src, dst, li, to, data);
+        if let Verdict::Deliver {
+            at,
+            duplicate_at,
+            corrupt,
+            duplicate_corrupt,
+        } = verdict
+        {
+            self.enqueue(at, src, dst, li, to, data, corrupt);
             if let Some(at) = duplicate_at {
-                self.enqueue(at, src, dst, li, to, data);
+                self.enqueue(at, src, dst, li, to, data, duplicate_corrupt);
             }
         }
     }
@@ -674,6 +680,7 @@ impl Sim {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
         at: u64,
@@ -682,13 +689,18 @@ impl Sim {
         link: usize,
         node: usize,
         data: &[u8],
+        corrupt: Corruption,
     ) {
+        let mut data = BytesMut::from(data);
+        if !corrupt.is_none() {
+            corrupt.apply(&mut data);
+        }
         let packet = Packet {
             src,
             dst,
             link,
             node,
-            data: BytesMut::from(data),
+            data,
         };
         let slot = match self.free_packets.pop() {
             Some(s) => {
