@@ -232,7 +232,7 @@ mod tests {
         let mut l = Ledger::default();
         let a = l.add(PathId(1), s, 0..100, false, Bytes::new(), false);
         let b = l.add(PathId(2), s, 100..200, true, Bytes::new(), false);
-        let done = l.on_ack(s, 50, [120..150]);
+        let done = l.on_ack(s, 50, std::iter::once(120..150));
         assert!(done.is_empty());
         let lost = l.take_path(PathId(2));
         let ranges: Vec<_> = lost
