@@ -41,6 +41,27 @@ pub enum CongestionControl {
 }
 
 /// Transport knobs of a session, used by both sides.
+///
+/// # What a peer can make a session hold
+///
+/// Every bound below is enforced against the peer, never trusted to it:
+///
+/// * per logical stream, the bytes buffered for the application are at
+///   most `stream_window` (its credit), and their memory at most twice
+///   that — a peer that fragments a stream past it is closed with
+///   `KWIK_RESOURCE_LIMIT`;
+/// * per session, therefore, kwik's buffers are at most
+///   `(max_bidi_streams + max_uni_streams) × 2 × stream_window` (the stream
+///   limits are clamped to 16 384 each); lower the limits or the window to
+///   lower it — there is no separate session budget, so a slow reader of one
+///   stream never blocks the others;
+/// * per connection, QUIC buffers at most `receive_window` (out-of-order
+///   data in flight; kwik drains every lane as data arrives), and before a
+///   server accepted the peer's Hello or Join, 128 KiB and no lane;
+/// * control messages are at most `max_control_message` each, read one at
+///   a time; answers a peer leaves unread are bounded (16 of them, at least
+///   1 MiB);
+/// * delegations outstanding are at most `max_delegations`.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TransportConfig {
