@@ -255,6 +255,18 @@ pub struct PathPolicy {
     /// on top of the dead timeout: random loss does not silence a dozen
     /// probes in a row, a dead server does. Ignored when `dead_after` is set.
     pub dead_probes: u32,
+    /// When the client gives up on a silent primary — the session's offset
+    /// authority, without which it cannot go on. `None` (the default): the
+    /// session survives an outage of its primary for as long as QUIC's idle
+    /// timeout, and traffic resumes when it ends. `Some(d)`: once the primary
+    /// has been silent for `d` and the evidence that kills a secondary path
+    /// is there (probes unanswered over three probe timeouts), the session
+    /// ends as [`CloseReason::PrimaryLost`](crate::CloseReason::PrimaryLost)
+    /// and the client closes its secondary paths, so their servers free the
+    /// session at once. `Some(Duration::ZERO)` detects a dead primary as
+    /// fast as a dead secondary (under a second at 50 ms RTT), at the price
+    /// of ending the session on any outage that long.
+    pub primary_lost_after: Option<Duration>,
     /// AddPaths accepted per second on average; more are refused with
     /// `KWIK_REFUSED` (a primary cannot make the client dial at any rate).
     pub add_path_rate: u32,
@@ -271,6 +283,7 @@ impl Default for PathPolicy {
             min_dead_after: Duration::from_millis(150),
             keep_alive: Duration::from_millis(50),
             dead_probes: 12,
+            primary_lost_after: None,
             join_timeout: Duration::from_secs(5),
             add_path_rate: 8,
             add_path_burst: 16,

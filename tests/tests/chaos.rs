@@ -140,7 +140,10 @@ fn the_judge_calls_a_killed_primary_a_primary_dead_error() {
     });
     let r = run(&sc, &RunOptions::default());
     assert_eq!(r.outcome, Outcome::PrimaryDeadError, "{}", r.report());
-    assert_eq!(r.close_reason.as_deref(), Some("idle timeout"));
+    assert_eq!(
+        r.close_reason.as_deref(),
+        Some("timed out: the peer went silent")
+    );
     assert!(r.late_error.is_none(), "{}", r.report());
     assert!(r.passed(), "{}", r.report());
     let killed = r.fired[0].from;

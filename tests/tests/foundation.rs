@@ -454,13 +454,20 @@ fn fin_reset_stop_and_close_reach_the_other_side() {
     }
 }
 
-/// Cuts the server off `at` into a session whose client uploads `plan`, and
-/// returns how the client's session ended and how long after the cut.
-fn vanish(at: Duration, plan: Vec<u64>, idle: Duration) -> (Option<CloseReason>, Duration) {
+/// Cuts the server off `at` into a session whose client uploads `plan`
+/// (with `primary_lost_after` in its path policy), and returns how the
+/// client's session ended and how long after the cut.
+fn vanish(
+    at: Duration,
+    plan: Vec<u64>,
+    idle: Duration,
+    primary_lost_after: Option<Duration>,
+) -> (Option<CloseReason>, Duration) {
     let mut s = bulk(
         61,
         link_100m(),
         |c, sv| {
+            c.path_policy.primary_lost_after = primary_lost_after;
             for t in [&mut c.transport, &mut sv.transport] {
                 t.idle_timeout = idle;
                 t.keep_alive_interval = Some(Duration::from_millis(500));
@@ -492,11 +499,12 @@ fn vanish(at: Duration, plan: Vec<u64>, idle: Duration) -> (Option<CloseReason>,
 
 #[test]
 fn a_primary_that_vanishes_mid_transfer_is_lost_within_a_second() {
-    // The client watches its primary while data flows: a dozen probes go
-    // unanswered, and the session ends as PrimaryLost long before the
-    // idle timeout (PROTOCOL.md §10.8).
+    // A client that asked for fast detection watches its primary while
+    // data flows: a dozen probes go unanswered, and the session ends as
+    // PrimaryLost long before the idle timeout (PROTOCOL.md §10.11).
     let idle = Duration::from_secs(30);
-    let (closed, waited) = vanish(Duration::from_millis(500), vec![1 << 30], idle);
+    let fast = Some(Duration::ZERO);
+    let (closed, waited) = vanish(Duration::from_millis(500), vec![1 << 30], idle, fast);
     assert_eq!(closed, Some(CloseReason::PrimaryLost));
     assert!(
         waited >= Duration::from_millis(500) && waited <= Duration::from_secs(1),
@@ -509,7 +517,12 @@ fn an_idle_session_whose_server_vanishes_ends_at_the_idle_timeout() {
     // No stream ever carried data: nothing is probed, QUIC's idle timeout
     // decides.
     let idle = Duration::from_secs(3);
-    let (closed, waited) = vanish(Duration::from_secs(3), Vec::new(), idle);
+    let (closed, waited) = vanish(
+        Duration::from_secs(3),
+        Vec::new(),
+        idle,
+        Some(Duration::ZERO),
+    );
     assert_eq!(closed, Some(CloseReason::TimedOut));
     assert!(
         waited >= idle - Duration::from_millis(100),

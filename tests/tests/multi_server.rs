@@ -280,12 +280,16 @@ fn remove_path_drains_then_closes_and_the_history_shows_it() {
 
 #[test]
 fn the_primary_dying_ends_the_client_session_with_a_reason() {
-    // PROTOCOL.md §10.11: the primary is the offset authority. The client
-    // notices its death from unanswered probes (not the 30 s idle timeout),
+    // PROTOCOL.md §10.11: the primary is the offset authority. A client
+    // configured for it notices its death from unanswered probes (not the
+    // 30 s idle timeout),
     // ends the session as PrimaryLost, and closes its secondary paths with
     // KWIK_PATH_DEAD so their servers free the session at once.
     let links = vec![ServerLink::new(100, 20); 2];
-    let opts = MultiOptions::new(107, links, 256 << 20);
+    let mut opts = MultiOptions::new(107, links, 256 << 20);
+    // Fast detection (the default rides out primary outages until the idle
+    // timeout, see `a_primary_outage_shorter_than_the_idle_timeout_is_survived`).
+    opts.tune_client = Box::new(|c| c.path_policy.primary_lost_after = Some(Duration::ZERO));
     let mut s = MultiSetup::new(opts, |_| {});
     s.sim.run_for(Duration::from_secs(1));
     assert!(s.client().total() > 0, "data flows");
@@ -439,4 +443,50 @@ fn a_secondary_back_from_an_outage_is_re_added_and_serves_again() {
         "the secondary served again: {} bytes",
         client_info.bytes_received
     );
+}
+
+#[test]
+fn a_primary_outage_shorter_than_the_idle_timeout_is_survived() {
+    // PROTOCOL.md §10.11: by default the client rides out its primary's
+    // silence until the idle timeout. A 6 s outage mid-transfer: the session
+    // stays up; once it ends, the primary's connection carries traffic again
+    // within a round trip and a probe timeout (a connection heard again
+    // after a silence pings, which resets QUIC's probe backoff), and the
+    // resource arrives intact.
+    let size: u64 = 128 << 20;
+    let links = vec![ServerLink::new(50, 40); 2];
+    let mut s = MultiSetup::new(MultiOptions::new(110, links, size), |_| {});
+    s.sim.run_for(Duration::from_secs(2));
+    assert!(s.client().total() > 0, "data flows");
+    let primary = s.servers[0];
+    s.sim.set_down(primary, true);
+    s.sim.run_for(Duration::from_secs(6));
+    assert!(s.client().closed.is_none(), "{:?}", s.client().closed);
+    let primary_bytes = |s: &mut MultiSetup| {
+        client_paths(s)
+            .into_iter()
+            .find(|p| p.primary)
+            .map_or(0, |p| p.bytes_received)
+    };
+    let before = primary_bytes(&mut s);
+    s.sim.set_down(primary, false);
+    let back = s.sim.elapsed();
+    let mut resumed = None;
+    while s.sim.elapsed() < back + Duration::from_secs(5) {
+        assert!(s.sim.step(), "the simulation went idle");
+        // Well past the first packets of the revival: data again.
+        if primary_bytes(&mut s) > before + (64 << 10) {
+            resumed = Some(s.sim.elapsed() - back);
+            break;
+        }
+    }
+    let resumed = resumed.expect("the primary's traffic resumes");
+    assert!(
+        resumed <= Duration::from_millis(500),
+        "resumed {resumed:?} after the outage (RTT 40 ms)"
+    );
+    run(&mut s, Duration::from_secs(120));
+    assert_intact(&s, size);
+    assert!(s.client().closed.is_none(), "{:?}", s.client().closed);
+    assert!(s.primary().closed.is_none(), "{:?}", s.primary().closed);
 }

@@ -15,6 +15,12 @@
 //! from here but from hedging the overdue frontier
 //! ([`crate::transfer`]).
 //!
+//! The primary is different: it cannot be replaced, and a dead primary and
+//! an outage look the same from the client. By default the session rides
+//! out its primary's silence until QUIC's idle timeout (and resumes when it
+//! ends); [`PathPolicy::primary_lost_after`] trades that for a fast
+//! `PrimaryLost` verdict.
+//!
 //! Only authenticated packets count as an answer (see
 //! [`Conn::note_received`]), so replayed or forged datagrams keep nothing
 //! alive. A connection heard from again after a silence is pinged at once
@@ -50,7 +56,11 @@ impl Session {
                     conn.joined
                         && !conn.closed
                         && if **path == PathId::PRIMARY {
+                            // Watched while data flows, and once probing
+                            // started, until the primary answers: the probes
+                            // are what revives it after an outage.
                             now.saturating_duration_since(conn.last_data) < PRIMARY_WATCH
+                                || conn.probes > 0
                         } else {
                             self.client_paths.contains_key(path)
                         }
@@ -80,8 +90,16 @@ impl Session {
                 conn.next_probe = Some(now + interval);
             }
             let dead_after = policy.dead_after(base);
+            // The primary: by default outages are survived and QUIC's idle
+            // timeout decides; otherwise not before the configured grace.
+            let lost_after = match (self.role, path) {
+                (Role::Client, PathId::PRIMARY) => {
+                    policy.primary_lost_after.map(|grace| dead_after.max(grace))
+                }
+                _ => Some(dead_after),
+            };
             let evidence = policy.dead_after.is_some() || conn.probes >= policy.dead_probes;
-            let verdict = if silent >= dead_after && evidence {
+            let verdict = if lost_after.is_some_and(|t| silent >= t) && evidence {
                 Verdict::Dead(silent)
             } else if silent >= policy.degraded_after(dead_after) {
                 Verdict::Degraded
@@ -156,7 +174,13 @@ impl Session {
                 let dead_after = self.policy.dead_after(base);
                 let probe = conn.next_probe.unwrap_or(conn.last_rx + interval);
                 let degraded = conn.last_rx + self.policy.degraded_after(dead_after);
-                let dead = conn.last_rx + dead_after;
+                let dead = match (self.role, path, self.policy.primary_lost_after) {
+                    (Role::Client, PathId::PRIMARY, None) => probe,
+                    (Role::Client, PathId::PRIMARY, Some(grace)) => {
+                        conn.last_rx + dead_after.max(grace)
+                    }
+                    _ => conn.last_rx + dead_after,
+                };
                 // Past instants are already acted on; a verdict that waits
                 // only for probes waits for the next probe.
                 [probe, degraded, dead]
