@@ -149,6 +149,14 @@ pub enum Injection {
     },
     /// A control record that is no protobuf on the path's control stream.
     GarbageOnControl,
+    /// One-byte records of the genuine bytes (from `source`) at every other
+    /// offset of the delegated range `[a, b)` — `a + 1`, `a + 3`, … —: every
+    /// byte inside the delegation and right, but no two adjacent, so the
+    /// client cannot coalesce them.
+    GappedTiny {
+        /// The genuine bytes of the stream.
+        source: SharedResource,
+    },
 }
 
 impl fmt::Debug for Injection {
@@ -163,6 +171,7 @@ impl fmt::Debug for Injection {
             Injection::BareFin { offset } => write!(f, "BareFin {{ at {offset} }}"),
             Injection::Honest { .. } => f.write_str("Honest"),
             Injection::GarbageOnControl => f.write_str("GarbageOnControl"),
+            Injection::GappedTiny { .. } => f.write_str("GappedTiny"),
         }
     }
 }
@@ -629,6 +638,24 @@ impl HostileSecondary {
                     offset: a,
                     len: b - a,
                     fin: d.fin,
+                    delegated,
+                    at: now,
+                }
+            }
+            Injection::GappedTiny { source } => {
+                let mut at = a + 1;
+                let mut written = 0;
+                while at < b {
+                    let byte = source.read(at, 1);
+                    push_data_record(&mut out, stream, at, &byte, false);
+                    at += 2;
+                    written += 1;
+                }
+                InjectedRecord {
+                    stream,
+                    offset: a + 1,
+                    len: written,
+                    fin: false,
                     delegated,
                     at: now,
                 }
