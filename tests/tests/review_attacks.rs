@@ -627,3 +627,125 @@ fn a_secondary_fragmenting_its_range_loses_only_its_path() {
         "the client reads the genuine stream to its end\n{ctx}"
     );
 }
+
+// ====================================================================
+// R6. A primary aims a ban at its own client
+// ====================================================================
+
+/// **Attack** (primary → client → honest secondary): a hostile primary
+/// sends its client an `AddPath` to an honest kwik secondary the client's
+/// policy allows, with a made-up token. The client dials and joins; the
+/// secondary refuses the token (`KWIK_AUTH_FAILED`) — and bans the
+/// client's IP for 60 s (§11.4 counts `KWIK_AUTH_FAILED` as the peer's
+/// fault). The primary then sends a *genuine* `AddPath` (a token minted with
+/// the secondary's key for that session, path and secondary).
+///
+/// **Rule**: §11.4 "Bans cannot be aimed at a third party"; §10.10 "the
+/// client … dials, enforces its own policy"; a client cannot check a token
+/// (it never learns the key), so a refused token is not its fault. A
+/// primary — hostile, or merely one with a stale key or a wrong clock — can
+/// thus lock its client, and everyone behind the client's NAT, out of
+/// every secondary it names, for every session with any primary.
+///
+/// **Observed**: the genuine second path fails: the secondary refuses the
+/// client's connection statelessly (banned), the client reports `FAILED`.
+/// Fault: `endpoint.rs` `after_drive` bans on every `is_peer_fault()` code
+/// (`error.rs`), `KWIK_AUTH_FAILED` included, although the token comes
+/// from the primary and the client cannot vet it.
+#[test]
+fn a_refused_token_does_not_ban_the_client_from_the_secondary() {
+    use kwik_core::proto::control::{self as msg};
+    use kwik_sim::abuse::{VALID_UNTIL, arena_endpoint, arena_link};
+    use kwik_sim::hostile_primary::{HostilePrimary, PrimaryStep, add_path};
+    use kwik_sim::setup::configs;
+
+    let seed = 9106;
+    let secondary_addr = addr(3);
+    let mut a = Arena::against_client(
+        seed,
+        |c| {
+            c.path_policy
+                .allow
+                .push(PathTarget::Address(secondary_addr))
+        },
+        move |e: &Ends| {
+            let session = HostilePrimary::session_id_for(e.seed);
+            let genuine = e.key.mint(
+                session,
+                PathId(2),
+                VALID_UNTIL,
+                &secondary_addr.to_string(),
+                SERVER_NAME,
+            );
+            let steps = vec![
+                PrimaryStep::Mark,
+                PrimaryStep::Control(add_path(
+                    1,
+                    secondary_addr,
+                    SERVER_NAME,
+                    VALID_UNTIL,
+                    Bytes::from_static(&[0x42; 32]),
+                )),
+                PrimaryStep::AwaitPathStatus {
+                    path: 1,
+                    state: msg::PathState::Failed,
+                },
+                PrimaryStep::Control(add_path(
+                    2,
+                    secondary_addr,
+                    SERVER_NAME,
+                    VALID_UNTIL,
+                    genuine,
+                )),
+                PrimaryStep::AwaitPathStatus {
+                    path: 2,
+                    state: msg::PathState::Active,
+                },
+            ];
+            HostilePrimary::new(e.hostile, e.seed, &e.cert, steps)
+        },
+    );
+    let (_, mut server_cfg) = configs(&a.ends.cert);
+    server_cfg.trusted_keys = vec![a.ends.key.clone()];
+    server_cfg.path_addresses = vec![secondary_addr];
+    server_cfg.path_server_name = Some(SERVER_NAME.to_string());
+    let now = a.sim.now();
+    let ep = arena_endpoint(seed ^ 0x5ec, Some(server_cfg), now);
+    let secondary = a.sim.add_node(
+        &[secondary_addr],
+        Box::new(KwikNode::new(secondary_addr, ep, SecondaryApp::default())),
+    );
+    a.sim.set_path(a.ends.target, secondary_addr, arena_link());
+    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
+    let id = a.attacker;
+    let _ = a.sim.run_while(Duration::from_secs(10), |sim| {
+        let answers = sim.node::<HostilePrimary>(id).answers();
+        !answers.get(&2).is_some_and(|x| {
+            x.state == msg::PathState::Active as i32 || x.state == msg::PathState::Failed as i32
+        })
+    });
+    let p = a.hostile_primary();
+    let first = p.answers().get(&1).copied();
+    assert_eq!(
+        first.map(|x| (x.state, x.code)),
+        Some((
+            msg::PathState::Failed as i32,
+            ErrorCode::AuthFailed.wire()
+        )),
+        "precondition: the made-up token is refused\n{}",
+        a.context()
+    );
+    let second = p.answers().get(&2).copied();
+    let banned = a
+        .sim
+        .node::<KwikNode<SecondaryApp>>(secondary)
+        .endpoint
+        .stats();
+    assert_eq!(
+        second.map(|x| x.state),
+        Some(msg::PathState::Active as i32),
+        "a genuine token must join after a refused one the client was handed: answer \
+         {second:?}; secondary stats {banned:?}\n{}",
+        a.context()
+    );
+}
