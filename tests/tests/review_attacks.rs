@@ -749,3 +749,122 @@ fn a_refused_token_does_not_ban_the_client_from_the_secondary() {
         a.context()
     );
 }
+
+// ====================================================================
+// R7. The client forwards a Delegate larger than the secondary accepts
+// ====================================================================
+
+/// **Attack** (primary → client → honest secondary): a hostile primary, its
+/// client joined to an honest kwik secondary (genuine token), sends a
+/// `Delegate` for that path whose body is exactly the client's
+/// `max_control_message` (64 KiB, the default on every role): its opaque
+/// `descriptor` fills it. The client accepts it (it fits its own limit) and
+/// forwards it with `credit` set to the stream's credit — a field the
+/// primary's message did not carry — so the forwarded body is 5 bytes over
+/// the secondary's announced `max_control_message`.
+///
+/// **Rule**: §3.1/§4.1 — `max_control_message` is what the receiver
+/// accepts; a sender must not exceed it (the client checks its `Raw`s,
+/// §10.7, but not the `Delegate`s it forwards). §11.4 "Bans cannot be aimed
+/// at a third party".
+///
+/// **Observed**: the secondary closes the path with `KWIK_INVALID_FRAME`
+/// ("control message of 65541 bytes exceeds 65536") and, since that code
+/// blames the peer, bans the client's IP. Fault: `client_paths.rs`
+/// `forward_delegate` sends the grown message without checking it against
+/// the path's limits (`on_joined` even discards the `Joined` limits).
+#[test]
+fn a_forwarded_delegate_never_exceeds_the_secondarys_control_limit() {
+    use kwik_core::proto::control::{self as msg, ControlMessage};
+    use kwik_sim::abuse::{VALID_UNTIL, arena_endpoint, arena_link};
+    use kwik_sim::hostile_primary::{HostilePrimary, PrimaryStep, add_path};
+    use kwik_sim::setup::configs;
+    use prost::Message as _;
+
+    let limit = kwik_core::TransportConfig::default().max_control_message as usize;
+    // A Delegate whose encoded body is exactly `limit` bytes.
+    let big = |descriptor_len: usize| ControlMessage {
+        body: Some(Body::Delegate(Delegate {
+            path_id: 1,
+            delegation_id: 1,
+            stream_id: server_uni(0).0,
+            offset: 0,
+            length: 1000,
+            fin: false,
+            descriptor: Bytes::from(vec![b'd'; descriptor_len]),
+            ..Delegate::default()
+        })),
+    };
+    let mut descriptor_len = limit - 32;
+    while big(descriptor_len).encoded_len() < limit {
+        descriptor_len += 1;
+    }
+    let message = big(descriptor_len);
+    assert_eq!(message.encoded_len(), limit, "the Delegate fills the limit");
+    let delegate = message.body.expect("set");
+
+    let seed = 9107;
+    let secondary_addr = addr(3);
+    let mut a = Arena::against_client(
+        seed,
+        |c| {
+            c.path_policy
+                .allow
+                .push(PathTarget::Address(secondary_addr))
+        },
+        move |e: &Ends| {
+            let session = HostilePrimary::session_id_for(e.seed);
+            let token = e.key.mint(
+                session,
+                PathId(1),
+                VALID_UNTIL,
+                &secondary_addr.to_string(),
+                SERVER_NAME,
+            );
+            let steps = vec![
+                PrimaryStep::Control(add_path(1, secondary_addr, SERVER_NAME, VALID_UNTIL, token)),
+                PrimaryStep::AwaitPathStatus {
+                    path: 1,
+                    state: msg::PathState::Active,
+                },
+                PrimaryStep::Mark,
+                PrimaryStep::Control(delegate),
+            ];
+            HostilePrimary::new(e.hostile, e.seed, &e.cert, steps)
+        },
+    );
+    let (_, mut server_cfg) = configs(&a.ends.cert);
+    server_cfg.trusted_keys = vec![a.ends.key.clone()];
+    server_cfg.path_addresses = vec![secondary_addr];
+    server_cfg.path_server_name = Some(SERVER_NAME.to_string());
+    let now = a.sim.now();
+    let ep = arena_endpoint(seed ^ 0x5ec, Some(server_cfg), now);
+    let secondary = a.sim.add_node(
+        &[secondary_addr],
+        Box::new(KwikNode::new(secondary_addr, ep, SecondaryApp::default())),
+    );
+    a.sim.set_path(a.ends.target, secondary_addr, arena_link());
+    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
+    let id = a.attacker;
+    let _ = a.sim.run_while(Duration::from_secs(5), |sim| {
+        !sim.node::<HostilePrimary>(id).script_done()
+    });
+    a.sim.run_for(Duration::from_secs(1));
+    let node = a.sim.node::<KwikNode<SecondaryApp>>(secondary);
+    let (closed, stats) = (node.app.closed.clone(), node.endpoint.stats());
+    assert!(
+        !closed.iter().any(|r| matches!(
+            r,
+            CloseReason::Protocol {
+                code: ErrorCode::InvalidFrame,
+                by_peer: false,
+                ..
+            }
+        )),
+        "the client sent the honest secondary a control message over its limit: it closed \
+         {closed:?}, bans {}\n{}",
+        stats.bans_total,
+        a.context()
+    );
+    assert_eq!(stats.bans_total, 0, "{}", a.context());
+}
