@@ -157,6 +157,15 @@ pub enum Injection {
         /// The genuine bytes of the stream.
         source: SharedResource,
     },
+    /// Closes its connection with application code `code` and a reason
+    /// phrase of `reason_len` ASCII bytes (QUIC carries up to about a
+    /// datagram's worth).
+    Close {
+        /// The application error code (a kwik code or any other).
+        code: u64,
+        /// Length of the reason phrase.
+        reason_len: usize,
+    },
 }
 
 impl fmt::Debug for Injection {
@@ -172,6 +181,9 @@ impl fmt::Debug for Injection {
             Injection::Honest { .. } => f.write_str("Honest"),
             Injection::GarbageOnControl => f.write_str("GarbageOnControl"),
             Injection::GappedTiny { .. } => f.write_str("GappedTiny"),
+            Injection::Close { code, reason_len } => {
+                write!(f, "Close {{ code {code:#x}, {reason_len}-byte reason }}")
+            }
         }
     }
 }
@@ -570,6 +582,29 @@ impl HostileSecondary {
             });
             return;
         }
+        if let Injection::Close { code, reason_len } = injection {
+            let Some(conn) = self.quic.connection_mut() else {
+                return;
+            };
+            conn.close(
+                now,
+                VarInt::from_u64(code).expect("a varint"),
+                bytes::Bytes::from(vec![b'r'; reason_len]),
+            );
+            trace.record(
+                now,
+                format_args!("hostile-secondary: closing with {code:#x}, {reason_len}-byte reason"),
+            );
+            self.injected = Some(InjectedRecord {
+                stream,
+                offset: 0,
+                len: 0,
+                fin: false,
+                delegated,
+                at: now,
+            });
+            return;
+        }
         let max_len = self
             .join
             .as_ref()
@@ -660,7 +695,9 @@ impl HostileSecondary {
                     at: now,
                 }
             }
-            Injection::GarbageOnControl => unreachable!("handled above"),
+            Injection::GarbageOnControl | Injection::Close { .. } => {
+                unreachable!("handled above")
+            }
         };
         trace.record(
             now,

