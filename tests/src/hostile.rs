@@ -128,6 +128,9 @@ pub enum Step {
         /// Junk bytes to write on each.
         per_lane: u64,
     },
+    /// Waits this long (virtual time) before the next step, so that a
+    /// script can pace its messages.
+    Sleep(std::time::Duration),
 }
 
 impl fmt::Debug for Step {
@@ -140,6 +143,7 @@ impl fmt::Debug for Step {
             Step::FloodLanes { lanes, per_lane } => {
                 write!(f, "FloodLanes {{ lanes: {lanes}, per_lane: {per_lane} }}")
             }
+            Step::Sleep(d) => write!(f, "Sleep({d:?})"),
         }
     }
 }
@@ -197,6 +201,8 @@ pub struct HostileClient {
     no_hello: bool,
     script: VecDeque<Step>,
     scripted: bool,
+    /// A [`Step::Sleep`] in progress: the script resumes at this instant.
+    sleep_until: Option<Instant>,
     flood: Option<Flood>,
     quic: QuicDriver,
     control: Option<StreamId>,
@@ -281,6 +287,7 @@ impl HostileClient {
             no_hello: false,
             script: VecDeque::new(),
             scripted: false,
+            sleep_until: None,
             flood: None,
             quic: QuicDriver::new(addr, endpoint),
             control: None,
@@ -797,6 +804,13 @@ impl HostileClient {
                     trace.record(now, "hostile: misbehaving (scripted)");
                     self.misbehaved_at.get_or_insert(now);
                 }
+                Step::Sleep(d) => {
+                    let until = *self.sleep_until.get_or_insert(now + *d);
+                    if now < until {
+                        return;
+                    }
+                    self.sleep_until = None;
+                }
                 Step::FloodLanes { lanes, per_lane } => {
                     trace.record(now, format_args!("hostile: flooding up to {lanes} lanes"));
                     self.flood = Some(Flood {
@@ -826,7 +840,10 @@ impl Node for HostileClient {
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        self.quic.poll_timeout()
+        match (self.quic.poll_timeout(), self.sleep_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn step(&mut self, now: Instant, trace: &mut Trace) {

@@ -149,6 +149,23 @@ pub enum Injection {
     },
     /// A control record that is no protobuf on the path's control stream.
     GarbageOnControl,
+    /// One-byte records of the genuine bytes (from `source`) at every other
+    /// offset of the delegated range `[a, b)` — `a + 1`, `a + 3`, … —: every
+    /// byte inside the delegation and right, but no two adjacent, so the
+    /// client cannot coalesce them.
+    GappedTiny {
+        /// The genuine bytes of the stream.
+        source: SharedResource,
+    },
+    /// Closes its connection with application code `code` and a reason
+    /// phrase of `reason_len` ASCII bytes (QUIC carries up to about a
+    /// datagram's worth).
+    Close {
+        /// The application error code (a kwik code or any other).
+        code: u64,
+        /// Length of the reason phrase.
+        reason_len: usize,
+    },
 }
 
 impl fmt::Debug for Injection {
@@ -163,6 +180,10 @@ impl fmt::Debug for Injection {
             Injection::BareFin { offset } => write!(f, "BareFin {{ at {offset} }}"),
             Injection::Honest { .. } => f.write_str("Honest"),
             Injection::GarbageOnControl => f.write_str("GarbageOnControl"),
+            Injection::GappedTiny { .. } => f.write_str("GappedTiny"),
+            Injection::Close { code, reason_len } => {
+                write!(f, "Close {{ code {code:#x}, {reason_len}-byte reason }}")
+            }
         }
     }
 }
@@ -561,6 +582,29 @@ impl HostileSecondary {
             });
             return;
         }
+        if let Injection::Close { code, reason_len } = injection {
+            let Some(conn) = self.quic.connection_mut() else {
+                return;
+            };
+            conn.close(
+                now,
+                VarInt::from_u64(code).expect("a varint"),
+                bytes::Bytes::from(vec![b'r'; reason_len]),
+            );
+            trace.record(
+                now,
+                format_args!("hostile-secondary: closing with {code:#x}, {reason_len}-byte reason"),
+            );
+            self.injected = Some(InjectedRecord {
+                stream,
+                offset: 0,
+                len: 0,
+                fin: false,
+                delegated,
+                at: now,
+            });
+            return;
+        }
         let max_len = self
             .join
             .as_ref()
@@ -633,7 +677,27 @@ impl HostileSecondary {
                     at: now,
                 }
             }
-            Injection::GarbageOnControl => unreachable!("handled above"),
+            Injection::GappedTiny { source } => {
+                let mut at = a + 1;
+                let mut written = 0;
+                while at < b {
+                    let byte = source.read(at, 1);
+                    push_data_record(&mut out, stream, at, &byte, false);
+                    at += 2;
+                    written += 1;
+                }
+                InjectedRecord {
+                    stream,
+                    offset: a + 1,
+                    len: written,
+                    fin: false,
+                    delegated,
+                    at: now,
+                }
+            }
+            Injection::GarbageOnControl | Injection::Close { .. } => {
+                unreachable!("handled above")
+            }
         };
         trace.record(
             now,
