@@ -25,6 +25,10 @@ use bytes::{Buf, Bytes, BytesMut};
 /// left neighbour when adjacent) instead of pinning the datagram they came in.
 const COALESCE_BELOW: usize = 1024;
 
+/// Largest following piece a piece growing to the right absorbs when it
+/// reaches it: a fragment left between gaps is that small.
+const ABSORB_AT_MOST: usize = 64;
+
 /// Bookkeeping cost charged per stored piece: a tree node's share, the
 /// slice header and the allocation (measured at about 95 bytes for a lone
 /// one-byte piece), with a margin.
@@ -246,15 +250,44 @@ impl Assembler {
     }
 
     /// Stores `piece` at `offset` in the pending tree (the range is free),
-    /// appending it to the piece that ends right there when it can.
+    /// appending it to the piece that ends right there when it can; a piece
+    /// so growing to the right then absorbs the fragments it reaches. When
+    /// bytes fill the gaps between fragments (another source writing the
+    /// same range), the fragments collapse into one piece instead of staying
+    /// charged one by one. Pieces arriving right to left are not merged
+    /// (each merge would copy the run again): they stay charged one by one.
     fn park(&mut self, offset: u64, piece: Bytes) {
-        if let Some((&k, left)) = self.pending.range_mut(..offset).next_back()
-            && k + left.len() as u64 == offset
-            && left.try_append(&piece)
-        {
+        let left = self
+            .pending
+            .range_mut(..offset)
+            .next_back()
+            .filter(|(k, held)| **k + held.len() as u64 == offset);
+        let Some((&start, held)) = left else {
+            self.pending.insert(offset, Piece::new(piece));
+            return;
+        };
+        if !held.try_append(&piece) {
+            self.pending.insert(offset, Piece::new(piece));
             return;
         }
-        self.pending.insert(offset, Piece::new(piece));
+        // Filling from the left: absorb the fragments that now touch it.
+        loop {
+            let Some(Piece::Owned(held)) = self.pending.get(&start) else {
+                return;
+            };
+            let end = start + held.len() as u64;
+            if self
+                .pending
+                .get(&end)
+                .is_none_or(|next| next.len() > ABSORB_AT_MOST)
+            {
+                return;
+            }
+            let next = self.pending.remove(&end).expect("checked");
+            if let Some(Piece::Owned(held)) = self.pending.get_mut(&start) {
+                held.extend_from_slice(next.bytes());
+            }
+        }
     }
 
     fn promote(&mut self) {
@@ -406,6 +439,21 @@ mod tests {
             a.insert(2 * i + 1, Bytes::from_static(&[1])).unwrap();
         }
         assert_eq!(a.charged(), 1000 * (1 + PIECE_OVERHEAD));
+    }
+
+    #[test]
+    fn filling_the_gaps_between_fragments_collapses_them() {
+        let mut a = Assembler::default();
+        // One source leaves 1-byte fragments at odd offsets above a gap …
+        for i in 0..500u64 {
+            a.insert(10 + 2 * i + 1, Bytes::from_static(&[1])).unwrap();
+        }
+        assert_eq!(a.charged(), 500 * (1 + PIECE_OVERHEAD));
+        // … another writes the same range whole: the fragments are absorbed.
+        a.insert(10, Bytes::from(vec![1u8; 1000])).unwrap();
+        assert!(a.charged() <= 1000 + 3 * PIECE_OVERHEAD, "{}", a.charged());
+        a.insert(0, Bytes::from(vec![1u8; 10])).unwrap();
+        assert_eq!(a.contiguous_end(), 1010);
     }
 
     #[test]

@@ -91,7 +91,9 @@ error_codes! {
 impl ErrorCode {
     /// True for the codes that blame the peer: a connection closed with one
     /// of them ended because the peer broke the protocol or a limit (the
-    /// endpoint may ban its address for a while).
+    /// endpoint may ban its address for a while). `KWIK_AUTH_FAILED` is not
+    /// one: a client cannot check the token its primary gave it, so a
+    /// refused token says nothing about the client.
     pub fn is_peer_fault(self) -> bool {
         matches!(
             self,
@@ -100,7 +102,6 @@ impl ErrorCode {
                 | ErrorCode::StreamLimit
                 | ErrorCode::PacketTooLarge
                 | ErrorCode::OffsetMismatch
-                | ErrorCode::AuthFailed
                 | ErrorCode::NotDelegated
                 | ErrorCode::ResourceLimit
         )
@@ -239,7 +240,7 @@ impl CloseReason {
                 match ErrorCode::from_wire(code) {
                     Some(code) => CloseReason::Protocol {
                         code,
-                        reason: String::from_utf8_lossy(&close.reason).into_owned(),
+                        reason: bounded_reason(&String::from_utf8_lossy(&close.reason)).into(),
                         by_peer: true,
                     },
                     None => CloseReason::ApplicationClosed {
@@ -254,6 +255,19 @@ impl CloseReason {
             other => CloseReason::Transport(other.to_string()),
         }
     }
+}
+
+/// Longest reason phrase kwik sends or keeps from a peer (bytes).
+pub(crate) const MAX_REASON: usize = 512;
+
+/// `reason` cut to at most [`MAX_REASON`] bytes, at a character boundary:
+/// a peer's close reason is relayed (PathStatus) and must not grow anything.
+pub(crate) fn bounded_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// Error of starting a client session.

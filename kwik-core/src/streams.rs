@@ -639,11 +639,15 @@ impl Streams {
                 let offset = send.offset;
                 let app_done = matches!(send.state, SendState::FinPending | SendState::Finished);
                 send.state = SendState::Stopped(error_code);
-                self.control.push_back(Body::ResetStream(ResetStream {
-                    stream_id,
-                    error_code,
-                    final_offset: offset,
-                }));
+                // A secondary just stops: the stream's final size is the
+                // primary's to tell, and the reader has already let go.
+                if !self.secondary {
+                    self.control.push_back(Body::ResetStream(ResetStream {
+                        stream_id,
+                        error_code,
+                        final_offset: offset,
+                    }));
+                }
                 events.push_back(Event::StreamStopped {
                     session,
                     stream: id,

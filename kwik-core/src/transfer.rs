@@ -345,7 +345,9 @@ impl Transfer {
             let (t0, d0) = load.samples[0];
             let dt = now.saturating_duration_since(t0);
             if dt >= RATE_WINDOW / 4 {
-                load.rate = (delivered - d0) as f64 / dt.as_secs_f64();
+                // The client's acknowledged set can shrink (the ledger keeps a
+                // bounded number of ranges): never a negative rate.
+                load.rate = delivered.saturating_sub(d0) as f64 / dt.as_secs_f64();
             }
         }
 

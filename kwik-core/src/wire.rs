@@ -22,6 +22,11 @@ pub(crate) const OFFSET_LIMIT: u64 = 1 << 62;
 /// Stream ids are 62-bit (index below 2^60, two type bits).
 const STREAM_ID_LIMIT: u64 = 1 << 62;
 
+/// Smallest `max_control_message` a peer may announce: room for the largest
+/// message a conforming peer sends unprompted (an Ack of 64 ranges, a
+/// PathStatus with its reason).
+pub(crate) const MIN_CONTROL_MESSAGE: u64 = 4096;
+
 /// Most received ranges an Ack may list above its contiguous prefix.
 pub(crate) const MAX_ACK_RANGES: usize = 64;
 
@@ -87,7 +92,7 @@ fn length(what: &str, len: usize, max: usize) -> Result<(), Violation> {
 /// Limits a peer announces must leave room for data and control messages
 /// and stay within the ranges the protocol can express.
 pub(crate) fn limits(limits: &Limits) -> Result<(), Violation> {
-    if limits.max_frame_payload == 0 || limits.max_control_message < 64 {
+    if limits.max_frame_payload == 0 || limits.max_control_message < MIN_CONTROL_MESSAGE {
         return Err(invalid("unusable limits"));
     }
     credit("stream window", limits.stream_window)?;

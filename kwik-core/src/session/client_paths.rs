@@ -110,6 +110,7 @@ impl Session {
                 grants: BTreeMap::new(),
                 closing: None,
                 join_by: ctx.now + self.policy.join_timeout,
+                peer_max_control: crate::wire::MIN_CONTROL_MESSAGE,
             },
         );
         self.requests.push(Request::Dial {
@@ -242,10 +243,12 @@ impl Session {
         let Some(info) = self.paths.get(&path) else {
             return;
         };
-        let (code, reason) = info
-            .failure
-            .as_ref()
-            .map_or((0, String::new()), |f| (f.code.wire(), f.reason.clone()));
+        let (code, reason) = info.failure.as_ref().map_or((0, String::new()), |f| {
+            (
+                f.code.wire(),
+                crate::error::bounded_reason(&f.reason).into(),
+            )
+        });
         let (rtt, bytes) = self.conns.get(&path).map_or((0, 0), |c| {
             (c.quic.rtt().as_micros() as u64, c.quic.stats().udp_rx.bytes)
         });
@@ -337,14 +340,50 @@ impl Session {
                 ),
             ));
         }
-        let cp = self.client_paths.get_mut(&path).expect("checked");
-        cp.grants.entry(stream).or_default().allow(range, m.fin);
         m.credit = credit;
-        self.conns
-            .get_mut(&path)
-            .expect("checked")
-            .send(Body::Delegate(m));
+        let (fin, delegate) = (m.fin, Body::Delegate(m));
+        if self.send_on_path(path, delegate, ctx) {
+            let cp = self.client_paths.get_mut(&path).expect("checked");
+            cp.grants.entry(stream).or_default().allow(range, fin);
+        }
         Ok(())
+    }
+
+    /// Client: sends `body` on secondary `path` if it fits what the path's
+    /// server accepts; otherwise the path cannot do what it is asked (a
+    /// relayed message or a delegation too large for it) and fails with
+    /// `KWIK_PACKET_TOO_LARGE`. Returns whether it was sent.
+    fn send_on_path(&mut self, path: PathId, body: Body, ctx: &mut Ctx<'_>) -> bool {
+        let limit = self
+            .client_paths
+            .get(&path)
+            .map_or(0, |cp| cp.peer_max_control);
+        let size = prost::Message::encoded_len(&msg::ControlMessage {
+            body: Some(body.clone()),
+        }) as u64;
+        if size > limit {
+            let failure = PathFailure {
+                code: ErrorCode::PacketTooLarge,
+                reason: format!("a {size}-byte message for a server that accepts {limit}"),
+            };
+            self.set_path_state(path, PathState::Dead, Some(failure), ctx);
+            return false;
+        }
+        match self.conns.get_mut(&path) {
+            Some(conn) if conn.joined && !conn.closed => {
+                conn.send(body);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Client: relays a primary's raw message to `path` (dropped if the
+    /// path is not live any more).
+    pub(super) fn relay_raw(&mut self, path: PathId, payload: Bytes, ctx: &mut Ctx<'_>) {
+        if self.client_paths.contains_key(&path) {
+            self.send_on_path(path, Body::Raw(msg::Raw { payload }), ctx);
+        }
     }
 
     /// Client: forgets granted ranges the application already read and the
@@ -376,13 +415,26 @@ impl Session {
             .collect()
     }
 
-    pub(super) fn forward_raw(&mut self, path: PathId, payload: Bytes) {
+    /// Client: the application's raw message to `path`'s server.
+    pub(super) fn forward_raw(&mut self, path: PathId, payload: Bytes) -> Result<(), PathError> {
+        let limit = self
+            .client_paths
+            .get(&path)
+            .map_or(0, |cp| cp.peer_max_control as usize)
+            .saturating_sub(RELAY_OVERHEAD);
+        if payload.len() > limit {
+            return Err(PathError::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
         if let Some(conn) = self.conns.get_mut(&path)
             && conn.joined
             && !conn.closed
         {
             conn.send(Body::Raw(msg::Raw { payload }));
         }
+        Ok(())
     }
 
     pub(super) fn send_acks(&mut self) {

@@ -182,6 +182,7 @@ impl Session {
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Violation> {
         let max_payload = self.transport.max_frame_payload;
+        let role = self.role;
         let Self {
             conns,
             streams,
@@ -196,6 +197,9 @@ impl Session {
         let mut pieces = 0usize;
         let result = conn.read_lane(lane, max_payload, &mut |piece| {
             pieces += 1;
+            if role == Role::Secondary {
+                return Err(violation("a client sends a secondary no data"));
+            }
             // A secondary is trusted for its delegations only.
             if path != PathId::PRIMARY
                 && !client_paths::check_grant(client_paths, streams, path, &piece)?
@@ -266,7 +270,7 @@ impl Session {
                 _ => Err(violation("control message before the handshake completed")),
             },
             Role::Client if path != PathId::PRIMARY => match body {
-                Body::Joined(_) if !self.conns[&path].joined => self.on_joined(path, ctx),
+                Body::Joined(m) if !self.conns[&path].joined => self.on_joined(path, m, ctx),
                 _ => Err(violation("unexpected message from a secondary server")),
             },
             Role::Client if self.phase == Phase::Handshaking => match body {
@@ -281,7 +285,7 @@ impl Session {
                 }
                 Body::Delegate(m) => self.forward_delegate(m, ctx),
                 Body::RawRelay(m) => {
-                    self.forward_raw(PathId(m.path_id), m.payload);
+                    self.relay_raw(PathId(m.path_id), m.payload, ctx);
                     Ok(())
                 }
                 body => self.stream_control(body, ctx),
@@ -318,7 +322,11 @@ impl Session {
                     });
                     Ok(())
                 }
-                body => self.stream_control(body, ctx),
+                // What else a client may send a secondary (§10.10).
+                body @ (Body::StreamCredit(_) | Body::StopSending(_)) => {
+                    self.stream_control(body, ctx)
+                }
+                _ => Err(violation("a client sends a secondary no such message")),
             },
         }
     }

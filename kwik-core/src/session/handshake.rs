@@ -129,13 +129,17 @@ impl Session {
         self.id = Some(id);
         self.phase = Phase::Active;
         let (lanes, window) = (self.transport.max_lanes, self.transport.receive_window);
-        let server = self.side == Side::Server;
+        let (server, primary) = (self.side == Side::Server, self.role == Role::Primary);
         let conn = self.main_conn();
         conn.joined = true;
         if server {
-            // The peer is authenticated now: allow its lanes and the real window.
-            conn.quic
-                .set_max_concurrent_streams(QDir::Uni, VarInt::from_u32(lanes));
+            // The peer is authenticated now: the real window, and — a
+            // primary's client sends data, a secondary's never does — its
+            // lanes.
+            if primary {
+                conn.quic
+                    .set_max_concurrent_streams(QDir::Uni, VarInt::from_u32(lanes));
+            }
             conn.quic.set_receive_window(
                 VarInt::from_u64(window.min(VarInt::MAX.into_inner())).expect("clamped"),
             );
@@ -154,7 +158,19 @@ impl Session {
     }
 
     /// Client: a secondary accepted the token.
-    pub(super) fn on_joined(&mut self, path: PathId, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+    pub(super) fn on_joined(
+        &mut self,
+        path: PathId,
+        joined: msg::Joined,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        // `wire::check` bounded the limits when the message was decoded.
+        let limits = joined
+            .limits
+            .ok_or_else(|| violation("joined without limits"))?;
+        if let Some(cp) = self.client_paths.get_mut(&path) {
+            cp.peer_max_control = limits.max_control_message;
+        }
         self.conns.get_mut(&path).expect("event source").joined = true;
         self.set_path_state(path, PathState::Active, None, ctx);
         self.read_all_lanes(path, ctx)

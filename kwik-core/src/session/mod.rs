@@ -178,6 +178,8 @@ struct ClientPath {
     closing: Option<Instant>,
     /// The path fails unless it joined by then.
     join_by: Instant,
+    /// Largest control message the secondary accepts (from its Joined).
+    peer_max_control: u64,
 }
 
 pub(crate) struct Session {
@@ -329,7 +331,7 @@ impl Session {
             queued_drive: false,
             queued_send: false,
             send_frame_limit: transport.max_frame_payload,
-            peer_max_control: 64,
+            peer_max_control: crate::wire::MIN_CONTROL_MESSAGE,
             transport,
             server_features,
             streams,
@@ -402,9 +404,5 @@ impl Session {
 }
 
 pub(super) fn truncate(reason: &str) -> Bytes {
-    let mut end = reason.len().min(512);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    Bytes::copy_from_slice(&reason.as_bytes()[..end])
+    Bytes::copy_from_slice(crate::error::bounded_reason(reason).as_bytes())
 }

@@ -227,10 +227,7 @@ impl Session {
                 }));
                 Ok(())
             }
-            Role::Client => {
-                self.forward_raw(path, payload);
-                Ok(())
-            }
+            Role::Client => self.forward_raw(path, payload),
             _ => Err(PathError::WrongRole),
         }
     }

@@ -24,8 +24,12 @@ impl Session {
             return Ok(()); // nothing to write
         }
         // A delegation of a served resource is a job; one for the
-        // application is a granted range (adjacent ones merge).
-        let ranges: usize = self.serving.values().map(|g| g.ranges.range_count()).sum();
+        // application is a granted range (adjacent ones merge) or a FIN.
+        let ranges: usize = self
+            .serving
+            .values()
+            .map(|g| g.ranges.range_count() + usize::from(g.fin.is_some()))
+            .sum();
         let held = self.jobs.len().max(ranges);
         if held >= self.transport.max_delegations {
             return Err(Violation::new(
