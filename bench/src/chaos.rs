@@ -59,6 +59,8 @@ pub struct Options {
     pub jobs: usize,
     /// Print every seed's line, not only failing ones.
     pub all: bool,
+    /// With `only`: trace every datagram too.
+    pub datagrams: bool,
 }
 
 impl Default for Options {
@@ -71,6 +73,7 @@ impl Default for Options {
             mix: None,
             jobs: 1,
             all: false,
+            datagrams: false,
         }
     }
 }
@@ -299,10 +302,22 @@ pub fn main(opts: &Options) -> Result<(), String> {
     if let Some(seed) = opts.only {
         let sc = Scenario::generate(seed, &cfg);
         eprintln!("chaos: replaying {}", sc.summary());
+        // RUST_LOG=kwik_core=debug,quinn_proto=trace and so on.
+        if std::env::var_os("RUST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .without_time()
+                .with_writer(std::io::stderr)
+                .init();
+        }
         let r = chaos::run(
             &sc,
             &RunOptions {
-                trace: TraceMode::Verbose,
+                trace: if opts.datagrams {
+                    TraceMode::Datagrams
+                } else {
+                    TraceMode::Verbose
+                },
                 ..RunOptions::default()
             },
         );

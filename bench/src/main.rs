@@ -107,6 +107,7 @@ flags:
   --mix K=V,...    chaos: fault / controller / size mix (see bench/src/chaos.rs)
   --jobs N         chaos: worker threads (default 1)
   --all            chaos: a line for every seed, not only failing ones
+  --datagrams      chaos --only: trace every datagram sent, dropped or delivered
   --pattern NAME  abuse: run only this pattern (tiny-records, gapped-tiny-records,
              descending-tiny-records, duplicate-tiny-records, pre-handshake-lanes,
              fresh-id-credits, arbitrary-acks, served-acks, refused-addpaths, delegate-flood)
@@ -153,6 +154,7 @@ struct Args {
     mix: Option<String>,
     jobs: usize,
     all_seeds: bool,
+    datagrams: bool,
 }
 
 fn parse_number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
@@ -187,6 +189,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         mix: None,
         jobs: chaos::Options::default().jobs,
         all_seeds: false,
+        datagrams: false,
     };
     let mut scenario = None;
     while let Some(arg) = argv.next() {
@@ -218,6 +221,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--mix" => args.mix = Some(argv.next().ok_or("--mix needs a value")?),
             "--jobs" => args.jobs = parse_number("--jobs", argv.next())?,
             "--all" => args.all_seeds = true,
+            "--datagrams" => args.datagrams = true,
             "--rate-mbit" => args.rate_mbit = Some(parse_number("--rate-mbit", argv.next())?),
             "--max-frame-kib" => {
                 args.max_frame_kib = Some(parse_number("--max-frame-kib", argv.next())?);
@@ -388,6 +392,7 @@ fn run(args: &Args) -> Result<(), String> {
             mix: args.mix.clone(),
             jobs: args.jobs,
             all: args.all_seeds,
+            datagrams: args.datagrams,
         })?;
     }
     if args.scenario == Scenario::Loopback {

@@ -16,6 +16,7 @@ use crate::codec::{DataPiece, LaneReader, RecordReader, encode_record};
 use crate::error::{ErrorCode, Violation};
 use crate::lanes::{CONTROL_PRIORITY, Lanes};
 use crate::paths::PathId;
+use crate::probe_gate::ProbeGate;
 use crate::proto::control::{ControlMessage, control_message::Body};
 use crate::wire;
 
@@ -53,6 +54,10 @@ pub(crate) struct Conn {
     pub next_probe: Option<Instant>,
     /// Frames quinn-proto has taken from authenticated packets so far.
     frames_rx: u64,
+    /// Opens the congestion window for a probe (see [`crate::probe_gate`]).
+    gate: ProbeGate,
+    /// A kwik probe is queued and may leave past the congestion window.
+    probe_due: bool,
     /// Smallest smoothed RTT seen: the path's RTT without queueing.
     base_rtt: Option<std::time::Duration>,
     scratch: Vec<Bytes>,
@@ -63,6 +68,7 @@ impl Conn {
         path: PathId,
         handle: ConnectionHandle,
         quic: Connection,
+        gate: ProbeGate,
         max_control_message: u64,
         streams_per_lane: usize,
         now: Instant,
@@ -87,6 +93,8 @@ impl Conn {
             probes: 0,
             next_probe: None,
             frames_rx: 0,
+            gate,
+            probe_due: false,
             base_rtt: None,
             scratch: Vec::new(),
         }
@@ -153,12 +161,39 @@ impl Conn {
                 // lost and QUIC has backed its probes off. A ping now earns an
                 // acknowledgement that resets the backoff, so traffic resumes
                 // within a round trip instead of a backed-off probe timeout.
-                self.quic.ping();
+                self.probe();
             }
             self.last_rx = now;
             self.probes = 0;
             self.next_probe = None;
         }
+    }
+
+    /// Queues a PING that leaves even if the congestion window is full
+    /// (RFC 9002 §7.5: probes are not congestion controlled).
+    pub(crate) fn probe(&mut self) {
+        self.quic.ping();
+        self.probe_due = true;
+    }
+
+    /// quinn-proto's next datagrams; if it sends nothing while a probe is
+    /// due, one datagram past the congestion window (see
+    /// [`crate::probe_gate`]).
+    pub(crate) fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<quinn_proto::Transmit> {
+        let transmit = self.quic.poll_transmit(now, max_datagrams, buf);
+        if transmit.is_some() || !self.probe_due {
+            // The PING, if any, went with the first packet.
+            self.probe_due = false;
+            return transmit;
+        }
+        self.probe_due = false;
+        let quic = &mut self.quic;
+        self.gate.bypass(|| quic.poll_transmit(now, 1, buf))
     }
 
     /// Closes the connection with `code` and `reason`. Its lanes are reset

@@ -45,6 +45,7 @@ use crate::error::{CloseReason, ConnectError, ErrorCode};
 use crate::event::{Event, Output, Transmit};
 use crate::ids::{IncomingId, SessionHandle, SessionId, Side, StreamId};
 use crate::paths::{PathId, PathPolicy};
+use crate::probe_gate::ProbeGate;
 use crate::seeded::{SeededCids, Seeds};
 use crate::session::{Ctx, Phase, PrimarySettings, Request, Session};
 use crate::token::TokenVerifier;
@@ -119,6 +120,8 @@ pub struct KwikEndpoint {
     config: EndpointConfig,
     quinn: quinn_proto::Endpoint,
     server: Option<ServerConfig>,
+    /// quinn-proto's server settings, the base of each accepted connection's.
+    quinn_server: Option<Arc<quinn_proto::ServerConfig>>,
     token_key: [u8; 64],
     sessions: BTreeMap<SessionHandle, Session>,
     /// quinn-proto connection handle (reused after drain) → session and path.
@@ -190,6 +193,7 @@ impl KwikEndpoint {
             quinn: quinn_proto::Endpoint::new(Arc::new(qcfg), None, true, None),
             config,
             server: None,
+            quinn_server: None,
             token_key: seeds.token_key,
             sessions: BTreeMap::new(),
             by_conn: Vec::new(),
@@ -224,12 +228,18 @@ impl KwikEndpoint {
             let token_key =
                 ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&self.token_key);
             let mut q = quinn_proto::ServerConfig::new(s.crypto.clone(), Arc::new(token_key));
-            q.transport_config(Arc::new(s.transport.quinn(Side::Server)));
+            // Each accepted connection gets its own transport settings (its
+            // own probe gate); these only serve quinn-proto's stateless
+            // answers.
+            q.transport_config(Arc::new(
+                s.transport.quinn(Side::Server, &ProbeGate::default()),
+            ));
             q.validation_token.sent(0);
             q.time_source(self.clock.clone());
             Arc::new(q)
         });
-        self.quinn.set_server_config(quinn_server);
+        self.quinn.set_server_config(quinn_server.clone());
+        self.quinn_server = quinn_server;
         self.server = server;
     }
 
@@ -267,9 +277,9 @@ impl KwikEndpoint {
         config: &ClientConfig,
     ) -> Result<SessionHandle, ConnectError> {
         self.advance(now);
-        let (ch, quic) = self.dial(addr, server_name, config, &config.transport)?;
+        let (ch, quic, gate) = self.dial(addr, server_name, config, &config.transport)?;
         let handle = self.next_handle();
-        let conn = self.wrap_conn(handle, PathId::PRIMARY, ch, quic, &config.transport);
+        let conn = self.wrap_conn(handle, PathId::PRIMARY, ch, quic, gate, &config.transport);
         let session = Session::new(
             handle,
             Side::Client,
@@ -299,11 +309,13 @@ impl KwikEndpoint {
         server_name: &str,
         config: &ClientConfig,
         transport: &TransportConfig,
-    ) -> Result<(ConnectionHandle, quinn_proto::Connection), ConnectError> {
+    ) -> Result<(ConnectionHandle, quinn_proto::Connection, ProbeGate), ConnectError> {
         let mut qcfg = quinn_proto::ClientConfig::new(config.crypto.clone());
-        qcfg.transport_config(Arc::new(transport.quinn(Side::Client)));
+        let gate = ProbeGate::default();
+        qcfg.transport_config(Arc::new(transport.quinn(Side::Client, &gate)));
         self.quinn
             .connect(self.now, qcfg, addr, server_name)
+            .map(|(ch, quic)| (ch, quic, gate))
             .map_err(|e| match e {
                 quinn_proto::ConnectError::InvalidServerName(name) => {
                     ConnectError::InvalidServerName(name)
@@ -327,6 +339,7 @@ impl KwikEndpoint {
         path: PathId,
         ch: ConnectionHandle,
         quic: quinn_proto::Connection,
+        gate: ProbeGate,
         transport: &TransportConfig,
     ) -> Conn {
         if self.by_conn.len() <= ch.0 {
@@ -337,6 +350,7 @@ impl KwikEndpoint {
             path,
             ch,
             quic,
+            gate,
             transport.max_control_message,
             transport.streams_per_lane,
             self.now,
@@ -365,7 +379,7 @@ impl KwikEndpoint {
             } = request;
             let result = self
                 .dial(address, &server_name, &config, &transport)
-                .map(|(ch, quic)| self.wrap_conn(handle, path, ch, quic, &transport));
+                .map(|(ch, quic, gate)| self.wrap_conn(handle, path, ch, quic, gate, &transport));
             let Some(session) = self.sessions.get_mut(&handle) else {
                 return;
             };
@@ -527,10 +541,17 @@ impl KwikEndpoint {
         };
         let remote = inc.remote_address();
         let mut buf = Vec::new();
-        match self.quinn.accept(inc, self.now, &mut buf, None) {
+        let gate = ProbeGate::default();
+        let quinn_config = self.quinn_server.as_ref().map(|base| {
+            let mut q = (**base).clone();
+            q.transport_config(Arc::new(server.transport.quinn(Side::Server, &gate)));
+            Arc::new(q)
+        });
+        match self.quinn.accept(inc, self.now, &mut buf, quinn_config) {
             Ok((ch, quic)) => {
                 let handle = self.next_handle();
-                let conn = self.wrap_conn(handle, PathId::PRIMARY, ch, quic, &server.transport);
+                let conn =
+                    self.wrap_conn(handle, PathId::PRIMARY, ch, quic, gate, &server.transport);
                 let deadline = (!server.handshake_timeout.is_zero())
                     .then(|| self.now + server.handshake_timeout);
                 self.handshakes.insert(handle, deadline);
@@ -882,9 +903,7 @@ fn poll_session_transmit(
     let start = session.tx_cursor % count;
     let found = (0..count).map(|k| (start + k) % count).find_map(|i| {
         let conn = session.conns.values_mut().nth(i)?;
-        conn.quic
-            .poll_transmit(now, max_segments, buf)
-            .map(|t| (i, t))
+        conn.poll_transmit(now, max_segments, buf).map(|t| (i, t))
     });
     found.map(|(i, t)| {
         session.tx_cursor = i + 1;

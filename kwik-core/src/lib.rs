@@ -51,6 +51,7 @@ mod event;
 mod ids;
 mod lanes;
 mod paths;
+mod probe_gate;
 pub mod proto;
 mod ranges;
 mod seeded;
@@ -62,8 +63,9 @@ mod view;
 mod wire;
 
 pub use config::{
-    ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, PRE_HANDSHAKE_WINDOW,
-    PROTOCOL_VERSION, RetryPolicy, SUPPORTED_FEATURES, ServerConfig, TransportConfig,
+    ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, LossDetection,
+    PRE_HANDSHAKE_WINDOW, PROTOCOL_VERSION, RetryPolicy, SUPPORTED_FEATURES, ServerConfig,
+    TransportConfig,
 };
 pub use defence::EndpointStats;
 pub use delegation::{Delegation, DelegationId};

@@ -317,20 +317,32 @@ impl PathPolicy {
             .min(dead_after * 9 / 10)
     }
 
-    /// How often a silent watched path is probed: the keep-alive interval,
-    /// or half its round trip if that is longer.
-    pub(crate) fn probe_interval(&self, rtt: Duration) -> Duration {
-        self.keep_alive.max(rtt / 2)
+    /// How often a silent watched path is probed, `sent` probes into its
+    /// silence: the keep-alive interval, or half its round trip if that is
+    /// longer, while gathering the evidence of death; then once a probe
+    /// timeout. Each probe may leave past the congestion window (see
+    /// `probe_gate`), so a long outage is not flooded, yet a probe reaches
+    /// the peer within a probe timeout of its return.
+    pub(crate) fn probe_interval(&self, rtt: Duration, sent: u32) -> Duration {
+        let quick = self.keep_alive.max(rtt / 2);
+        if sent < self.dead_probes {
+            quick
+        } else {
+            quick.max(probe_timeout(rtt))
+        }
     }
 
     /// The dead timeout for a path with smoothed RTT `rtt`.
     pub(crate) fn dead_after(&self, rtt: Duration) -> Duration {
-        self.dead_after.unwrap_or_else(|| {
-            // One probe timeout ≈ 1.5 RTT + max ACK delay; three of them.
-            let pto = rtt * 3 / 2 + Duration::from_millis(25);
-            (pto * 3).max(self.min_dead_after)
-        })
+        self.dead_after
+            .unwrap_or_else(|| (probe_timeout(rtt) * 3).max(self.min_dead_after))
     }
+}
+
+/// One probe timeout of a path with RTT `rtt`: about 1.5 RTT plus the
+/// peer's maximum ACK delay.
+fn probe_timeout(rtt: Duration) -> Duration {
+    rtt * 3 / 2 + Duration::from_millis(25)
 }
 
 /// Error of a path operation.

@@ -477,7 +477,20 @@ impl Transfer {
         if !overdue {
             return;
         }
-        let Some(helper) = self.quickest(order, Some(owner), received) else {
+        // Not to a path that already owes it (an earlier hedge): that copy
+        // is as late as the first.
+        let owing: Vec<PathId> = self
+            .loads
+            .iter()
+            .filter(|(_, l)| l.assigned.iter().any(|a| a.range.contains(&frontier)))
+            .map(|(id, _)| *id)
+            .collect();
+        let candidates: Vec<PathView> = order
+            .iter()
+            .filter(|p| !owing.contains(&p.id))
+            .copied()
+            .collect();
+        let Some(helper) = self.quickest(&candidates, Some(owner), received) else {
             return;
         };
         let missing = received

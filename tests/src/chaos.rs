@@ -866,6 +866,9 @@ pub enum TraceMode {
     /// Every endpoint event, kept; path and session events are printed to
     /// stderr at the end.
     Verbose,
+    /// As `Verbose`, plus every datagram sent, dropped or delivered (for
+    /// chasing a stall at the packet level).
+    Datagrams,
 }
 
 /// Knobs of [`run`] that are not part of the scenario.
@@ -986,10 +989,13 @@ fn run_inner(sc: &Scenario, options: &RunOptions) -> RunResult {
         s.sim.set_path(s.client_addr, server, l.config());
     }
     let events = options.trace != TraceMode::Off;
+    s.sim.trace_mut().set_keep_lines(matches!(
+        options.trace,
+        TraceMode::Verbose | TraceMode::Datagrams
+    ));
     s.sim
         .trace_mut()
-        .set_keep_lines(options.trace == TraceMode::Verbose);
-    s.sim.trace_mut().set_datagrams(false);
+        .set_datagrams(options.trace == TraceMode::Datagrams);
     s.client_node().trace_events = events;
     s.primary_node().trace_events = events;
     for id in s.secondaries.clone() {
@@ -1359,12 +1365,13 @@ fn finish(
         None
     };
     let close_reason = c.closed.as_ref().map(|r| r.to_string());
-    let diagnosis = if outcome == Outcome::Delivered && options.trace != TraceMode::Verbose {
+    let verbose = matches!(options.trace, TraceMode::Verbose | TraceMode::Datagrams);
+    let diagnosis = if outcome == Outcome::Delivered && !verbose {
         String::new()
     } else {
         diagnose(s, sc, &deaths, &path_server, end, last_progress)
     };
-    if options.trace == TraceMode::Verbose {
+    if verbose {
         print_trace(s);
     }
     RunResult {
@@ -1622,6 +1629,9 @@ fn print_trace(s: &MultiSetup) {
         "Transfer",
         "chaos:",
         "Delegated",
+        "tx ",
+        "rx ",
+        "drop:",
     ];
     for line in s.sim.trace().lines() {
         if keep.iter().any(|k| line.text.starts_with(k)) {

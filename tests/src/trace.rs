@@ -123,6 +123,9 @@ impl Trace {
         h = fnv1a(h, &[0xff]);
         self.digest = h;
         self.count += 1;
+        // Interleaved with the endpoints' own logs when a subscriber listens
+        // (RUST_LOG=kwik_sim=trace), stamped with virtual time.
+        tracing::trace!(target: "kwik_sim", at = ?at, node, "{scratch}");
         if self.keep_lines {
             self.lines.push(TraceLine {
                 at,

@@ -53,7 +53,6 @@ fn check(r: &RunResult) {
 }
 
 #[test]
-#[ignore = "enabled once liveness fixes land (today kwik hangs on some seeds)"]
 fn chaos_sweep() {
     if std::env::var("KWIK_CHAOS_SEED").is_ok() {
         return; // `replay_seed_from_env` runs that seed

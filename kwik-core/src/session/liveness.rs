@@ -82,10 +82,10 @@ impl Session {
                 continue;
             };
             let base = conn.base_rtt();
-            let interval = policy.probe_interval(base);
+            let interval = policy.probe_interval(base, conn.probes);
             let silent = now.saturating_duration_since(conn.last_rx);
             if silent >= interval && conn.next_probe.is_none_or(|t| t <= now) {
-                conn.quic.ping();
+                conn.probe();
                 conn.probes += 1;
                 conn.next_probe = Some(now + interval);
             }
@@ -170,7 +170,7 @@ impl Session {
             .filter_map(|path| {
                 let conn = self.conns.get(&path)?;
                 let base = conn.known_base_rtt();
-                let interval = self.policy.probe_interval(base);
+                let interval = self.policy.probe_interval(base, conn.probes);
                 let dead_after = self.policy.dead_after(base);
                 let probe = conn.next_probe.unwrap_or(conn.last_rx + interval);
                 let degraded = conn.last_rx + self.policy.degraded_after(dead_after);

@@ -49,6 +49,38 @@ impl Session {
         let half = self.streams.source_half(stream);
         half.credit = half.credit.max(m.credit);
         if let Some(resource) = ctx.resources.get(&m.descriptor) {
+            // A range still queued here (a hedge, or a re-assignment, of
+            // work this path already holds): written once; if now urgent,
+            // that part goes first and the rest stays in line.
+            if let Some(i) = self.jobs.iter().position(|j| {
+                j.stream == stream
+                    && j.range.start <= range.start
+                    && range.end <= j.range.end
+                    && (j.fin || !m.fin)
+            }) {
+                if m.urgent && !self.jobs[i].urgent {
+                    let job = self.jobs.remove(i);
+                    let piece = |r: Range<u64>, fin: bool, urgent: bool| Job {
+                        stream,
+                        range: r,
+                        fin,
+                        resource: job.resource.clone(),
+                        urgent,
+                    };
+                    let at_end = range.end == job.range.end;
+                    let mut rest = Vec::new();
+                    if job.range.start < range.start {
+                        rest.push(piece(job.range.start..range.start, false, false));
+                    }
+                    if !at_end {
+                        rest.push(piece(range.end..job.range.end, job.fin, false));
+                    }
+                    let urgent = piece(range, job.fin && at_end, true);
+                    self.jobs.splice(i..i, rest);
+                    self.push_job(urgent);
+                }
+                return Ok(());
+            }
             self.push_job(Job {
                 stream,
                 range,
