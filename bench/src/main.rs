@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|abuse|handshake-flood|chaos|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|primary-death|abuse|handshake-flood|chaos|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -16,6 +16,8 @@
 //!   ([`aggregate`]);
 //! * `failover` — 4 servers, one secondary dies at 40 %: longest delivery
 //!   stall, lost or duplicated bytes ([`failover`]);
+//! * `primary-death` — the primary dies mid-transfer: how soon the client
+//!   ends the session and the secondaries are freed ([`primary_death`]);
 //! * `abuse` — hostile peers against one session each (tiny records, lanes
 //!   before the handshake, floods of credits, acks, AddPaths and
 //!   delegations): the attacked endpoint's peak heap growth and CPU time,
@@ -55,6 +57,7 @@ mod loopback;
 mod loopback_multi;
 mod multi_harness;
 mod mux;
+mod primary_death;
 mod report;
 mod sim_cpu;
 mod sim_link;
@@ -78,6 +81,7 @@ scenarios:
   all        the three above, in order (default)
   aggregate  one session from N servers on heterogeneous links (N = 2, 4, 8)
   failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
+  primary-death  the primary dies mid-transfer: client verdict, secondaries freed
   abuse      hostile peers vs one session each: peak heap growth and CPU of the attacked endpoint
   handshake-flood  10 000 forged Initials + 100 clients vs one server: heap, admissions
   chaos      seeded random multi-server transfers with loss and faults, judged
@@ -121,6 +125,7 @@ enum Scenario {
     Mux,
     Aggregate,
     Failover,
+    PrimaryDeath,
     Abuse,
     HandshakeFlood,
     Chaos,
@@ -244,6 +249,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "mux" => Scenario::Mux,
                     "aggregate" => Scenario::Aggregate,
                     "failover" => Scenario::Failover,
+                    "primary-death" => Scenario::PrimaryDeath,
                     "abuse" => Scenario::Abuse,
                     "handshake-flood" => Scenario::HandshakeFlood,
                     "chaos" => Scenario::Chaos,
@@ -369,6 +375,9 @@ fn run(args: &Args) -> Result<(), String> {
                 .backlog_ms
                 .map_or(defaults.backlog, Duration::from_millis),
         })?;
+    }
+    if args.scenario == Scenario::PrimaryDeath {
+        primary_death::main()?;
     }
     if args.scenario == Scenario::Abuse {
         abuse::main(&abuse::Options {

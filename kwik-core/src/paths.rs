@@ -112,6 +112,9 @@ pub struct PathInfo {
     pub bytes_received: u64,
     /// Packets declared lost.
     pub lost_packets: u64,
+    /// Stream bytes delegated to its server (primary: handed out; client:
+    /// forwarded to it), re-delegations and hedged copies included.
+    pub delegated_bytes: u64,
     /// Why it failed or died.
     pub failure: Option<PathFailure>,
     /// Primary: the earlier path to the same secondary this one retries
@@ -137,6 +140,7 @@ impl PathInfo {
             bytes_sent: 0,
             bytes_received: 0,
             lost_packets: 0,
+            delegated_bytes: 0,
             failure: None,
             retry_of: None,
             attempt: 0,

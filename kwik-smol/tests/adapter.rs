@@ -97,6 +97,11 @@ fn download_completes_when_a_secondary_dies_silently_mid_transfer() {
 }
 
 #[test]
+fn a_silent_primary_ends_every_pending_operation_with_primary_lost() {
+    smol::block_on(testing::multi::primary_dies::<Smol>());
+}
+
+#[test]
 fn multi_server_verbs_paths_raw_delegation_removal_and_bounded_queues() {
     smol::block_on(testing::multi::verbs::<Smol>());
 }

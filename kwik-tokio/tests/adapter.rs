@@ -90,6 +90,11 @@ async fn download_completes_when_a_secondary_dies_silently_mid_transfer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_primary_ends_every_pending_operation_with_primary_lost() {
+    testing::multi::primary_dies::<Tokio>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_server_verbs_paths_raw_delegation_removal_and_bounded_queues() {
     testing::multi::verbs::<Tokio>().await;
 }

@@ -125,6 +125,12 @@ fn a_secondary_blackholed_midway_loses_nothing_and_duplicates_nothing() {
     let paths = client_paths(&mut s);
     let info = paths.iter().find(|p| p.id == dead_path).unwrap();
     assert_eq!(info.state, PathState::Dead);
+    // A dead path keeps the figures of what it carried.
+    assert!(info.bytes_received > size / 16, "{info:?}");
+    assert!(info.delegated_bytes >= info.bytes_received / 2, "{info:?}");
+    let primary_view = primary_paths(&mut s);
+    let info = primary_view.iter().find(|p| p.id == dead_path).unwrap();
+    assert!(info.delegated_bytes > (size / 8), "{info:?}");
 }
 
 #[test]

@@ -437,6 +437,129 @@ async fn secondary_dies_inner<A: Adapter>(rt: &Arc<dyn Runtime>, death: Death) {
     cluster.primary.wait_idle().await;
 }
 
+/// The primary dies silently (its endpoint aborts: no close is sent) a
+/// quarter into a download, with a client that asked for a fast verdict
+/// (`primary_lost_after`): every pending and later operation of the session
+/// fails with `PrimaryLost` — the download's read, a write, an accept — long
+/// before the idle timeout, and the secondaries' sessions are closed by the
+/// client with `KWIK_PATH_DEAD`.
+pub async fn primary_dies<A: Adapter>() {
+    let rt = runtime::<A>();
+    within(
+        &rt,
+        SCENARIO_TIMEOUT,
+        "primary death",
+        primary_dies_inner::<A>(&rt),
+    )
+    .await;
+}
+
+async fn primary_dies_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
+    let mut options = ClusterOptions::new(2, 64 << 20);
+    options.send_rate = Some(100_000_000);
+    let mut cluster = Cluster::<A>::new(&options);
+    cluster.client_config.path_policy.primary_lost_after = Some(Duration::ZERO);
+    let secondaries: Vec<_> = cluster
+        .secondaries
+        .iter()
+        .map(|s| spawn(rt, secondary_loop(s.clone())))
+        .collect();
+    let primary_endpoint = cluster.primary.clone();
+    let addrs = cluster.secondary_addrs();
+    let resource = cluster.resource.clone();
+    let primary = spawn(rt, async move {
+        let incoming = primary_endpoint.accept().await.expect("a client");
+        let session = incoming.accept().await.expect("primary session");
+        for addr in addrs {
+            session
+                .add_path(addr, "localhost")
+                .await
+                .expect("path added");
+        }
+        let send = session.open_uni().await.expect("open_uni");
+        let _transfer = session
+            .serve(
+                send,
+                Arc::new(resource),
+                DESCRIPTOR,
+                TransferConfig::default(),
+            )
+            .expect("serve");
+        // Held until the endpoint is aborted under it.
+        session.closed().await
+    });
+    let session = cluster.connect().await;
+    // A stream of the client's own, to write on after the death.
+    let mut upload = session.open_uni().await.expect("open_uni");
+    let mut recv = session.accept_uni().await.expect("accept_uni");
+    let quarter = cluster.resource.len() / 4;
+    let mut at = 0usize;
+    let killed = loop {
+        let chunk = recv
+            .read_chunk(usize::MAX)
+            .await
+            .expect("read before the death")
+            .expect("the download is longer");
+        assert_eq!(chunk[..], cluster.resource[at..at + chunk.len()]);
+        at += chunk.len();
+        if at >= quarter {
+            cluster.primary.abort();
+            break std::time::Instant::now();
+        }
+    };
+    // The pending read ends with the typed reason, not at the idle timeout.
+    let error = loop {
+        match recv.read_chunk(usize::MAX).await {
+            Ok(Some(chunk)) => {
+                assert_eq!(chunk[..], cluster.resource[at..at + chunk.len()]);
+                at += chunk.len();
+            }
+            Ok(None) => panic!("the download cannot end without its primary"),
+            Err(e) => break e,
+        }
+    };
+    let waited = killed.elapsed();
+    assert_eq!(
+        error,
+        crate::ReadError::SessionClosed(CloseReason::PrimaryLost),
+        "after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "noticed after {waited:?}, not at the 30 s idle timeout"
+    );
+    assert_eq!(session.closed().await, CloseReason::PrimaryLost);
+    assert!(matches!(
+        upload.write(b"after the death").await,
+        Err(crate::WriteError::SessionClosed(CloseReason::PrimaryLost))
+    ));
+    assert!(matches!(
+        session.accept_uni().await,
+        Err(crate::ConnectionError(CloseReason::PrimaryLost))
+    ));
+    // The secondaries were told, with a code, by the client.
+    for endpoint in &cluster.secondaries {
+        endpoint.wait_idle().await;
+        endpoint.close(0, b"");
+    }
+    for task in secondaries {
+        let reports = task.await;
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(
+            matches!(
+                &reports[0].close,
+                CloseReason::Protocol {
+                    code: crate::ErrorCode::PathDead,
+                    by_peer: true,
+                    ..
+                }
+            ),
+            "{reports:?}"
+        );
+    }
+    drop(primary);
+}
+
 /// The verbs one at a time: a path the client's policy refuses fails with
 /// the client's report; path events; raw messages relayed to a secondary;
 /// a hand-made delegation written by the secondary's application with

@@ -259,17 +259,26 @@ impl Session {
 
     /// Paths known to this side, refreshed from the live connections.
     pub(crate) fn paths(&mut self) -> Vec<PathInfo> {
-        for (path, conn) in &self.conns {
-            if let Some(info) = self.paths.get_mut(path) {
-                let stats = conn.quic.stats();
-                info.rtt = conn.quic.rtt();
-                info.bytes_sent = stats.udp_tx.bytes;
-                info.bytes_received = stats.udp_rx.bytes;
-                info.lost_packets = stats.path.lost_packets;
-                info.last_active = info.last_active.max(conn.last_rx);
-            }
+        let paths: Vec<PathId> = self.conns.keys().copied().collect();
+        for path in paths {
+            self.refresh_path_info(path);
         }
         self.paths.values().cloned().collect()
+    }
+
+    /// Copies `path`'s connection figures into its [`PathInfo`]; done again
+    /// just before the connection goes, so that a dead or removed path keeps
+    /// what it carried.
+    pub(super) fn refresh_path_info(&mut self, path: PathId) {
+        let (Some(conn), Some(info)) = (self.conns.get(&path), self.paths.get_mut(&path)) else {
+            return;
+        };
+        let stats = conn.quic.stats();
+        info.rtt = conn.quic.rtt();
+        info.bytes_sent = stats.udp_tx.bytes;
+        info.bytes_received = stats.udp_rx.bytes;
+        info.lost_packets = stats.path.lost_packets;
+        info.last_active = info.last_active.max(conn.last_rx);
     }
 
     /// The peer's address on the primary connection.

@@ -343,6 +343,9 @@ impl Session {
         m.credit = credit;
         let (fin, delegate) = (m.fin, Body::Delegate(m));
         if self.send_on_path(path, delegate, ctx) {
+            if let Some(info) = self.paths.get_mut(&path) {
+                info.delegated_bytes += range.end - range.start;
+            }
             let cp = self.client_paths.get_mut(&path).expect("checked");
             cp.grants.entry(stream).or_default().allow(range, fin);
         }

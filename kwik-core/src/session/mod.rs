@@ -397,6 +397,7 @@ impl Session {
                 conn.closed = true;
             }
         } else {
+            self.refresh_path_info(path);
             self.conns.remove(&path);
         }
         self.conns.values().all(|c| c.drained)

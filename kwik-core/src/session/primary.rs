@@ -183,6 +183,9 @@ impl Session {
             // The client may now report the stream complete (§5.3).
             send.final_size = Some(range.end);
         }
+        if let Some(info) = self.paths.get_mut(&path) {
+            info.delegated_bytes += range.end - range.start;
+        }
         let d = self
             .ledger
             .add(path, stream, range.clone(), fin, descriptor.clone(), urgent);
