@@ -400,10 +400,11 @@ impl State {
             Event::SessionClosed { session, reason } => {
                 self.on_session_closed(session, reason, wake)
             }
-            Event::SessionDrained { session } => {
+            Event::SessionDrained { session, stats } => {
                 if let Some(slot) = self.sessions.get_mut(&session) {
                     tracing::debug!(parent: &slot.span, "session drained");
                     slot.drained = true;
+                    slot.final_stats = Some(stats);
                     if !slot.handles {
                         self.remove_session(session);
                     }

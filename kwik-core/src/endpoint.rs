@@ -808,8 +808,10 @@ impl KwikEndpoint {
                 reason: crate::CloseReason::EndpointClosed,
             });
         }
-        self.events
-            .push_back(Event::SessionDrained { session: handle });
+        self.events.push_back(Event::SessionDrained {
+            session: handle,
+            stats: session.stats(),
+        });
     }
 
     /// A view of a session (`None` once it has drained).

@@ -80,6 +80,8 @@ pub enum Event {
     SessionDrained {
         /// The session.
         session: SessionHandle,
+        /// Its counters as they stood at the end.
+        stats: crate::SessionStats,
     },
     /// The peer opened logical streams of this direction; take them with
     /// `accept`.

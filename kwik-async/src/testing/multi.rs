@@ -170,6 +170,8 @@ pub struct SecondaryReport {
     pub role: Role,
     /// Why it ended.
     pub close: CloseReason,
+    /// Payload bytes it wrote, read once the session had ended.
+    pub bytes_sent: u64,
 }
 
 /// A secondary server's application: accepts every attempt and holds each
@@ -183,7 +185,13 @@ pub async fn secondary_loop<A: Adapter>(endpoint: Endpoint<A>) -> Vec<SecondaryR
             let path = session.joined_path();
             let role = session.role();
             let close = session.closed().await;
-            Some(SecondaryReport { path, role, close })
+            let bytes_sent = session.stats().bytes_sent;
+            Some(SecondaryReport {
+                path,
+                role,
+                close,
+                bytes_sent,
+            })
         }));
     }
     let mut reports = Vec::new();
@@ -321,27 +329,34 @@ async fn three_server_download_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
         "{:?}",
         report.events
     );
-    shut_down(&cluster, secondaries, 2).await;
+    let reports = shut_down(&cluster, secondaries, 2).await;
+    for report in &reports {
+        // What a server wrote stays readable after its session ended.
+        assert!(report.bytes_sent > 64 << 10, "{report:?}");
+    }
 }
 
-/// Closes every server and checks each secondary saw one joined session.
+/// Closes every server and checks each secondary saw one joined session;
+/// returns what the secondaries reported.
 async fn shut_down<A: Adapter>(
     cluster: &Cluster<A>,
     secondaries: Vec<JoinHandle<Vec<SecondaryReport>>>,
     expect_joined: usize,
-) {
+) -> Vec<SecondaryReport> {
     cluster.client.wait_idle().await;
     cluster.primary.close(0, b"");
-    let mut joined = 0;
+    let mut reports = Vec::new();
     for (endpoint, task) in cluster.secondaries.iter().zip(secondaries) {
         endpoint.close(0, b"");
-        for report in task.await {
-            assert_eq!(report.role, Role::Secondary);
-            joined += usize::from(report.path.is_some());
-        }
+        reports.extend(task.await);
     }
+    for report in &reports {
+        assert_eq!(report.role, Role::Secondary);
+    }
+    let joined = reports.iter().filter(|r| r.path.is_some()).count();
     assert_eq!(joined, expect_joined, "joined secondary sessions");
     cluster.primary.wait_idle().await;
+    reports
 }
 
 /// How a secondary goes away in [`secondary_dies`].

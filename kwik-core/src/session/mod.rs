@@ -389,6 +389,7 @@ impl Session {
 
     /// Removes a drained connection; true when none is left.
     pub(crate) fn detach(&mut self, path: PathId) -> bool {
+        self.refresh_path_info(path);
         if path == PathId::PRIMARY {
             // Kept (inert) for the views until the session goes: its stats
             // and address stay readable while secondaries drain.
@@ -397,7 +398,6 @@ impl Session {
                 conn.closed = true;
             }
         } else {
-            self.refresh_path_info(path);
             self.conns.remove(&path);
         }
         self.conns.values().all(|c| c.drained)
