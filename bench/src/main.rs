@@ -30,6 +30,9 @@
 //!   reordering, duplication, outages and deaths, each judged (delivered,
 //!   primary-dead error, primary-alive failure, hung, …); one line per
 //!   failing seed with its replay command, then the summary ([`chaos`]);
+//! * `sessions` — `--count` idle sessions on one server endpoint versus as
+//!   many bare quinn-proto connections: heap per idle session, handshake
+//!   rate, memory returned after close ([`sessions`]);
 //! * `loopback` — real UDP on 127.0.0.1: one kwik-tokio session versus one
 //!   quinn connection, same crypto and run, medians ([`loopback`]);
 //! * `loopback-multi` — real UDP on 127.0.0.1: one session from `--servers`
@@ -59,6 +62,7 @@ mod multi_harness;
 mod mux;
 mod primary_death;
 mod report;
+mod sessions;
 mod sim_cpu;
 mod sim_link;
 
@@ -85,6 +89,7 @@ scenarios:
   abuse      hostile peers vs one session each: peak heap growth and CPU of the attacked endpoint
   handshake-flood  10 000 forged Initials + 100 clients vs one server: heap, admissions
   chaos      seeded random multi-server transfers with loss and faults, judged
+  sessions   --count idle sessions on one server vs bare quinn-proto: heap per session
   loopback   1 GiB over one kwik-tokio session vs one quinn connection, real UDP on 127.0.0.1
   loopback-multi  one session from --servers rate-capped servers vs one (real UDP)
 
@@ -101,6 +106,7 @@ flags:
   --kill-at PCT      failover: kill when PCT % was read (default 40)
   --rate-mbit N  loopback-multi: cap of every server's sending (default 200)
   --initials N   handshake-flood: forged Initials (default 10000)
+  --count N      sessions: concurrent sessions (default 10000)
   --exact    sim-cpu: kwik's receiver also compares every byte (extra work)
   --max-frame-kib N  override kwik's max_frame_payload (default: kwik's own)
   --only S   sim-cpu: run only kwik or quinn-proto (for profiling; no summary);
@@ -129,6 +135,7 @@ enum Scenario {
     Abuse,
     HandshakeFlood,
     Chaos,
+    Sessions,
     Loopback,
     LoopbackMulti,
     All,
@@ -153,6 +160,7 @@ struct Args {
     kill_at: u64,
     pattern: Option<Pattern>,
     initials: u64,
+    count: usize,
     seeds: u64,
     seed_base: u64,
     max_loss: f64,
@@ -188,6 +196,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
         kill_at: failover::Options::default().kill_at,
         pattern: None,
         initials: handshake_flood::Options::default().initials,
+        count: sessions::Options::default().count,
         seeds: chaos::Options::default().seeds,
         seed_base: chaos::Options::default().seed_base,
         max_loss: chaos::Options::default().max_loss,
@@ -220,6 +229,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 );
             }
             "--initials" => args.initials = parse_number("--initials", argv.next())?,
+            "--count" => args.count = parse_number("--count", argv.next())?,
             "--seeds" => args.seeds = parse_number("--seeds", argv.next())?,
             "--seed-base" => args.seed_base = parse_number("--seed-base", argv.next())?,
             "--max-loss" => args.max_loss = parse_number("--max-loss", argv.next())?,
@@ -253,6 +263,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "abuse" => Scenario::Abuse,
                     "handshake-flood" => Scenario::HandshakeFlood,
                     "chaos" => Scenario::Chaos,
+                    "sessions" => Scenario::Sessions,
                     "loopback" => Scenario::Loopback,
                     "loopback-multi" => Scenario::LoopbackMulti,
                     "all" => Scenario::All,
@@ -280,6 +291,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
     }
     if args.seeds == 0 {
         return Err("--seeds must be at least 1".to_string());
+    }
+    if args.count == 0 {
+        return Err("--count must be at least 1".to_string());
     }
     if args.jobs == 0 {
         return Err("--jobs must be at least 1".to_string());
@@ -402,6 +416,12 @@ fn run(args: &Args) -> Result<(), String> {
             jobs: args.jobs,
             all: args.all_seeds,
             datagrams: args.datagrams,
+        })?;
+    }
+    if args.scenario == Scenario::Sessions {
+        sessions::run(&sessions::Options {
+            count: args.count,
+            seed: args.seed,
         })?;
     }
     if args.scenario == Scenario::Loopback {

@@ -64,7 +64,8 @@ pub struct LossDetection {
     /// `u32::MAX` turns the packet threshold off).
     pub packet_threshold: u32,
     /// Round trips after which an unacknowledged packet is lost once a later
-    /// one was acknowledged (at least 1.0).
+    /// one was acknowledged (clamped to 1.0 ..= [`MAX_TIME_THRESHOLD`]; a
+    /// value that is not finite means 1.25).
     pub time_threshold: f32,
 }
 
@@ -153,6 +154,11 @@ pub struct TransportConfig {
     pub receive_window: u64,
 }
 
+/// Largest [`LossDetection::time_threshold`] used (larger values are
+/// clamped): quinn-proto multiplies round-trip times by it, and past a few
+/// round trips a lost packet is merely found late.
+pub const MAX_TIME_THRESHOLD: f32 = 16.0;
+
 /// QUIC connection receive window of a server connection before the peer's
 /// Hello or Join was accepted: room for the handshake message, nothing more.
 pub const PRE_HANDSHAKE_WINDOW: u64 = 128 << 10;
@@ -190,7 +196,10 @@ impl TransportConfig {
         // Only the control stream is bidirectional.
         t.max_concurrent_bidi_streams(VarInt::from_u32(1));
         let (lanes, window) = match side {
-            Side::Client => (self.max_lanes, self.receive_window),
+            Side::Client => (
+                self.max_lanes.min(crate::conn::INITIAL_LANES),
+                self.receive_window,
+            ),
             Side::Server => (0, PRE_HANDSHAKE_WINDOW),
         };
         t.max_concurrent_uni_streams(VarInt::from_u32(lanes));
@@ -207,7 +216,7 @@ impl TransportConfig {
         t.packet_threshold(self.loss_detection.packet_threshold.max(3));
         let time = self.loss_detection.time_threshold;
         t.time_threshold(if time.is_finite() {
-            time.max(1.0)
+            time.clamp(1.0, MAX_TIME_THRESHOLD)
         } else {
             1.25
         });

@@ -23,6 +23,13 @@ use crate::wire;
 /// Most control bytes taken from quinn-proto at a time.
 const CONTROL_CHUNK: usize = 16 << 10;
 
+/// Lanes a peer may hold open at first. quinn-proto keeps state for every
+/// stream it allows the peer to open, whether opened or not (about 47 bytes
+/// each), so allowing `max_lanes` (1 024 by default) up front would cost an
+/// idle session more than its whole QUIC connection. The allowance doubles
+/// whenever the peer holds half of it open, up to `max_lanes`.
+pub(crate) const INITIAL_LANES: u32 = 64;
+
 pub(crate) struct Conn {
     pub path: PathId,
     pub handle: ConnectionHandle,
@@ -61,6 +68,11 @@ pub(crate) struct Conn {
     /// Smallest smoothed RTT seen: the path's RTT without queueing.
     base_rtt: Option<std::time::Duration>,
     scratch: Vec<Bytes>,
+    /// Lanes the peer may hold open now (see [`INITIAL_LANES`]).
+    lane_allowance: u32,
+    /// Most lanes the peer may ever hold open (0: none, e.g. a server
+    /// before the peer's Hello).
+    lane_limit: u32,
 }
 
 impl Conn {
@@ -69,10 +81,17 @@ impl Conn {
         handle: ConnectionHandle,
         quic: Connection,
         gate: ProbeGate,
-        max_control_message: u64,
-        streams_per_lane: usize,
+        transport: &crate::TransportConfig,
         now: Instant,
     ) -> Self {
+        let max_lanes = transport.max_lanes;
+        // A client allows lanes from the start (the transport parameters
+        // said `INITIAL_LANES`); a server only once the peer is known.
+        let lane_limit = if quic.side().is_client() {
+            max_lanes
+        } else {
+            0
+        };
         Self {
             path,
             handle,
@@ -82,11 +101,11 @@ impl Conn {
             drained: false,
             close_after: None,
             control: None,
-            control_reader: RecordReader::new(max_control_message as usize),
+            control_reader: RecordReader::new(transport.max_control_message as usize),
             control_end: None,
             control_out: VecDeque::new(),
             control_backlog: 0,
-            lanes: Lanes::new(streams_per_lane),
+            lanes: Lanes::new(transport.streams_per_lane),
             recv_lanes: BTreeMap::new(),
             last_rx: now,
             last_data: now,
@@ -97,7 +116,29 @@ impl Conn {
             probe_due: false,
             base_rtt: None,
             scratch: Vec::new(),
+            lane_allowance: lane_limit.min(INITIAL_LANES),
+            lane_limit,
         }
+    }
+
+    /// Lets the peer open lanes, up to `limit` at once: [`INITIAL_LANES`]
+    /// now, more as it uses them.
+    pub(crate) fn allow_lanes(&mut self, limit: u32) {
+        self.lane_limit = limit;
+        self.lane_allowance = limit.min(INITIAL_LANES);
+        self.quic
+            .set_max_concurrent_streams(QDir::Uni, VarInt::from_u32(self.lane_allowance));
+    }
+
+    /// Doubles the lane allowance once the peer holds half of it open.
+    fn grow_lane_allowance(&mut self) {
+        let open = u32::try_from(self.recv_lanes.len()).unwrap_or(u32::MAX);
+        if open.saturating_mul(2) < self.lane_allowance || self.lane_allowance >= self.lane_limit {
+            return;
+        }
+        self.lane_allowance = self.lane_allowance.saturating_mul(2).min(self.lane_limit);
+        self.quic
+            .set_max_concurrent_streams(QDir::Uni, VarInt::from_u32(self.lane_allowance));
     }
 
     /// The path's RTT without queueing delay (the smallest smoothed RTT
@@ -267,6 +308,7 @@ impl Conn {
         while let Some(id) = self.quic.streams().accept(QDir::Uni) {
             self.recv_lanes.insert(id, LaneReader::default());
         }
+        self.grow_lane_allowance();
         Ok(new_control)
     }
 

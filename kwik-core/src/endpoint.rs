@@ -346,15 +346,7 @@ impl KwikEndpoint {
             self.by_conn.resize(ch.0 + 1, None);
         }
         self.by_conn[ch.0] = Some((session, path));
-        Conn::new(
-            path,
-            ch,
-            quic,
-            gate,
-            transport.max_control_message,
-            transport.streams_per_lane,
-            self.now,
-        )
+        Conn::new(path, ch, quic, gate, transport, self.now)
     }
 
     /// Dials the secondary paths a session asked for.

@@ -64,8 +64,8 @@ mod wire;
 
 pub use config::{
     ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, LossDetection,
-    PRE_HANDSHAKE_WINDOW, PROTOCOL_VERSION, RetryPolicy, SUPPORTED_FEATURES, ServerConfig,
-    TransportConfig,
+    MAX_TIME_THRESHOLD, PRE_HANDSHAKE_WINDOW, PROTOCOL_VERSION, RetryPolicy, SUPPORTED_FEATURES,
+    ServerConfig, TransportConfig,
 };
 pub use defence::EndpointStats;
 pub use delegation::{Delegation, DelegationId};

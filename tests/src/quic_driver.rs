@@ -61,6 +61,9 @@ pub struct QuicDriver {
     scratch: Vec<u8>,
     /// Stats of the last connection dropped once drained.
     last_stats: Option<ConnectionStats>,
+    /// Connections that got a datagram or a timer since the last
+    /// [`QuicDriver::take_touched`], once tracking is on.
+    touched: Option<Vec<ConnectionHandle>>,
 }
 
 impl std::fmt::Debug for QuicDriver {
@@ -82,6 +85,7 @@ impl QuicDriver {
             responses: VecDeque::new(),
             scratch: Vec::new(),
             last_stats: None,
+            touched: None,
         }
     }
 
@@ -121,6 +125,29 @@ impl QuicDriver {
         self.last_stats
     }
 
+    /// The connections that got a datagram or fired a timer since the last
+    /// call, each once, in handle order: the ones that may have events.
+    /// The first call turns tracking on (and returns every connection).
+    pub fn take_touched(&mut self) -> Vec<ConnectionHandle> {
+        let Some(touched) = self.touched.as_mut() else {
+            self.touched = Some(Vec::new());
+            return self.conns.keys().copied().collect();
+        };
+        let mut touched = std::mem::take(touched);
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+    }
+
+    fn touch(&mut self, ch: ConnectionHandle) {
+        touch(&mut self.touched, ch);
+    }
+
+    /// The connection `ch`, if it is still held.
+    pub fn connection_by_handle(&mut self, ch: ConnectionHandle) -> Option<&mut Connection> {
+        self.conns.get_mut(&ch)
+    }
+
     /// Dials `server` and keeps the new connection.
     pub fn connect(
         &mut self,
@@ -154,6 +181,7 @@ impl QuicDriver {
                 Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
                     if let Some(conn) = self.conns.get_mut(&ch) {
                         conn.handle_event(ev);
+                        self.touch(ch);
                     }
                     Incoming::None
                 }
@@ -162,6 +190,7 @@ impl QuicDriver {
                     match self.endpoint.accept(incoming, now, &mut self.scratch, None) {
                         Ok((ch, conn)) => {
                             self.conns.insert(ch, conn);
+                            self.touch(ch);
                             Incoming::Accepted(ch)
                         }
                         Err(e) => {
@@ -188,9 +217,10 @@ impl QuicDriver {
 
     /// Fires the timers of every connection due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for conn in self.conns.values_mut() {
+        for (ch, conn) in &mut self.conns {
             if conn.poll_timeout().is_some_and(|t| t <= now) {
                 conn.handle_timeout(now);
+                touch(&mut self.touched, *ch);
             }
         }
         self.process_endpoint_events();
@@ -254,5 +284,12 @@ impl QuicDriver {
         let data = self.scratch[..t.size].to_vec();
         self.responses
             .push_back((data, t.destination, t.segment_size));
+    }
+}
+
+/// Records `ch` as touched if tracking is on.
+fn touch(touched: &mut Option<Vec<ConnectionHandle>>, ch: ConnectionHandle) {
+    if let Some(t) = touched {
+        t.push(ch);
     }
 }

@@ -199,6 +199,44 @@ fn a_thousand_concurrent_streams_each_arrive_intact() {
     );
 }
 
+/// A server allows 64 lanes at first (quinn-proto keeps state for every
+/// stream it allows, opened or not) and more once the client holds half of
+/// them: streams opened after the first 64 lanes filled get lanes of their
+/// own, up to `max_lanes`.
+#[test]
+fn the_lane_allowance_grows_with_use_up_to_max_lanes() {
+    let mut s = bulk(
+        33,
+        link_100m(),
+        |c, sv| {
+            for t in [&mut c.transport, &mut sv.transport] {
+                t.streams_per_lane = 1;
+                t.max_uni_streams = 300;
+            }
+            sv.transport.max_lanes = 150;
+        },
+        Dir::Uni,
+        &[vec![]],
+    );
+    s.sim.run_for(Duration::from_secs(1));
+    let client = s.clients[0];
+    let wave = |s: &mut Setup, n: usize| {
+        let node = s.sim.node_mut::<Client>(client);
+        let h = node.app.session.unwrap();
+        let mut view = node.endpoint.session(h).unwrap();
+        for _ in 0..n {
+            let id = view.open(Dir::Uni).expect("credit");
+            assert_eq!(view.stream(id).unwrap().write(b"x"), Ok(1));
+        }
+        s.sim.run_for(Duration::from_secs(1));
+        let node = s.sim.node_mut::<Client>(client);
+        node.endpoint.session(h).unwrap().stats().lanes_opened
+    };
+    assert_eq!(wave(&mut s, 64), 64, "the initial allowance");
+    assert_eq!(wave(&mut s, 36), 100, "the allowance grew");
+    assert_eq!(wave(&mut s, 100), 150, "up to max_lanes, then shared");
+}
+
 #[test]
 fn streams_beyond_the_peer_limit_wait_for_credit_and_complete() {
     let lens = vec![4096u64; 300];

@@ -56,7 +56,7 @@ impl Session {
 
     /// The earliest of kwik's own timers.
     pub(super) fn kwik_deadline(&self) -> Option<Instant> {
-        let closes = self.conns.values().filter_map(Conn::close_due).min();
+        let closes = self.conns.values().filter_map(|c| c.close_due()).min();
         if self.phase == Phase::Closed {
             return closes;
         }
@@ -167,7 +167,7 @@ impl Session {
         let lanes = self
             .conns
             .get(&path)
-            .map(Conn::lane_ids)
+            .map(|c| c.lane_ids())
             .unwrap_or_default();
         for lane in lanes {
             self.read_lane(path, lane, ctx)?;

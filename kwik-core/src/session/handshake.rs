@@ -137,8 +137,7 @@ impl Session {
             // primary's client sends data, a secondary's never does — its
             // lanes.
             if primary {
-                conn.quic
-                    .set_max_concurrent_streams(QDir::Uni, VarInt::from_u32(lanes));
+                conn.allow_lanes(lanes);
             }
             conn.quic.set_receive_window(
                 VarInt::from_u64(window.min(VarInt::MAX.into_inner())).expect("clamped"),

@@ -189,7 +189,7 @@ pub(crate) struct Session {
     pub phase: Phase,
     pub id: Option<SessionId>,
     pub close_reason: Option<CloseReason>,
-    pub conns: BTreeMap<PathId, Conn>,
+    pub conns: BTreeMap<PathId, Box<Conn>>,
     pub deadline: Option<Instant>,
     pub requests: Vec<Request>,
     /// Next connection to ask for a transmit (round-robin).
@@ -324,7 +324,7 @@ impl Session {
             phase: Phase::Handshaking,
             id: None,
             close_reason: None,
-            conns: BTreeMap::from([(PathId::PRIMARY, conn)]),
+            conns: BTreeMap::from([(PathId::PRIMARY, Box::new(conn))]),
             deadline: None,
             requests: Vec::new(),
             tx_cursor: 0,
@@ -384,7 +384,7 @@ impl Session {
 
     /// Adds the connection of a secondary path (client side).
     pub(crate) fn attach(&mut self, conn: Conn) {
-        self.conns.insert(conn.path, conn);
+        self.conns.insert(conn.path, Box::new(conn));
     }
 
     /// Removes a drained connection; true when none is left.
