@@ -212,19 +212,14 @@ impl Session {
             return Err(PathError::NotFound(path));
         }
         self.path_usable(path)?;
-        let limit = (self.peer_max_control as usize).saturating_sub(RELAY_OVERHEAD);
-        if payload.len() > limit {
-            return Err(PathError::TooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
         match self.role {
             Role::Primary => {
-                self.main_conn().send(Body::RawRelay(msg::RawRelay {
+                let relay = Body::RawRelay(msg::RawRelay {
                     path_id: path.0,
                     payload,
-                }));
+                });
+                fits(&relay, self.peer_max_control)?;
+                self.main_conn().send(relay);
                 Ok(())
             }
             Role::Client => self.forward_raw(path, payload),
