@@ -137,13 +137,16 @@ pub struct PathAnswer {
     pub messages: u64,
 }
 
+/// Changes a `Welcome` before a [`HostilePrimary`] sends it.
+type WelcomeTamper = Box<dyn Fn(&mut Welcome)>;
+
 /// A hostile primary server. See the [module docs](self).
 pub struct HostilePrimary {
     quic: QuicDriver,
     session_id: SessionId,
     script: VecDeque<PrimaryStep>,
     /// Changes the `Welcome` before it is sent.
-    tamper_welcome: Option<Box<dyn Fn(&mut Welcome)>>,
+    tamper_welcome: Option<WelcomeTamper>,
     control: Option<StreamId>,
     lane: Option<StreamId>,
     outgoing: SendQueue,

@@ -227,6 +227,9 @@ fn assert_server_stays_open(a: &mut Arena) {
 
 // ----- a kwik client and a scripted primary (and secondary) -----
 
+/// Builds the scripted secondary of a [`client_with`] arena.
+type SecondaryBuilder = Box<dyn FnOnce(&Ends) -> HostileSecondary>;
+
 /// The address a scripted secondary listens on.
 fn secondary_addr() -> SocketAddr {
     addr(3)
@@ -240,7 +243,7 @@ fn client_with(
     seed: u64,
     steps: Vec<PrimaryStep>,
     tamper: impl FnOnce(HostilePrimary) -> HostilePrimary,
-    hostile_secondary: Option<Box<dyn FnOnce(&Ends) -> HostileSecondary>>,
+    hostile_secondary: Option<SecondaryBuilder>,
 ) -> (Arena, Option<NodeId>) {
     let mut a = Arena::against_client(
         seed,

@@ -8,7 +8,9 @@ impl Session {
     pub(super) fn on_path_status(&mut self, m: msg::PathStatus, ctx: &mut Ctx<'_>) {
         let path = PathId(m.path_id);
         let state = match msg::PathState::try_from(m.state) {
-            Ok(msg::PathState::Connecting) => PathState::Connecting,
+            // A path is connecting from its AddPath on; the report adds
+            // nothing (PROTOCOL.md §10.3).
+            Ok(msg::PathState::Connecting) => return,
             Ok(msg::PathState::Active) => PathState::Active,
             Ok(msg::PathState::Degraded) => PathState::Degraded,
             Ok(msg::PathState::Dead) => PathState::Dead,
