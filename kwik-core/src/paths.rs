@@ -364,7 +364,8 @@ pub enum PathError {
     /// The message exceeds the peer's control-message limit
     /// (`KWIK_PACKET_TOO_LARGE`).
     TooLarge {
-        /// Its size.
+        /// Its size: the encoded control message that would carry it
+        /// (PROTOCOL.md §3.1), or the text's length for a server name.
         size: usize,
         /// The limit.
         limit: usize,

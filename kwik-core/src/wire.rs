@@ -134,7 +134,9 @@ fn ack(m: &Ack) -> Result<(), Violation> {
 /// Checks the numbers, lengths and lists of a decoded control message.
 pub(crate) fn check(body: &Body) -> Result<(), Violation> {
     match body {
-        Body::Hello(m) => m.limits.as_ref().map_or(Ok(()), limits),
+        // A Hello's limits are checked after its version and features
+        // (PROTOCOL.md §4), by the handshake.
+        Body::Hello(_) => Ok(()),
         Body::Welcome(m) => m.limits.as_ref().map_or(Ok(()), limits),
         Body::Joined(m) => m.limits.as_ref().map_or(Ok(()), limits),
         Body::Join(m) => {

@@ -14,6 +14,20 @@
 //! each path's measured rate). The client verifies the SHA-256 of what it
 //! read and prints a table of what each server sent; `--json` prints the
 //! summary as one JSON line instead (and no progress bars).
+//!
+//! # Application contract
+//!
+//! The same as `multi.rs`'s (see its module docs): the resource is
+//! `common::generate(0xd3e0, --size)`; the primary sends it whole on its
+//! first server-initiated unidirectional stream (id 3) from offset 0 with
+//! a FIN, delegating ranges to the secondaries under the descriptor
+//! `kwik-demo/generated`, which they serve from the same bytes; the client
+//! reads that stream to its end and compares length and SHA-256 with the
+//! resource's. Everything runs in this process: one self-signed
+//! certificate for `localhost` is made at start and presented by every
+//! server; the 32-byte path-token key is drawn at start from the OS and
+//! held in memory by the primary (`ServerConfig::token_key`) and the
+//! secondaries (`ServerConfig::trusted_keys`), never written anywhere.
 
 mod common;
 

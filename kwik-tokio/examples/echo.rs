@@ -8,6 +8,18 @@
 //!
 //! The server makes a throw-away self-signed certificate for `localhost` and
 //! writes it to the temp directory, where a `--client` reads it to trust it.
+//!
+//! # Application contract
+//!
+//! One kwik session, no secondary paths. For each message the client opens
+//! a **client-initiated bidirectional logical stream**, writes the
+//! message's bytes and finishes its sending half; the server writes back
+//! every byte it reads from that stream, in order, on the same stream, and
+//! finishes once it read the FIN. The client checks nothing but prints
+//! what came back (an echo shorter than 1 MiB). Nothing else is sent: no
+//! unidirectional streams, no Raw. The client closes the session with
+//! application code 0 once every echo came back; a `--server` keeps
+//! serving. There is no path-token key: a single server needs none.
 
 use std::error::Error;
 use std::net::SocketAddr;

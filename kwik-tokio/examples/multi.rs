@@ -16,6 +16,43 @@
 //! the secondaries it is told to `--allow`. `--rate-mbit R` caps a server's
 //! sending (0: none, the default). The client prints what each path
 //! delivered and checks the SHA-256 of what it read.
+//!
+//! # Application contract
+//!
+//! What the processes agree on beyond the kwik wire (PROTOCOL.md), so that
+//! an independent client or server can take part:
+//!
+//! * **The resource** is `--size` bytes of xorshift64* output seeded with
+//!   `0xd3e0` (`common::generate`: state `seed · 0x9e3779b97f4a7c15 | 1`;
+//!   per 8-byte word `x ^= x >> 12; x ^= x << 25; x ^= x >> 27`, then the
+//!   little-endian bytes of `x · 0x2545f4914f6cdd1d`, the last word cut to
+//!   length). Every server builds the same bytes from `--size` alone.
+//! * **The stream.** Once the session is up and every `--secondary` was
+//!   added (or failed), the primary opens its **first server-initiated
+//!   unidirectional logical stream** (id 3) and sends the whole resource on
+//!   it, from offset 0, with a FIN at `--size`. The client reads the first
+//!   unidirectional stream the primary opens, to its end; it opens no
+//!   stream itself and sends nothing on the control stream beyond what
+//!   kwik sends.
+//! * **Delegations** carry the descriptor `kwik-demo/generated`
+//!   (`common::DESCRIPTOR`, 19 ASCII bytes): a secondary asked for
+//!   `[offset, offset + length)` of the stream under it writes exactly
+//!   those bytes of the resource (`offset` is both the logical offset and
+//!   the offset in the resource). A Delegate with another descriptor is
+//!   not served. No Raw messages are used.
+//! * **The check.** The client computes the SHA-256 of what it read and
+//!   compares it, and the length, with those of the resource it generates
+//!   itself; it exits non-zero on a mismatch.
+//! * **Credentials.** `--dir` holds `cert.der` (a self-signed DER
+//!   certificate for `localhost`, which every server presents and the
+//!   client trusts; servers are dialled with server name `localhost`),
+//!   `key.der` (its PKCS#8 private key) and `token.key` (32 raw bytes: the
+//!   path-token key of PROTOCOL.md §10.2, used by the primary to mint and
+//!   by the secondaries to verify; the client never reads it). A real
+//!   deployment hands the key to its servers by its own means.
+//! * **Closing.** The client closes the session with application code 0
+//!   once it read the end; the primary, having seen every byte
+//!   acknowledged, just waits for that. No other application code is used.
 
 mod common;
 

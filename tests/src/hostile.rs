@@ -131,6 +131,14 @@ pub enum Step {
     /// Waits this long (virtual time) before the next step, so that a
     /// script can pace its messages.
     Sleep(std::time::Duration),
+    /// Once quinn-proto took every queued byte, finishes (QUIC FIN) the
+    /// client's lane — opened now if no step wrote to it: an empty lane.
+    FinishLane,
+    /// Once quinn-proto took every queued byte, finishes the control stream.
+    FinishControl,
+    /// Asks the server to stop sending (STOP_SENDING, code 0) on every lane
+    /// it opened so far.
+    StopServerLanes,
 }
 
 impl fmt::Debug for Step {
@@ -144,6 +152,9 @@ impl fmt::Debug for Step {
                 write!(f, "FloodLanes {{ lanes: {lanes}, per_lane: {per_lane} }}")
             }
             Step::Sleep(d) => write!(f, "Sleep({d:?})"),
+            Step::FinishLane => f.write_str("FinishLane"),
+            Step::FinishControl => f.write_str("FinishControl"),
+            Step::StopServerLanes => f.write_str("StopServerLanes"),
         }
     }
 }
@@ -214,6 +225,8 @@ pub struct HostileClient {
     received: Vec<Body>,
     wire_errors: Vec<String>,
     server_bytes: u64,
+    /// Streams the server opened (its lanes).
+    server_lanes: Vec<StreamId>,
     acted: bool,
     connected_at: Option<Instant>,
     welcomed_at: Option<Instant>,
@@ -299,6 +312,7 @@ impl HostileClient {
             received: Vec::new(),
             wire_errors: Vec::new(),
             server_bytes: 0,
+            server_lanes: Vec::new(),
             acted: false,
             connected_at: None,
             welcomed_at: None,
@@ -811,6 +825,31 @@ impl HostileClient {
                     }
                     self.sleep_until = None;
                 }
+                Step::FinishLane | Step::FinishControl => {
+                    if !self.outgoing.is_empty() {
+                        return;
+                    }
+                    let finish_lane = matches!(step, Step::FinishLane);
+                    let id = if finish_lane {
+                        self.lane()
+                    } else {
+                        self.control
+                    };
+                    let (Some(id), Some(conn)) = (id, self.quic.connection_mut()) else {
+                        return;
+                    };
+                    let result = conn.send_stream(id).finish();
+                    trace.record(now, format_args!("hostile: finishing {id}: {result:?}"));
+                }
+                Step::StopServerLanes => {
+                    let Some(conn) = self.quic.connection_mut() else {
+                        return;
+                    };
+                    for id in &self.server_lanes {
+                        let _ = conn.recv_stream(*id).stop(VarInt::from_u32(0));
+                    }
+                    trace.record(now, "hostile: stopping the server's lanes");
+                }
                 Step::FloodLanes { lanes, per_lane } => {
                     trace.record(now, format_args!("hostile: flooding up to {lanes} lanes"));
                     self.flood = Some(Flood {
@@ -879,6 +918,7 @@ impl Node for HostileClient {
                         .and_then(|c| c.streams().accept(dir))
                     {
                         trace.record(now, format_args!("hostile: server opened QUIC stream {id}"));
+                        self.server_lanes.push(id);
                         self.discard(id);
                     }
                 }

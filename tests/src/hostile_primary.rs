@@ -137,11 +137,16 @@ pub struct PathAnswer {
     pub messages: u64,
 }
 
+/// Changes a `Welcome` before a [`HostilePrimary`] sends it.
+type WelcomeTamper = Box<dyn Fn(&mut Welcome)>;
+
 /// A hostile primary server. See the [module docs](self).
 pub struct HostilePrimary {
     quic: QuicDriver,
     session_id: SessionId,
     script: VecDeque<PrimaryStep>,
+    /// Changes the `Welcome` before it is sent.
+    tamper_welcome: Option<WelcomeTamper>,
     control: Option<StreamId>,
     lane: Option<StreamId>,
     outgoing: SendQueue,
@@ -204,6 +209,7 @@ impl HostilePrimary {
             quic: QuicDriver::new(addr, endpoint),
             session_id: Self::session_id_for(seed),
             script: script.into_iter().collect(),
+            tamper_welcome: None,
             control: None,
             lane: None,
             outgoing: SendQueue::default(),
@@ -223,6 +229,12 @@ impl HostilePrimary {
             vanished: false,
             error: None,
         }
+    }
+
+    /// Sends the `Welcome` as `tamper` leaves it (a malformed one, say).
+    pub fn welcome_with(mut self, tamper: impl Fn(&mut Welcome) + 'static) -> Self {
+        self.tamper_welcome = Some(Box::new(tamper));
+        self
     }
 
     /// The session id this primary assigns, derived from `seed` as
@@ -405,12 +417,15 @@ impl HostilePrimary {
                         format_args!("hostile-primary: hello (version {})", hello.version),
                     );
                     self.hello = Some(hello);
-                    let welcome = Welcome {
+                    let mut welcome = Welcome {
                         session_id: Bytes::copy_from_slice(&self.session_id.0),
                         version: PROTOCOL_VERSION,
                         features: 0,
                         limits: Some(default_limits()),
                     };
+                    if let Some(tamper) = &self.tamper_welcome {
+                        tamper(&mut welcome);
+                    }
                     self.outgoing
                         .push(id, control_record(Body::Welcome(welcome)));
                     self.welcomed_at = Some(now);

@@ -149,6 +149,9 @@ pub enum Injection {
     },
     /// A control record that is no protobuf on the path's control stream.
     GarbageOnControl,
+    /// These bytes on the path's control stream (whole control records,
+    /// see [`crate::wire::control_record`]).
+    Control(bytes::Bytes),
     /// One-byte records of the genuine bytes (from `source`) at every other
     /// offset of the delegated range `[a, b)` — `a + 1`, `a + 3`, … —: every
     /// byte inside the delegation and right, but no two adjacent, so the
@@ -180,6 +183,7 @@ impl fmt::Debug for Injection {
             Injection::BareFin { offset } => write!(f, "BareFin {{ at {offset} }}"),
             Injection::Honest { .. } => f.write_str("Honest"),
             Injection::GarbageOnControl => f.write_str("GarbageOnControl"),
+            Injection::Control(b) => write!(f, "Control({} bytes)", b.len()),
             Injection::GappedTiny { .. } => f.write_str("GappedTiny"),
             Injection::Close { code, reason_len } => {
                 write!(f, "Close {{ code {code:#x}, {reason_len}-byte reason }}")
@@ -236,6 +240,8 @@ pub struct HostileSecondary {
     outgoing: SendQueue,
     inbox: RecordBuffer,
     join: Option<Join>,
+    /// The limits its `Joined` announces (kwik's defaults unless changed).
+    joined_limits: Option<kwik_core::proto::common::Limits>,
     joined_at: Option<Instant>,
     delegates: Vec<Delegate>,
     credits: Vec<StreamCredit>,
@@ -290,6 +296,7 @@ impl HostileSecondary {
             outgoing: SendQueue::default(),
             inbox: RecordBuffer::default(),
             join: None,
+            joined_limits: Some(default_limits()),
             joined_at: None,
             delegates: Vec::new(),
             credits: Vec::new(),
@@ -311,6 +318,13 @@ impl HostileSecondary {
     /// Every quinn random choice derives from `seed`.
     pub fn past_credit(addr: SocketAddr, seed: u64, cert: &DevCert, overshoot: Overshoot) -> Self {
         Self::new(addr, seed, cert, Behaviour::PastCredit(overshoot))
+    }
+
+    /// Announces `limits` in its `Joined` (`None`: a `Joined` without
+    /// limits) instead of kwik's defaults.
+    pub fn joined_limits(mut self, limits: Option<kwik_core::proto::common::Limits>) -> Self {
+        self.joined_limits = limits;
+        self
     }
 
     /// A hostile secondary at `addr` presenting `cert` that answers its
@@ -454,7 +468,7 @@ impl HostileSecondary {
                     );
                     self.join = Some(join);
                     let joined = Joined {
-                        limits: Some(default_limits()),
+                        limits: self.joined_limits,
                     };
                     self.outgoing.push(id, control_record(Body::Joined(joined)));
                     self.joined_at = Some(now);
@@ -568,9 +582,13 @@ impl HostileSecondary {
         let stream = KStreamId(d.stream_id);
         let (a, b) = (d.offset, d.offset.saturating_add(d.length));
         let delegated = (stream, a, b, d.fin);
-        if let Injection::GarbageOnControl = injection {
+        if let Injection::GarbageOnControl | Injection::Control(_) = injection {
             let Some(control) = self.control else { return };
-            self.outgoing.push(control, garbage_record());
+            let bytes = match injection {
+                Injection::Control(bytes) => bytes,
+                _ => garbage_record().into(),
+            };
+            self.outgoing.push(control, bytes);
             trace.record(now, "hostile-secondary: garbage on the control stream");
             self.injected = Some(InjectedRecord {
                 stream,
@@ -695,7 +713,7 @@ impl HostileSecondary {
                     at: now,
                 }
             }
-            Injection::GarbageOnControl | Injection::Close { .. } => {
+            Injection::GarbageOnControl | Injection::Control(_) | Injection::Close { .. } => {
                 unreachable!("handled above")
             }
         };

@@ -361,9 +361,7 @@ impl Session {
             .client_paths
             .get(&path)
             .map_or(0, |cp| cp.peer_max_control);
-        let size = prost::Message::encoded_len(&msg::ControlMessage {
-            body: Some(body.clone()),
-        }) as u64;
+        let size = control_size(&body) as u64;
         if size > limit {
             let failure = PathFailure {
                 code: ErrorCode::PacketTooLarge,
@@ -423,19 +421,14 @@ impl Session {
         let limit = self
             .client_paths
             .get(&path)
-            .map_or(0, |cp| cp.peer_max_control as usize)
-            .saturating_sub(RELAY_OVERHEAD);
-        if payload.len() > limit {
-            return Err(PathError::TooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
+            .map_or(0, |cp| cp.peer_max_control);
+        let raw = Body::Raw(msg::Raw { payload });
+        fits(&raw, limit)?;
         if let Some(conn) = self.conns.get_mut(&path)
             && conn.joined
             && !conn.closed
         {
-            conn.send(Body::Raw(msg::Raw { payload }));
+            conn.send(raw);
         }
         Ok(())
     }

@@ -212,9 +212,11 @@ pub(super) fn negotiate(hello: &Hello, server_features: u64) -> Result<Limits, V
             format!("server lacks required features {missing:#x}"),
         ));
     }
-    hello
+    let limits = hello
         .limits
-        .ok_or_else(|| violation("hello without limits"))
+        .ok_or_else(|| violation("hello without limits"))?;
+    crate::wire::limits(&limits)?;
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -226,7 +228,11 @@ mod tests {
             version,
             features: 0,
             required_features: required,
-            limits: Some(Limits::default()),
+            limits: Some(Limits {
+                max_frame_payload: 1,
+                max_control_message: crate::wire::MIN_CONTROL_MESSAGE,
+                ..Limits::default()
+            }),
         }
     }
 

@@ -58,9 +58,6 @@ use crate::wire::MAX_SERVER_NAME;
 /// How long the client batches acknowledgements of delegated streams.
 const ACK_DELAY: Duration = Duration::from_millis(5);
 
-/// Bytes a control record may add around a relayed payload.
-const RELAY_OVERHEAD: usize = 32;
-
 /// Most bytes a feeder job reads from its resource per write attempt.
 const FEED_CHUNK: u64 = 1 << 20;
 
@@ -273,6 +270,26 @@ impl RateBudget {
             false
         }
     }
+}
+
+/// Size of `body` as the receiver's `max_control_message` counts it: the
+/// encoded `ControlMessage`, length prefix excluded (PROTOCOL.md §3.1).
+pub(super) fn control_size(body: &Body) -> usize {
+    prost::Message::encoded_len(&msg::ControlMessage {
+        body: Some(body.clone()),
+    })
+}
+
+/// `Err(TooLarge)` unless `body` fits a peer's `max_control_message`.
+pub(super) fn fits(body: &Body, limit: u64) -> Result<(), PathError> {
+    let size = control_size(body);
+    if size as u64 > limit {
+        return Err(PathError::TooLarge {
+            size,
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        });
+    }
+    Ok(())
 }
 
 pub(super) fn violation(reason: impl Into<String>) -> Violation {

@@ -8,7 +8,9 @@ impl Session {
     pub(super) fn on_path_status(&mut self, m: msg::PathStatus, ctx: &mut Ctx<'_>) {
         let path = PathId(m.path_id);
         let state = match msg::PathState::try_from(m.state) {
-            Ok(msg::PathState::Connecting) => PathState::Connecting,
+            // A path is connecting from its AddPath on; the report adds
+            // nothing (PROTOCOL.md §10.3).
+            Ok(msg::PathState::Connecting) => return,
             Ok(msg::PathState::Active) => PathState::Active,
             Ok(msg::PathState::Degraded) => PathState::Degraded,
             Ok(msg::PathState::Dead) => PathState::Dead,
@@ -215,19 +217,14 @@ impl Session {
             return Err(PathError::NotFound(path));
         }
         self.path_usable(path)?;
-        let limit = (self.peer_max_control as usize).saturating_sub(RELAY_OVERHEAD);
-        if payload.len() > limit {
-            return Err(PathError::TooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
         match self.role {
             Role::Primary => {
-                self.main_conn().send(Body::RawRelay(msg::RawRelay {
+                let relay = Body::RawRelay(msg::RawRelay {
                     path_id: path.0,
                     payload,
-                }));
+                });
+                fits(&relay, self.peer_max_control)?;
+                self.main_conn().send(relay);
                 Ok(())
             }
             Role::Client => self.forward_raw(path, payload),
