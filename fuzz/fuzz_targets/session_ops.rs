@@ -1,0 +1,3 @@
+//! `session_ops` placeholder.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|_data: &[u8]| {});

@@ -1,0 +1,1 @@
+//! `hostile_peer` (see below).
