@@ -1,3 +1,9 @@
-//! `session_ops` placeholder.
+//! Arbitrary application and network operations on a client, a primary and
+//! two secondaries in the simulator (see `kwik_sim::fuzz::session`).
 #![no_main]
-libfuzzer_sys::fuzz_target!(|_data: &[u8]| {});
+
+use kwik_sim::fuzz::session::{SessionScript, run};
+
+libfuzzer_sys::fuzz_target!(|script: SessionScript| {
+    run(&script);
+});

@@ -105,11 +105,7 @@ impl LaneReceiver {
     /// Feeds lane bytes. `accepted` sees every payload piece the stream
     /// table took (stream, offset, bytes, fin). `Err` is the violation that
     /// would close the connection; the receiver must not be fed after it.
-    pub fn feed(
-        &mut self,
-        chunk: &[u8],
-        accepted: &mut AcceptedPiece<'_>,
-    ) -> Result<(), String> {
+    pub fn feed(&mut self, chunk: &[u8], accepted: &mut AcceptedPiece<'_>) -> Result<(), String> {
         let streams = &mut self.streams;
         let events = &mut self.events;
         self.lane

@@ -83,6 +83,13 @@ fn session_ops() {
     });
 }
 
+#[test]
+fn hostile_peer() {
+    structured(7, cases(60), 600, |s| {
+        fuzz::hostile::run(s);
+    });
+}
+
 /// Every committed seed still runs clean.
 #[test]
 fn seed_corpus_runs_clean() {
@@ -104,6 +111,10 @@ fn seed_corpus_runs_clean() {
         let summary = fuzz::session::run(&fuzz::parse(&s.data));
         eprintln!("session_ops seed {}: {summary:?}", s.name);
     }
+    for s in fuzz::hostile::seeds() {
+        let read = fuzz::hostile::run(&fuzz::parse(&s.data));
+        eprintln!("hostile_peer seed {}: {read} bytes read", s.name);
+    }
 }
 
 /// Writes the seed corpus of every target under `fuzz/corpus/`.
@@ -111,11 +122,12 @@ fn seed_corpus_runs_clean() {
 #[ignore = "generator: run by hand to refresh fuzz/corpus"]
 fn write_seed_corpus() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-    let targets: [(&str, Vec<Seed>); 4] = [
+    let targets: [(&str, Vec<Seed>); 5] = [
         ("control_frame", fuzz::control::seeds()),
         ("data_records", fuzz::lanes::seeds()),
         ("endpoint_datagrams", fuzz::datagrams::seeds()),
         ("session_ops", fuzz::session::seeds()),
+        ("hostile_peer", fuzz::hostile::seeds()),
     ];
     for (target, seeds) in targets {
         let dir = root.join(target);
