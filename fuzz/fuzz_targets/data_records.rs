@@ -3,4 +3,6 @@
 //! `kwik_sim::fuzz::lanes`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| kwik_sim::fuzz::lanes::run(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kwik_sim::fuzz::lanes::run(data);
+});
