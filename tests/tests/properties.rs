@@ -73,19 +73,19 @@ fn data_records_from_records() {
 
 #[test]
 fn endpoint_datagrams() {
-    structured(5, cases(40), 3000, fuzz::datagrams::run);
+    structured(5, cases(200), 3000, fuzz::datagrams::run);
 }
 
 #[test]
 fn session_ops() {
-    structured(6, cases(60), 400, |s| {
+    structured(6, cases(200), 400, |s| {
         fuzz::session::run(s);
     });
 }
 
 #[test]
 fn hostile_peer() {
-    structured(7, cases(60), 600, |s| {
+    structured(7, cases(200), 600, |s| {
         fuzz::hostile::run(s);
     });
 }
