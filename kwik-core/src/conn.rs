@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prost::Message;
 use quinn_proto::{Connection, ConnectionHandle, Dir as QDir, StreamId as QStreamId, VarInt};
 
 use crate::codec::{DataPiece, LaneReader, RecordReader, encode_record};
@@ -366,15 +365,7 @@ impl Conn {
         };
         loop {
             if let Some(record) = self.control_reader.next_record()? {
-                let message = ControlMessage::decode(record).map_err(|e| {
-                    Violation::new(ErrorCode::InvalidFrame, format!("bad control message: {e}"))
-                })?;
-                let body = message.body.ok_or_else(|| {
-                    Violation::new(ErrorCode::InvalidFrame, "empty control message")
-                })?;
-                // Every number is checked once, here, before anything uses it.
-                wire::check(&body)?;
-                return Ok(Some(body));
+                return wire::decode_control(record).map(Some);
             }
             if let Some(reason) = self.control_end {
                 return Err(Violation::new(ErrorCode::InvalidFrame, reason));

@@ -48,6 +48,8 @@ mod delegation;
 mod endpoint;
 mod error;
 mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ids;
 mod lanes;
 mod paths;

@@ -131,6 +131,20 @@ fn ack(m: &Ack) -> Result<(), Violation> {
     Ok(())
 }
 
+/// Decodes one control record body and checks it: what the control-stream
+/// reader hands the session. Every number is checked once, here, before
+/// anything uses it.
+pub(crate) fn decode_control(record: bytes::Bytes) -> Result<Body, Violation> {
+    use prost::Message;
+    let message = crate::proto::control::ControlMessage::decode(record)
+        .map_err(|e| invalid(format!("bad control message: {e}")))?;
+    let body = message
+        .body
+        .ok_or_else(|| invalid("empty control message"))?;
+    check(&body)?;
+    Ok(body)
+}
+
 /// Checks the numbers, lengths and lists of a decoded control message.
 pub(crate) fn check(body: &Body) -> Result<(), Violation> {
     match body {

@@ -33,6 +33,8 @@
 //! * [`abuse`] — resource-exhaustion attacks on one kwik endpoint with its
 //!   heap use and CPU time metered, shared by the trust tests and the
 //!   `abuse` benchmark;
+//! * [`fuzz`] — the fuzz harnesses and their invariants, shared by `fuzz/`
+//!   and the property tests;
 //! * [`handshakes`] — load on a server's door: forged client Initials, mute
 //!   clients, and a client that only connects.
 
@@ -41,6 +43,7 @@ pub mod alloc;
 pub mod apps;
 pub mod certs;
 pub mod chaos;
+pub mod fuzz;
 pub mod handshakes;
 pub mod hostile;
 pub mod hostile_primary;
