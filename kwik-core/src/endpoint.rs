@@ -28,7 +28,7 @@
 //! session this side closes for the peer's protocol fault bans the peer's
 //! IP. All of it is counted in [`EndpointStats`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,6 +124,10 @@ pub struct KwikEndpoint {
     quinn_server: Option<Arc<quinn_proto::ServerConfig>>,
     token_key: [u8; 64],
     sessions: BTreeMap<SessionHandle, Session>,
+    /// Every session's next deadline, earliest first: finding the next
+    /// timer and the expired sessions costs O(log n), not a scan of
+    /// every session (a server may hold tens of thousands).
+    timers: BTreeSet<(Instant, SessionHandle)>,
     /// quinn-proto connection handle (reused after drain) → session and path.
     by_conn: Vec<Option<(SessionHandle, PathId)>>,
     /// Client configurations sessions dial their secondary paths with.
@@ -196,6 +200,7 @@ impl KwikEndpoint {
             quinn_server: None,
             token_key: seeds.token_key,
             sessions: BTreeMap::new(),
+            timers: BTreeSet::new(),
             by_conn: Vec::new(),
             dial_configs: BTreeMap::new(),
             tokens: TokenVerifier::default(),
@@ -595,15 +600,22 @@ impl KwikEndpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         self.expire_handshakes();
-        for (handle, session) in &mut self.sessions {
-            if session.deadline.is_some_and(|d| d <= now) {
-                for conn in session.conns.values_mut() {
-                    if conn.quic.poll_timeout().is_some_and(|d| d <= now) {
-                        conn.quic.handle_timeout(now);
-                    }
-                }
-                self.dirty.push(&mut session.queued_drive, *handle);
+        while let Some(&(at, handle)) = self.timers.first() {
+            if at > now {
+                break;
             }
+            self.timers.pop_first();
+            let Some(session) = self.sessions.get_mut(&handle) else {
+                continue;
+            };
+            // Re-indexed once the drive settled its connections.
+            session.scheduled = None;
+            for conn in session.conns.values_mut() {
+                if conn.quic.poll_timeout().is_some_and(|d| d <= now) {
+                    conn.quic.handle_timeout(now);
+                }
+            }
+            self.dirty.push(&mut session.queued_drive, handle);
         }
     }
 
@@ -642,7 +654,7 @@ impl KwikEndpoint {
                 return Output::Event(event);
             }
         }
-        let sessions = self.sessions.values().filter_map(|s| s.deadline).min();
+        let sessions = self.timers.first().map(|&(at, _)| at);
         let handshakes = self.handshakes.next_deadline();
         Output::Timeout(match (sessions, handshakes) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -777,6 +789,15 @@ impl KwikEndpoint {
             }
         }
         session.refresh_deadline();
+        if session.scheduled != session.deadline {
+            if let Some(old) = session.scheduled.take() {
+                self.timers.remove(&(old, handle));
+            }
+            if let Some(new) = session.deadline {
+                self.timers.insert((new, handle));
+                session.scheduled = Some(new);
+            }
+        }
         true
     }
 
@@ -784,6 +805,9 @@ impl KwikEndpoint {
         let Some(session) = self.sessions.remove(&handle) else {
             return;
         };
+        if let Some(at) = session.scheduled {
+            self.timers.remove(&(at, handle));
+        }
         self.handshakes.remove(handle);
         if session.side == Side::Server {
             self.server_sessions -= 1;

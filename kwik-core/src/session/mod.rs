@@ -188,6 +188,8 @@ pub(crate) struct Session {
     pub close_reason: Option<CloseReason>,
     pub conns: BTreeMap<PathId, Box<Conn>>,
     pub deadline: Option<Instant>,
+    /// The deadline the endpoint's timer index holds for this session.
+    pub scheduled: Option<Instant>,
     pub requests: Vec<Request>,
     /// Next connection to ask for a transmit (round-robin).
     pub tx_cursor: usize,
@@ -343,6 +345,7 @@ impl Session {
             close_reason: None,
             conns: BTreeMap::from([(PathId::PRIMARY, Box::new(conn))]),
             deadline: None,
+            scheduled: None,
             requests: Vec::new(),
             tx_cursor: 0,
             queued_drive: false,
