@@ -52,7 +52,8 @@ pub(crate) struct Grant {
     pub fin: Option<u64>,
     /// Client: the path gave its delegations of the stream back (reset
     /// it); its records for the stream are dropped until it is delegated
-    /// the stream again.
+    /// the stream again. Its ranges stay granted: a record it wrote before
+    /// the reset may still arrive after a new delegation, and is no breach.
     pub returned: bool,
 }
 
@@ -72,11 +73,9 @@ impl Grant {
         (from >= end || self.ranges.contains(from..end)) && (!fin || self.fin == Some(end))
     }
 
-    /// Client: the path gave the stream back; nothing of it is granted any
-    /// more (a delegation of the stream grants it again).
+    /// Client: the path gave the stream back; its records are dropped until
+    /// a delegation of the stream grants it again.
     pub(crate) fn give_back(&mut self) {
-        self.ranges = RangeSet::default();
-        self.fin = None;
         self.returned = true;
     }
 

@@ -432,7 +432,7 @@ impl Session {
             if let Some(deadline) = cp.closing {
                 let streams = &self.streams;
                 let drained = cp.grants.iter().all(|(stream, grant)| {
-                    grant.ranges.iter().all(|r| streams.received(*stream, r))
+                    grant.returned || grant.ranges.iter().all(|r| streams.received(*stream, r))
                 });
                 if drained || deadline <= now {
                     self.set_path_state(path, PathState::Closed, None, ctx);
