@@ -41,7 +41,7 @@ pub enum SendState {
     Finished,
     /// The peer asked to stop with this code; reported to the application
     /// on its next call (unless everything written had been delivered and
-    /// that call is `finish`, see [`SendHalf::stop_delivered`]).
+    /// that call is `finish`, which then succeeds: PROTOCOL.md §5.3).
     Stopped(u64),
 }
 
