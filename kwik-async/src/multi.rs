@@ -99,6 +99,8 @@ pub enum PathError {
     /// The primary has no path-token key configured
     /// ([`ServerConfig::token_key`](kwik_core::ServerConfig::token_key)).
     NoTokenKey,
+    /// The client stopped reading the stream, with this code.
+    Stopped(u64),
     /// The session has ended.
     SessionClosed(CloseReason),
 }
@@ -135,6 +137,7 @@ fn path_error(
         kwik_core::PathError::WrongRole => PathError::WrongRole,
         kwik_core::PathError::TooLarge { size, limit } => PathError::TooLarge { size, limit },
         kwik_core::PathError::NoTokenKey => PathError::NoTokenKey,
+        kwik_core::PathError::Stopped(code) => PathError::Stopped(code),
         _ => PathError::SessionClosed(
             state
                 .session_closed(handle)

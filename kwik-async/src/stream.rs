@@ -168,11 +168,13 @@ impl SendStream {
 
     /// Ends the stream: the peer reads everything written, then its end.
     /// Completes at once; [`stopped`](Self::stopped) tells when the peer has
-    /// received it all.
+    /// received it all. As with QUIC, a peer that stopped the stream after
+    /// receiving every byte written lost nothing: finishing then succeeds.
     ///
     /// # Errors
-    /// If the peer stopped the stream, it was already finished or reset, or
-    /// the session ended.
+    /// If the peer stopped the stream before receiving everything written
+    /// ([`StreamError::Stopped`]), it was already finished or reset, or the
+    /// session ended.
     pub fn finish(&mut self) -> Result<(), StreamError> {
         let result = self.stream_call(|view| view.finish());
         self.state = match &result {

@@ -7,7 +7,7 @@
 //! never too small: re-sent bytes are identical and the client drops them,
 //! so no byte is ever lost and none is delivered twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -50,11 +50,17 @@ pub(crate) struct Grant {
     pub ranges: RangeSet,
     /// The final size, if a delegation ended the stream.
     pub fin: Option<u64>,
+    /// Client: the path gave its delegations of the stream back (reset
+    /// it); its records for the stream are dropped until it is delegated
+    /// the stream again. Its ranges stay granted: a record it wrote before
+    /// the reset may still arrive after a new delegation, and is no breach.
+    pub returned: bool,
 }
 
 impl Grant {
     /// Adds a delegated range (which ends the stream if `fin`).
     pub(crate) fn allow(&mut self, range: Range<u64>, fin: bool) {
+        self.returned = false;
         if fin {
             self.fin = Some(range.end);
         }
@@ -65,6 +71,12 @@ impl Grant {
     /// within the grant.
     pub(crate) fn permits(&self, from: u64, end: u64, fin: bool) -> bool {
         (from >= end || self.ranges.contains(from..end)) && (!fin || self.fin == Some(end))
+    }
+
+    /// Client: the path gave the stream back; its records are dropped until
+    /// a delegation of the stream grants it again.
+    pub(crate) fn give_back(&mut self) {
+        self.returned = true;
     }
 
     /// Forgets ranges below `offset` (already read: nothing to check).
@@ -207,10 +219,25 @@ impl Ledger {
 
     /// Forgets `path`'s delegations, returning what they still owed.
     pub(crate) fn take_path(&mut self, path: PathId) -> Vec<Delegation> {
+        self.take_where(|d| d.path == path)
+    }
+
+    /// Forgets the delegations of every (stream, path) in `returned` — the
+    /// path gave the stream back — returning what they still owed.
+    pub(crate) fn take_returned(
+        &mut self,
+        returned: &BTreeSet<(StreamId, PathId)>,
+    ) -> Vec<Delegation> {
+        self.take_where(|d| returned.contains(&(d.stream, d.path)))
+    }
+
+    /// Forgets the delegations `which` selects (one pass), returning what
+    /// they still owed, by delegation id.
+    fn take_where(&mut self, which: impl Fn(&Delegation) -> bool) -> Vec<Delegation> {
         let ids: Vec<DelegationId> = self
             .delegations
             .values()
-            .filter(|d| d.path == path)
+            .filter(|d| which(d))
             .map(|d| d.id)
             .collect();
         let mut lost = Vec::new();

@@ -169,12 +169,14 @@ pub enum Event {
         /// The path.
         path: PathId,
     },
-    /// Primary: a path ended while these delegated ranges were not yet
-    /// acknowledged; they must be written by someone else.
+    /// Primary: a path ended, or gave a stream back (its server reset it),
+    /// while these delegated ranges were not yet acknowledged; they must be
+    /// written by someone else (with `auto_reassign`, kwik re-delegates
+    /// them to another live path, never to the one that lost them).
     RangesLost {
         /// The session.
         session: SessionHandle,
-        /// The path that ended.
+        /// The path that ended or gave the ranges back.
         path: PathId,
         /// The missing ranges, each with its original delegation.
         ranges: Vec<Delegation>,

@@ -380,6 +380,9 @@ pub enum PathError {
         /// The limit.
         limit: usize,
     },
+    /// The client stopped reading the stream, with this code: nothing more
+    /// of it is written or delegated.
+    Stopped(u64),
     /// The session is not established or has ended.
     SessionClosed,
 }
@@ -393,6 +396,7 @@ impl PathError {
             PathError::TooLarge { .. } => ErrorCode::PacketTooLarge,
             PathError::LimitReached { .. } => ErrorCode::ResourceLimit,
             PathError::WrongRole
+            | PathError::Stopped(_)
             | PathError::NoTokenKey
             | PathError::SessionClosed
             | PathError::OutOfRange => ErrorCode::Internal,

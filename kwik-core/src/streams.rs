@@ -40,7 +40,8 @@ pub enum SendState {
     /// The FIN record is on its lane; waiting for the peer's StreamComplete.
     Finished,
     /// The peer asked to stop with this code; reported to the application
-    /// on its next call.
+    /// on its next call (unless everything written had been delivered and
+    /// that call is `finish`, which then succeeds: PROTOCOL.md §5.3).
     Stopped(u64),
 }
 
@@ -59,9 +60,22 @@ pub(crate) struct SendHalf {
     /// `write_at`) or handed to a secondary in a delegation: the reader may
     /// then report the stream complete while this half is still open.
     pub final_size: Option<u64>,
+    /// One past the highest byte this side wrote (by `write` or `write_at`).
+    pub high: u64,
+    /// The peer stopped the stream after every byte written (and every byte
+    /// below the final size) had reached it: nothing the application sent
+    /// was lost, so finishing the stream succeeds (§5.3).
+    pub stop_delivered: bool,
 }
 
 impl SendHalf {
+    /// How far this side's writing reached: the offset a reset names, and
+    /// what a stopping reader must have received for the stop to find
+    /// everything delivered.
+    pub(crate) fn reached(&self) -> u64 {
+        self.offset.max(self.high)
+    }
+
     fn new(credit: u64) -> Self {
         Self {
             offset: 0,
@@ -70,6 +84,8 @@ impl SendHalf {
             state: SendState::Open,
             want_writable: false,
             final_size: None,
+            high: 0,
+            stop_delivered: false,
         }
     }
 }
@@ -468,22 +484,25 @@ impl Streams {
         Err(ReadError::Blocked)
     }
 
-    /// The application no longer wants to read `id`.
-    pub(crate) fn stop(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+    /// The application no longer wants to read `id`: frees the receiving
+    /// half and returns the StopSending its sources must be sent, if any
+    /// (none once everything arrived or after a reset). The caller routes
+    /// it: the sources of a stream are known to the session, not here.
+    pub(crate) fn stop(&mut self, id: StreamId, code: u64) -> Result<Option<Body>, StreamError> {
         let Some(recv) = self.map.get_mut(&id).and_then(|s| s.recv.as_mut()) else {
             return Err(StreamError::ClosedStream);
         };
-        let done = recv
-            .final_offset
-            .is_some_and(|f| f == recv.asm.contiguous_end());
-        if !done && matches!(recv.state, RecvState::Open) {
-            self.control.push_back(Body::StopSending(StopSending {
+        let received = recv.asm.contiguous_end();
+        let done = recv.final_offset.is_some_and(|f| f == received);
+        let stop = (!done && matches!(recv.state, RecvState::Open)).then(|| {
+            Body::StopSending(StopSending {
                 stream_id: id.0,
                 error_code: code,
-            }));
-        }
+                received,
+            })
+        });
         self.free_recv(id);
-        Ok(())
+        Ok(stop)
     }
 
     /// The application abandons its sending half; returns the lane to release.
@@ -495,7 +514,7 @@ impl Streams {
             self.free_send(id);
             return Err(StreamError::Stopped(code));
         }
-        let offset = send.offset;
+        let offset = send.reached();
         let lane_held = matches!(send.state, SendState::Open | SendState::FinPending);
         let lane = send.lane.filter(|_| lane_held);
         self.control.push_back(Body::ResetStream(ResetStream {
@@ -623,6 +642,7 @@ impl Streams {
             Body::StopSending(StopSending {
                 stream_id,
                 error_code,
+                received,
             }) => {
                 let id = StreamId(stream_id);
                 self.peer_receives_on(id, events)?;
@@ -636,9 +656,13 @@ impl Streams {
                 if holds_lane && let Some(lane) = send.lane {
                     released.push(lane);
                 }
-                let offset = send.offset;
+                let offset = send.reached();
                 let app_done = matches!(send.state, SendState::FinPending | SendState::Finished);
+                // Writes fail from now on, so what was written stays what
+                // it is: delivered or not is settled here, once.
+                let delivered = received >= offset.max(send.final_size.unwrap_or(0));
                 send.state = SendState::Stopped(error_code);
+                send.stop_delivered = delivered;
                 // A secondary just stops: the stream's final size is the
                 // primary's to tell, and the reader has already let go.
                 if !self.secondary {
@@ -648,11 +672,20 @@ impl Streams {
                         final_offset: offset,
                     }));
                 }
-                events.push_back(Event::StreamStopped {
-                    session,
-                    stream: id,
-                    code: error_code,
-                });
+                if app_done && delivered {
+                    // Finished, and every byte up to the end arrived: the
+                    // reader only let go of a FIN it had no use for.
+                    events.push_back(Event::StreamFinished {
+                        session,
+                        stream: id,
+                    });
+                } else {
+                    events.push_back(Event::StreamStopped {
+                        session,
+                        stream: id,
+                        code: error_code,
+                    });
+                }
                 if app_done {
                     // The application finished and will not write again:
                     // nothing is left to report to it.
@@ -699,8 +732,9 @@ impl Streams {
 
     /// Control messages this table wants sent, oldest first. `Some(stream)`
     /// routes a message to the primary and every source of that stream (a
-    /// reader's credit and stop concern every writer), `None` to the
-    /// primary only.
+    /// reader's credit concerns every writer), `None` to the primary only.
+    /// (A StopSending is routed by the session when the application stops:
+    /// see [`Streams::stop`].)
     pub(crate) fn drain_control(&mut self, out: &mut Vec<(Option<StreamId>, Body)>) {
         if self.control.is_empty()
             && self.pending_credit.is_empty()
@@ -709,11 +743,7 @@ impl Streams {
             return;
         }
         for body in self.control.drain(..) {
-            let route = match &body {
-                Body::StopSending(m) => Some(StreamId(m.stream_id)),
-                _ => None,
-            };
-            out.push((route, body));
+            out.push((None, body));
         }
         for id in std::mem::take(&mut self.pending_credit) {
             if let Some(recv) = self.map.get(&id).and_then(|s| s.recv.as_ref()) {
@@ -803,9 +833,17 @@ impl Streams {
                 continue;
             };
             if std::mem::take(&mut recv.ack_pending) {
-                out.push(ack_of(*id, recv));
+                out.push(Body::Ack(ack_of(*id, recv)));
             }
         }
+    }
+
+    /// An acknowledgement of `id` as it stands now (`None` if this side no
+    /// longer reads it).
+    pub(crate) fn ack_now(&mut self, id: StreamId) -> Option<Ack> {
+        let recv = self.map.get_mut(&id)?.recv.as_mut()?;
+        recv.ack_pending = false;
+        Some(ack_of(id, recv))
     }
 
     /// True if some delegated stream has unacknowledged arrivals.
@@ -821,18 +859,19 @@ impl Streams {
     }
 }
 
-fn ack_of(id: StreamId, recv: &RecvHalf) -> Body {
+fn ack_of(id: StreamId, recv: &RecvHalf) -> Ack {
     let ranges = recv
         .asm
         .pending_ranges()
         .take(MAX_ACK_RANGES)
         .map(|(start, end)| ByteRange { start, end })
         .collect();
-    Body::Ack(Ack {
+    Ack {
         stream_id: id.0,
         contiguous: recv.asm.contiguous_end(),
         ranges,
-    })
+        returned_by: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -997,6 +1036,7 @@ mod tests {
             let stop = Body::StopSending(StopSending {
                 stream_id: id.0,
                 error_code: 1,
+                received: 0,
             });
             t.on_control(stop, &mut ev, &mut released).unwrap();
         }

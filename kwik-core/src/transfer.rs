@@ -21,7 +21,7 @@
 //! The scheduler is a pure function of what it is told (acknowledged ranges,
 //! path rates and RTTs, time), so it is unit-tested without a network.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,6 +198,8 @@ pub(crate) struct Transfer {
     hedged: Option<(u64, Instant)>,
     /// Bytes handed out a second time (hedges and tail steals).
     pub duplicated: u64,
+    /// Paths that gave this stream back: never given work of it again.
+    excluded: BTreeSet<PathId>,
 }
 
 impl Transfer {
@@ -218,6 +220,7 @@ impl Transfer {
             loads: BTreeMap::new(),
             hedged: None,
             duplicated: 0,
+            excluded: BTreeSet::new(),
         }
     }
 
@@ -239,6 +242,16 @@ impl Transfer {
         gaps.extend(self.reassign.drain(..));
         gaps.sort_by_key(|r| r.start);
         self.reassign = gaps.into();
+    }
+
+    /// `path` gave the stream back (its server reset it): like a lost
+    /// path for this transfer, and it is given no more of it. Ignored for
+    /// a path the transfer never scheduled (it names nothing kept here).
+    pub(crate) fn path_returned(&mut self, path: PathId, received: &RangeSet) {
+        if self.loads.contains_key(&path) {
+            self.path_lost(path, received);
+            self.excluded.insert(path);
+        }
     }
 
     fn rate(&self, path: PathId) -> f64 {
@@ -319,7 +332,7 @@ impl Transfer {
         paths: &[PathView],
         received: &RangeSet,
     ) -> Vec<Assign> {
-        for p in paths {
+        for p in paths.iter().filter(|p| !self.excluded.contains(&p.id)) {
             let load = self.loads.entry(p.id).or_default();
             // Prune fully acknowledged assignments.
             let mut pruned = 0;
@@ -352,7 +365,11 @@ impl Transfer {
         }
 
         // Fastest first, so that scarce work goes where it finishes soonest.
-        let mut order: Vec<PathView> = paths.to_vec();
+        let mut order: Vec<PathView> = paths
+            .iter()
+            .filter(|p| !self.excluded.contains(&p.id))
+            .copied()
+            .collect();
         order.sort_by(|a, b| {
             self.rate(b.id)
                 .partial_cmp(&self.rate(a.id))

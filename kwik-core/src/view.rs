@@ -281,6 +281,9 @@ impl<'a> StreamView<'a> {
     }
 
     /// Ends the sending half; the reader sees end of stream after the data.
+    /// If the reader stopped the stream, this fails with
+    /// [`StreamError::Stopped`] unless the stop found every byte written
+    /// delivered (PROTOCOL.md §5.3), in which case it succeeds.
     pub fn finish(&mut self) -> Result<(), StreamError> {
         self.mark();
         self.session.finish(self.id)

@@ -30,6 +30,10 @@ pub(crate) const MIN_CONTROL_MESSAGE: u64 = 4096;
 /// Most received ranges an Ack may list above its contiguous prefix.
 pub(crate) const MAX_ACK_RANGES: usize = 64;
 
+/// Most paths an Ack may name as having given its stream back (a client
+/// names one per Ack).
+pub(crate) const MAX_ACK_RETURNS: usize = 16;
+
 /// Longest path token accepted (an HMAC-SHA256 is 32 bytes).
 const MAX_TOKEN: usize = 64;
 
@@ -120,6 +124,12 @@ fn ack(m: &Ack) -> Result<(), Violation> {
             m.ranges.len()
         )));
     }
+    if m.returned_by.len() > MAX_ACK_RETURNS {
+        return Err(invalid(format!(
+            "ack names {} returning paths, at most {MAX_ACK_RETURNS} allowed",
+            m.returned_by.len()
+        )));
+    }
     for r in &m.ranges {
         if r.start >= r.end || r.end >= OFFSET_LIMIT {
             return Err(invalid(format!(
@@ -173,7 +183,10 @@ pub(crate) fn check(body: &Body) -> Result<(), Violation> {
             stream(m.stream_id)?;
             offset("final offset", m.final_offset)
         }
-        Body::StopSending(m) => stream(m.stream_id),
+        Body::StopSending(m) => {
+            stream(m.stream_id)?;
+            offset("received offset", m.received)
+        }
         Body::StreamComplete(m) => stream(m.stream_id),
         Body::AddPath(m) => {
             if m.path_id == 0 {
@@ -218,11 +231,15 @@ mod tests {
             stream_id: 3,
             contiguous: 10,
             ranges: vec![ByteRange { start: 20, end: 30 }; MAX_ACK_RANGES],
+            returned_by: vec![1; MAX_ACK_RETURNS],
         };
         assert!(check(&Body::Ack(ok.clone())).is_ok());
         let mut long = ok.clone();
         long.ranges.push(ByteRange { start: 40, end: 50 });
         assert!(check(&Body::Ack(long)).is_err());
+        let mut returns = ok.clone();
+        returns.returned_by.push(2);
+        assert!(check(&Body::Ack(returns)).is_err());
         let mut empty = ok.clone();
         empty.ranges[0] = ByteRange { start: 5, end: 5 };
         assert!(check(&Body::Ack(empty)).is_err());

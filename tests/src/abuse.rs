@@ -154,6 +154,7 @@ pub fn fresh_id_credits(n: u64) -> Bytes {
             Body::StopSending(StopSending {
                 stream_id: stopped.0,
                 error_code: 7,
+                received: 0,
             }),
         ]
     }))
@@ -174,6 +175,7 @@ pub fn valid_ack(stream: StreamId, contiguous: u64, count: usize) -> Ack {
                 end: contiguous + 3 + 4 * k,
             })
             .collect(),
+        returned_by: Vec::new(),
     }
 }
 

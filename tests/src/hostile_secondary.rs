@@ -14,8 +14,9 @@
 //!   stream's flow-control credit, placed as the [`Overshoot`] says;
 //! * [`injecting`](HostileSecondary::injecting): an [`Injection`] — bytes in
 //!   a stream or a range it was not delegated, a FIN it has no right to,
-//!   garbage on its control stream, or (as a positive control) exactly the
-//!   delegated range.
+//!   garbage on its control stream, a `ResetStream` of its delegation (with
+//!   any final offset) or of another stream, or (as a positive control)
+//!   exactly the delegated range.
 //!
 //! Everything else the client sends (credit updates, further delegations,
 //! raw messages) is recorded and ignored.
@@ -27,7 +28,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use kwik_core::proto::control::control_message::Body;
-use kwik_core::proto::control::{Delegate, Join, Joined, StreamCredit};
+use kwik_core::proto::control::{Delegate, Join, Joined, ResetStream, StreamCredit};
 use kwik_core::{ALPN, SharedResource, StreamId as KStreamId};
 use quinn_proto::{
     ConnectionError, Dir, Endpoint, Event, StreamEvent, StreamId, TransportConfig, VarInt,
@@ -160,6 +161,23 @@ pub enum Injection {
         /// The genuine bytes of the stream.
         source: SharedResource,
     },
+    /// The first `len` genuine bytes (from `source`) of the delegated range,
+    /// `[a, a + len)`, then a `ResetStream` of `s` with `final_offset` (which
+    /// may lie inside what it wrote): the path gives its delegation back.
+    PartThenReset {
+        /// The genuine bytes of the stream.
+        source: SharedResource,
+        /// Bytes written before the reset (at most one record's worth).
+        len: u64,
+        /// The final offset the reset names.
+        final_offset: u64,
+    },
+    /// A `ResetStream` of `stream`, which is not the delegated one, on the
+    /// control stream.
+    ResetOther {
+        /// The stream it names.
+        stream: KStreamId,
+    },
     /// Closes its connection with application code `code` and a reason
     /// phrase of `reason_len` ASCII bytes (QUIC carries up to about a
     /// datagram's worth).
@@ -185,6 +203,13 @@ impl fmt::Debug for Injection {
             Injection::GarbageOnControl => f.write_str("GarbageOnControl"),
             Injection::Control(b) => write!(f, "Control({} bytes)", b.len()),
             Injection::GappedTiny { .. } => f.write_str("GappedTiny"),
+            Injection::PartThenReset {
+                len, final_offset, ..
+            } => write!(
+                f,
+                "PartThenReset {{ {len} bytes, reset at {final_offset} }}"
+            ),
+            Injection::ResetOther { stream } => write!(f, "ResetOther {{ {stream} }}"),
             Injection::Close { code, reason_len } => {
                 write!(f, "Close {{ code {code:#x}, {reason_len}-byte reason }}")
             }
@@ -600,6 +625,26 @@ impl HostileSecondary {
             });
             return;
         }
+        if let Injection::ResetOther { stream: other } = injection {
+            let Some(control) = self.control else { return };
+            let reset = ResetStream {
+                stream_id: other.0,
+                error_code: 3,
+                final_offset: 0,
+            };
+            self.outgoing
+                .push(control, control_record(Body::ResetStream(reset)));
+            trace.record(now, format_args!("hostile-secondary: resetting {other}"));
+            self.injected = Some(InjectedRecord {
+                stream: other,
+                offset: 0,
+                len: 0,
+                fin: false,
+                delegated,
+                at: now,
+            });
+            return;
+        }
         if let Injection::Close { code, reason_len } = injection {
             let Some(conn) = self.quic.connection_mut() else {
                 return;
@@ -713,7 +758,37 @@ impl HostileSecondary {
                     at: now,
                 }
             }
-            Injection::GarbageOnControl | Injection::Control(_) | Injection::Close { .. } => {
+            Injection::PartThenReset {
+                source,
+                len,
+                final_offset,
+            } => {
+                let n = len.min(b - a).min(max_len);
+                let chunk = source.read(a, n as usize);
+                push_data_record(&mut out, stream, a, &chunk, false);
+                // The reset goes on the control stream, after the lane's
+                // record is queued (it may still overtake it on the wire).
+                let Some(control) = self.control else { return };
+                let reset = ResetStream {
+                    stream_id: stream.0,
+                    error_code: 3,
+                    final_offset,
+                };
+                self.outgoing
+                    .push(control, control_record(Body::ResetStream(reset)));
+                InjectedRecord {
+                    stream,
+                    offset: a,
+                    len: n,
+                    fin: false,
+                    delegated,
+                    at: now,
+                }
+            }
+            Injection::GarbageOnControl
+            | Injection::Control(_)
+            | Injection::Close { .. }
+            | Injection::ResetOther { .. } => {
                 unreachable!("handled above")
             }
         };

@@ -397,6 +397,8 @@ pub struct SecondaryApp {
     pub raw: Vec<Bytes>,
     /// Sessions that ended, with why.
     pub closed: Vec<CloseReason>,
+    /// Streams the client stopped, with the code.
+    pub stopped: Vec<(StreamId, u64)>,
 }
 
 impl App for SecondaryApp {
@@ -412,6 +414,7 @@ impl App for SecondaryApp {
             Event::Delegated { delegation, .. } => self.delegated.push(delegation.clone()),
             Event::RawReceived { payload, .. } => self.raw.push(payload.clone()),
             Event::SessionClosed { reason, .. } => self.closed.push(reason.clone()),
+            Event::StreamStopped { stream, code, .. } => self.stopped.push((*stream, *code)),
             _ => {}
         }
     }

@@ -1017,6 +1017,7 @@ fn s10_10_client_may_send_secondary_credit_and_stop() {
     let stop = Body::StopSending(msg::StopSending {
         stream_id: server_uni(5).0,
         error_code: 1,
+        received: 0,
     });
     let mut a = secondary(
         1108,

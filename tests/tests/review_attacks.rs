@@ -392,6 +392,7 @@ fn ack(ranges: impl IntoIterator<Item = (u64, u64)>) -> Bytes {
             .into_iter()
             .map(|(start, end)| ByteRange { start, end })
             .collect(),
+        returned_by: Vec::new(),
     }))
     .into()
 }

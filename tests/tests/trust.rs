@@ -1184,6 +1184,7 @@ fn an_ack_range_with_start_not_below_end_closes_the_session() {
             stream_id: server_uni(0).0,
             contiguous: 0,
             ranges: vec![ByteRange { start, end }],
+            returned_by: Vec::new(),
         };
         malformed_ack(
             309 + i as u64 * 100,
@@ -1203,6 +1204,7 @@ fn an_ack_range_reaching_2_62_closes_the_session() {
             start: (1 << 62) - 10,
             end: 1 << 62,
         }],
+        returned_by: Vec::new(),
     };
     malformed_ack(310, ack, "Ack range ending at 2^62");
 }

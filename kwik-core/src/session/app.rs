@@ -147,6 +147,7 @@ impl Session {
             }
         }
         self.stats.bytes_sent += written as u64;
+        send.high = send.high.max(offset);
         if fin_sent {
             send.final_size = Some(offset);
         }
@@ -170,8 +171,15 @@ impl Session {
         match send.state {
             SendState::Open => send.state = SendState::FinPending,
             SendState::Stopped(code) => {
+                // As in QUIC, a stop that lost nothing is no failure of the
+                // finish: every byte written had reached the reader.
+                let delivered = send.stop_delivered;
                 self.streams.free_send(stream);
-                return Err(StreamError::Stopped(code));
+                return if delivered {
+                    Ok(())
+                } else {
+                    Err(StreamError::Stopped(code))
+                };
             }
             SendState::FinPending | SendState::Finished => return Err(StreamError::ClosedStream),
         }
@@ -217,7 +225,15 @@ impl Session {
         if let Some(reason) = self.closed_error() {
             return Err(StreamError::SessionClosed(reason));
         }
-        let released = self.streams.reset(stream, code)?;
+        let result = self.streams.reset(stream, code);
+        if self.role == Role::Secondary {
+            // The delegation is given back (§10.4): nothing of it is
+            // written from here on, and the client has the primary
+            // re-assign what did not arrive.
+            self.serving.remove(&stream);
+            self.jobs.retain(|j| j.stream != stream);
+        }
+        let released = result?;
         self.ledger.forget(stream);
         if let Some(lane) = released.lane {
             self.main_conn().lanes.release(lane);
@@ -240,7 +256,23 @@ impl Session {
         if let Some(reason) = self.closed_error() {
             return Err(StreamError::SessionClosed(reason));
         }
-        self.streams.stop(stream, code)
+        // Every source of the stream is told: they are listed before the
+        // receiving half goes, as the grants that name them are swept with
+        // it (§10.4).
+        let writers = self.writers_of(stream);
+        let Some(stop) = self.streams.stop(stream, code)? else {
+            return Ok(());
+        };
+        for path in writers {
+            if let Some(conn) = self.conns.get_mut(&path)
+                && conn.joined
+                && !conn.closed
+            {
+                conn.send(stop.clone());
+            }
+        }
+        self.main_conn().send(stop);
+        Ok(())
     }
 
     // ----- multi-server operations -----

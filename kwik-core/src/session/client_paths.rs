@@ -321,6 +321,11 @@ impl Session {
         // `wire::check` bounded the range when the message was decoded.
         let range = m.offset..m.offset + m.length;
         let credit = self.streams.delegated(stream, ctx.events)?;
+        if self.streams.read_offset(stream).is_none() {
+            // Stopped or read to its end here: nothing more is wanted of it
+            // (the primary learns so from the StopSending or StreamComplete).
+            return Ok(());
+        }
         if path == PathId::PRIMARY {
             // The primary serves this range itself; only the acks matter.
             return Ok(());
@@ -407,13 +412,55 @@ impl Session {
     }
 
     /// Paths whose servers write into `stream` (they get its credit and
-    /// stop messages too).
+    /// stop messages too): those it was delegated to and that did not give
+    /// it back.
     pub(super) fn writers_of(&self, stream: StreamId) -> Vec<PathId> {
         self.client_paths
             .iter()
-            .filter(|(_, cp)| cp.grants.contains_key(&stream))
+            .filter(|(_, cp)| cp.grants.get(&stream).is_some_and(|g| !g.returned))
             .map(|(path, _)| *path)
             .collect()
+    }
+
+    /// Client: secondary `path` gives its delegations of a stream back with
+    /// a ResetStream — its application reset the stream, or it answers a
+    /// StopSending (§10.4). A secondary is trusted for its ranges only, so
+    /// this neither ends nor resets the stream (its final offset is
+    /// ignored): the client drops the path's records of the stream from
+    /// now on and, while the stream is still read, acknowledges it to the
+    /// primary at once, naming the path, so that the primary re-assigns
+    /// what did not arrive. Once per delegation: repeats cost a lookup.
+    pub(super) fn on_returned(
+        &mut self,
+        path: PathId,
+        m: msg::ResetStream,
+    ) -> Result<(), Violation> {
+        let stream = StreamId(m.stream_id);
+        if self.streams.read_offset(stream).is_none() {
+            // Stopped, read to its end, released or never opened here:
+            // nothing is owed (an answer to our StopSending lands here).
+            return Ok(());
+        }
+        let Some(grant) = self
+            .client_paths
+            .get_mut(&path)
+            .and_then(|cp| cp.grants.get_mut(&stream))
+        else {
+            return Err(Violation::new(
+                ErrorCode::NotDelegated,
+                format!("{path} reset {stream}, which was not delegated to it"),
+            ));
+        };
+        if grant.returned {
+            return Ok(());
+        }
+        grant.give_back();
+        tracing::debug!(session = %self.handle, %path, %stream, code = m.error_code, "path gave a stream back");
+        if let Some(mut ack) = self.streams.ack_now(stream) {
+            ack.returned_by.push(path.0);
+            self.main_conn().send(Body::Ack(ack));
+        }
+        Ok(())
     }
 
     /// Client: the application's raw message to `path`'s server.
@@ -482,6 +529,11 @@ pub(super) fn check_grant(
     let Some(read) = streams.read_offset(piece.stream) else {
         return Ok(false); // no longer read: on_data drops it
     };
+    if grant.returned {
+        // Given back: the primary re-assigns what the path owed; late
+        // records are dropped (and never delivered twice).
+        return Ok(false);
+    }
     grant.prune_below(read);
     let from = piece.offset.max(read);
     if !grant.permits(from, piece.record_end, false) {

@@ -271,6 +271,7 @@ impl Session {
             },
             Role::Client if path != PathId::PRIMARY => match body {
                 Body::Joined(m) if !self.conns[&path].joined => self.on_joined(path, m, ctx),
+                Body::ResetStream(m) if self.conns[&path].joined => self.on_returned(path, m),
                 _ => Err(violation("unexpected message from a secondary server")),
             },
             Role::Client if self.phase == Phase::Handshaking => match body {
@@ -295,7 +296,7 @@ impl Session {
                     self.on_path_status(m, ctx);
                     Ok(())
                 }
-                Body::Ack(m) => {
+                Body::Ack(mut m) => {
                     let stream = StreamId(m.stream_id);
                     // Acks are only for streams this primary delegated or
                     // serves (§10.6); a late one for a stream that completed
@@ -308,7 +309,13 @@ impl Session {
                             "Ack for {stream}, which was never delegated"
                         )));
                     }
+                    // What arrived counts before what was given back.
+                    let returned = std::mem::take(&mut m.returned_by);
                     self.stash_ack(stream, m, ctx.now);
+                    self.note_returns(stream, &returned, ctx);
+                    if self.stashed_acks.is_empty() {
+                        self.settle_returns(ctx);
+                    }
                     Ok(())
                 }
                 body => self.stream_control(body, ctx),
@@ -340,6 +347,10 @@ impl Session {
             Body::StreamComplete(m) if self.role == Role::Primary => Some(StreamId(m.stream_id)),
             _ => None,
         };
+        let stopped = match &body {
+            Body::StopSending(m) if self.role == Role::Primary => Some(StreamId(m.stream_id)),
+            _ => None,
+        };
         let mut released = Vec::new();
         self.streams.on_control(body, ctx.events, &mut released)?;
         let conn = self.main_conn();
@@ -352,6 +363,12 @@ impl Session {
             // The client has every byte: nothing delegated on it is owed.
             self.ledger.forget(stream);
         }
+        if let Some(stream) = stopped {
+            // The client stopped reading: what its sources still owed is
+            // owed no more, and is never reported lost.
+            self.ledger.forget(stream);
+            self.jobs.retain(|j| j.stream != stream);
+        }
         Ok(())
     }
 
@@ -362,6 +379,7 @@ impl Session {
         let now = ctx.now;
         if self.acks_apply_at.is_some_and(|t| t <= now) {
             self.apply_acks(now);
+            self.settle_returns(ctx);
         }
         if self.ack_due.is_some_and(|t| t <= now) {
             self.send_acks();
@@ -414,7 +432,7 @@ impl Session {
             if let Some(deadline) = cp.closing {
                 let streams = &self.streams;
                 let drained = cp.grants.iter().all(|(stream, grant)| {
-                    grant.ranges.iter().all(|r| streams.received(*stream, r))
+                    grant.returned || grant.ranges.iter().all(|r| streams.received(*stream, r))
                 });
                 if drained || deadline <= now {
                     self.set_path_state(path, PathState::Closed, None, ctx);

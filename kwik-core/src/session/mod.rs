@@ -27,7 +27,7 @@ mod primary;
 mod secondary;
 mod transfers;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -220,6 +220,9 @@ pub(crate) struct Session {
     acks_apply_at: Option<Instant>,
     /// Primary: when Acks were last applied.
     acks_applied: Option<Instant>,
+    /// Primary: (stream, path) pairs whose path gave the stream back, to
+    /// settle once the Acks that reported them are applied.
+    returns: BTreeSet<(StreamId, PathId)>,
     dial_failures: Vec<(PathId, String)>,
     transfers: BTreeMap<TransferId, Transfer>,
     next_transfer: u64,
@@ -368,6 +371,7 @@ impl Session {
             stashed_acks: BTreeMap::new(),
             acks_apply_at: None,
             acks_applied: None,
+            returns: BTreeSet::new(),
             dial_failures: Vec::new(),
             transfers: BTreeMap::new(),
             next_transfer: 0,

@@ -33,8 +33,9 @@ impl Session {
         self.set_path_state(path, state, failure, ctx);
     }
 
-    /// Primary: hands lost delegations to the live secondary paths in turn
-    /// (ranges of running transfers are re-assigned by their scheduler).
+    /// Primary: hands lost delegations to the live secondary paths in turn,
+    /// never back to the path that lost them (ranges of running transfers
+    /// are re-assigned by their scheduler).
     pub(super) fn reassign(&mut self, lost: Vec<Delegation>) {
         let live: Vec<PathId> = self
             .paths
@@ -43,13 +44,81 @@ impl Session {
             .map(|p| p.id)
             .collect();
         let transfer_streams: Vec<StreamId> = self.transfers.values().map(|t| t.stream).collect();
-        let mut next = live.iter().cycle();
+        let mut turn = 0;
         for d in lost {
             if transfer_streams.contains(&d.stream) {
                 continue;
             }
-            let Some(&path) = next.next() else { return };
+            let Some(path) = (0..live.len())
+                .map(|i| live[(turn + i) % live.len()])
+                .find(|p| *p != d.path)
+            else {
+                continue;
+            };
+            turn += 1;
             let _ = self.delegate(path, d.stream, d.range, d.fin, d.descriptor, true);
+        }
+    }
+
+    /// Primary: an Ack names paths that gave `stream` back. Kept until the
+    /// Ack is applied, and only for a stream the ledger tracks and for
+    /// secondary paths this primary added: other ids name nothing it keeps
+    /// and are ignored. The set is bounded: once it holds
+    /// [`MAX_PENDING_RETURNS`] pairs the Acks are applied and the returns
+    /// settled at once.
+    pub(super) fn note_returns(&mut self, stream: StreamId, paths: &[u64], ctx: &mut Ctx<'_>) {
+        if paths.is_empty() || !self.ledger.tracks(stream) {
+            return;
+        }
+        for &path in paths {
+            let path = PathId(path);
+            if self.paths.get(&path).is_some_and(|p| !p.primary) {
+                self.returns.insert((stream, path));
+            }
+        }
+        if self.returns.len() >= MAX_PENDING_RETURNS {
+            self.apply_acks(ctx.now);
+            self.settle_returns(ctx);
+        }
+    }
+
+    /// Primary: what the paths that gave streams back still owed is lost
+    /// like a dead path's ranges, for those streams only (the paths stay
+    /// up): transfers re-assign it elsewhere, other delegations are
+    /// reported ([`Event::RangesLost`]) and, with `auto_reassign`,
+    /// re-delegated. Called once the reporting Acks are applied, so that
+    /// what arrived counts first; one pass over the ledger whatever the
+    /// number of returns.
+    pub(super) fn settle_returns(&mut self, ctx: &mut Ctx<'_>) {
+        if self.returns.is_empty() {
+            return;
+        }
+        let returns = std::mem::take(&mut self.returns);
+        for t in self.transfers.values_mut() {
+            let from = (t.stream, PathId::PRIMARY);
+            let to = (t.stream, PathId(u64::MAX));
+            let received = self.ledger.received(t.stream).cloned().unwrap_or_default();
+            for (_, path) in returns.range(from..=to) {
+                t.path_returned(*path, &received);
+            }
+        }
+        let lost = self.ledger.take_returned(&returns);
+        if lost.is_empty() {
+            return;
+        }
+        let mut by_path: BTreeMap<PathId, Vec<Delegation>> = BTreeMap::new();
+        for d in &lost {
+            by_path.entry(d.path).or_default().push(d.clone());
+        }
+        for (path, ranges) in by_path {
+            ctx.events.push_back(Event::RangesLost {
+                session: self.handle,
+                path,
+                ranges,
+            });
+        }
+        if self.primary.auto_reassign {
+            self.reassign(lost);
         }
     }
 
@@ -180,6 +249,9 @@ impl Session {
         };
         if stream.initiator() != Side::Server {
             return Err(PathError::WrongRole);
+        }
+        if let SendState::Stopped(code) = send.state {
+            return Err(PathError::Stopped(code));
         }
         if fin {
             // The client may now report the stream complete (§5.3).
@@ -322,6 +394,10 @@ impl Session {
         }
     }
 }
+
+/// Most (stream, path) returns a primary holds until the Acks that named
+/// them are applied.
+const MAX_PENDING_RETURNS: usize = 256;
 
 /// Shortest interval between two applications of the client's Acks.
 const ACK_APPLY_INTERVAL: Duration = Duration::from_millis(2);

@@ -25,13 +25,26 @@ impl Session {
         );
         let mut work = Vec::new();
         let mut finished = Vec::new();
+        let mut abandoned = Vec::new();
         for (id, t) in &mut self.transfers {
             let received = self.ledger.received(t.stream).cloned().unwrap_or_default();
-            // StreamComplete releases the send half: the client has it all.
-            let released = self.streams.send_mut(t.stream).is_none();
-            if released || t.complete(&received) {
-                finished.push((*id, t.stream));
-                continue;
+            match self.streams.send_state(t.stream) {
+                // The client stopped reading: nothing more is written or
+                // delegated (the stop reached every source, §10.4).
+                Some(SendState::Stopped(_)) => {
+                    abandoned.push(*id);
+                    continue;
+                }
+                // StreamComplete releases the send half: the client has it all.
+                None => {
+                    finished.push((*id, t.stream));
+                    continue;
+                }
+                Some(_) if t.complete(&received) => {
+                    finished.push((*id, t.stream));
+                    continue;
+                }
+                Some(_) => {}
             }
             for assign in t.schedule(ctx.now, &live, &received) {
                 work.push((t.stream, t.descriptor.clone(), t.resource.clone(), assign));
@@ -52,6 +65,9 @@ impl Session {
                     urgent: a.urgent,
                 });
             }
+        }
+        for id in abandoned {
+            self.transfers.remove(&id);
         }
         for (id, stream) in finished {
             self.transfers.remove(&id);

@@ -113,6 +113,7 @@ pub fn arb_body(inp: &mut Input<'_, '_>) -> Body {
         5 => Body::StopSending(msg::StopSending {
             stream_id: inp.varint(),
             error_code: inp.varint(),
+            received: inp.varint(),
         }),
         6 => Body::StreamComplete(msg::StreamComplete {
             stream_id: inp.varint(),
@@ -169,6 +170,7 @@ pub fn arb_body(inp: &mut Input<'_, '_>) -> Body {
                         end: inp.varint(),
                     })
                     .collect(),
+                returned_by: (0..inp.upto(20)).map(|_| inp.varint()).collect(),
             })
         }
         14 => Body::RawRelay(msg::RawRelay {
@@ -251,6 +253,7 @@ pub fn seeds() -> Vec<Seed> {
         Body::StopSending(msg::StopSending {
             stream_id: 5,
             error_code: 1,
+            received: 300,
         }),
         Body::StreamComplete(msg::StreamComplete { stream_id: 7 }),
         Body::Join(msg::Join {
