@@ -406,9 +406,9 @@ impl QuinnEchoServer {
             true,
             None,
         );
-        Self {
-            quic: QuicDriver::new(addr(1), endpoint),
-        }
+        let mut quic = QuicDriver::new(addr(1), endpoint);
+        quic.track();
+        Self { quic }
     }
 
     fn echo(conn: &mut quinn_proto::Connection, id: StreamId) {
@@ -456,8 +456,9 @@ impl Node for QuinnEchoServer {
     }
     fn step(&mut self, _: Instant, _: &mut Trace) {
         // Only connections that got input can have events: polling all of
-        // them every step would charge quinn for this harness.
-        for ch in self.quic.take_touched() {
+        // them every step would charge quinn for this harness (the driver
+        // tracks them, and indexes their timers).
+        for ch in self.quic.touched() {
             let Some(conn) = self.quic.connection_by_handle(ch) else {
                 continue;
             };
@@ -501,8 +502,10 @@ impl QuinnClients {
         let crypto = Arc::new(cert.quic_client_config(&[QUINN_ALPN]));
         let config = seeded_client_config(seed, crypto, Arc::new(TransportConfig::default()));
         let endpoint = Endpoint::new(Arc::new(seeded_endpoint_config(seed)), None, true, None);
+        let mut quic = QuicDriver::new(addr(2), endpoint);
+        quic.track();
         Self {
-            quic: QuicDriver::new(addr(2), endpoint),
+            quic,
             config,
             count,
             dialed: 0,

@@ -19,9 +19,12 @@
 //!
 //! The driver holds any number of connections keyed by handle (iterated in
 //! handle order, so runs stay deterministic); the hostile nodes simply never
-//! hold more than one.
+//! hold more than one. A node holding thousands turns on
+//! [tracking](QuicDriver::track): then only the connections touched since
+//! the last `poll_timeout` are polled, and timers live in an index, so
+//! that a datagram costs the same with one connection or ten thousand.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -61,9 +64,28 @@ pub struct QuicDriver {
     scratch: Vec<u8>,
     /// Stats of the last connection dropped once drained.
     last_stats: Option<ConnectionStats>,
-    /// Connections that got a datagram or a timer since the last
-    /// [`QuicDriver::take_touched`], once tracking is on.
-    touched: Option<Vec<ConnectionHandle>>,
+    /// Bookkeeping of a driver of many connections, once tracking is on.
+    tracking: Option<Tracking>,
+}
+
+/// What [`QuicDriver::track`] keeps.
+#[derive(Debug, Default)]
+struct Tracking {
+    /// Connections touched since the last `poll_timeout`: they may have
+    /// events, datagrams, endpoint events or a new timer.
+    dirty: BTreeSet<ConnectionHandle>,
+    /// Every connection's timer, earliest first.
+    timers: BTreeSet<(Instant, ConnectionHandle)>,
+    /// The timer each connection has in `timers`.
+    scheduled: BTreeMap<ConnectionHandle, Instant>,
+}
+
+impl Tracking {
+    fn unschedule(&mut self, ch: ConnectionHandle) {
+        if let Some(at) = self.scheduled.remove(&ch) {
+            self.timers.remove(&(at, ch));
+        }
+    }
 }
 
 impl std::fmt::Debug for QuicDriver {
@@ -85,7 +107,7 @@ impl QuicDriver {
             responses: VecDeque::new(),
             scratch: Vec::new(),
             last_stats: None,
-            touched: None,
+            tracking: None,
         }
     }
 
@@ -109,8 +131,11 @@ impl QuicDriver {
         self.conns.values()
     }
 
-    /// The live connections, in handle order.
+    /// The live connections, in handle order (all count as touched).
     pub fn connections_mut(&mut self) -> impl Iterator<Item = &mut Connection> {
+        if let Some(t) = &mut self.tracking {
+            t.dirty.extend(self.conns.keys().copied());
+        }
         self.conns.values_mut()
     }
 
@@ -125,26 +150,30 @@ impl QuicDriver {
         self.last_stats
     }
 
-    /// The connections that got a datagram or fired a timer since the last
-    /// call, each once, in handle order: the ones that may have events.
-    /// The first call turns tracking on (and returns every connection).
-    pub fn take_touched(&mut self) -> Vec<ConnectionHandle> {
-        let Some(touched) = self.touched.as_mut() else {
-            self.touched = Some(Vec::new());
-            return self.conns.keys().copied().collect();
-        };
-        let mut touched = std::mem::take(touched);
-        touched.sort_unstable();
-        touched.dedup();
-        touched
+    /// Turns tracking on (see the [module docs](self)); call it before the
+    /// first connection.
+    pub fn track(&mut self) {
+        self.tracking.get_or_insert_with(Tracking::default);
+    }
+
+    /// The connections that may have events, in handle order: with
+    /// tracking, those touched since the last `poll_timeout`; else all.
+    pub fn touched(&self) -> Vec<ConnectionHandle> {
+        match &self.tracking {
+            Some(t) => t.dirty.iter().copied().collect(),
+            None => self.conns.keys().copied().collect(),
+        }
     }
 
     fn touch(&mut self, ch: ConnectionHandle) {
-        touch(&mut self.touched, ch);
+        if let Some(t) = &mut self.tracking {
+            t.dirty.insert(ch);
+        }
     }
 
-    /// The connection `ch`, if it is still held.
+    /// The connection `ch`, if it is still held (it counts as touched).
     pub fn connection_by_handle(&mut self, ch: ConnectionHandle) -> Option<&mut Connection> {
+        self.touch(ch);
         self.conns.get_mut(&ch)
     }
 
@@ -158,6 +187,7 @@ impl QuicDriver {
     ) -> Result<ConnectionHandle, ConnectError> {
         let (ch, conn) = self.endpoint.connect(now, config, server, server_name)?;
         self.conns.insert(ch, conn);
+        self.touch(ch);
         Ok(ch)
     }
 
@@ -217,10 +247,22 @@ impl QuicDriver {
 
     /// Fires the timers of every connection due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for (ch, conn) in &mut self.conns {
-            if conn.poll_timeout().is_some_and(|t| t <= now) {
-                conn.handle_timeout(now);
-                touch(&mut self.touched, *ch);
+        if let Some(t) = &mut self.tracking {
+            while let Some(&(at, ch)) = t.timers.first() {
+                if at > now {
+                    break;
+                }
+                t.unschedule(ch);
+                t.dirty.insert(ch);
+                if let Some(conn) = self.conns.get_mut(&ch) {
+                    conn.handle_timeout(now);
+                }
+            }
+        } else {
+            for conn in self.conns.values_mut() {
+                if conn.poll_timeout().is_some_and(|t| t <= now) {
+                    conn.handle_timeout(now);
+                }
             }
         }
         self.process_endpoint_events();
@@ -238,26 +280,43 @@ impl QuicDriver {
                 segment_size,
             });
         }
-        for conn in self.conns.values_mut() {
-            if let Some(t) = conn.poll_transmit(now, MAX_GSO_SEGMENTS, buf) {
-                buf.truncate(t.size);
-                return Some(Transmit {
-                    src: self.addr,
-                    dst: t.destination,
-                    segment_size: t.segment_size,
-                });
-            }
+        let addr = self.addr;
+        let mut send = |conn: &mut Connection| {
+            let t = conn.poll_transmit(now, MAX_GSO_SEGMENTS, buf)?;
+            buf.truncate(t.size);
+            Some(Transmit {
+                src: addr,
+                dst: t.destination,
+                segment_size: t.segment_size,
+            })
+        };
+        match &self.tracking {
+            Some(t) => t
+                .dirty
+                .iter()
+                .find_map(|ch| self.conns.get_mut(ch).and_then(&mut send)),
+            None => self.conns.values_mut().find_map(send),
         }
-        None
     }
 
     /// The earliest timer of any connection.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.process_endpoint_events();
-        self.conns
-            .values_mut()
-            .filter_map(|c| c.poll_timeout())
-            .min()
+        let Some(t) = &mut self.tracking else {
+            return self
+                .conns
+                .values_mut()
+                .filter_map(|c| c.poll_timeout())
+                .min();
+        };
+        for ch in std::mem::take(&mut t.dirty) {
+            t.unschedule(ch);
+            if let Some(at) = self.conns.get_mut(&ch).and_then(|c| c.poll_timeout()) {
+                t.timers.insert((at, ch));
+                t.scheduled.insert(ch, at);
+            }
+        }
+        t.timers.first().map(|&(at, _)| at)
     }
 
     /// Forwards endpoint events both ways until quiet; drops drained
@@ -265,7 +324,7 @@ impl QuicDriver {
     pub fn process_endpoint_events(&mut self) {
         let endpoint = &mut self.endpoint;
         let last_stats = &mut self.last_stats;
-        self.conns.retain(|&ch, conn| {
+        let settle = |ch: ConnectionHandle, conn: &mut Connection| {
             let mut drained = false;
             while let Some(ev) = conn.poll_endpoint_events() {
                 drained |= ev.is_drained();
@@ -276,20 +335,28 @@ impl QuicDriver {
             if drained {
                 *last_stats = Some(conn.stats());
             }
-            !drained
-        });
+            drained
+        };
+        let Some(t) = &mut self.tracking else {
+            let mut settle = settle;
+            self.conns.retain(|&ch, conn| !settle(ch, conn));
+            return;
+        };
+        let mut settle = settle;
+        let dirty: Vec<ConnectionHandle> = t.dirty.iter().copied().collect();
+        for ch in dirty {
+            let drained = self.conns.get_mut(&ch).is_some_and(|conn| settle(ch, conn));
+            if drained {
+                self.conns.remove(&ch);
+                t.unschedule(ch);
+                t.dirty.remove(&ch);
+            }
+        }
     }
 
     fn queue_response(&mut self, t: quinn_proto::Transmit) {
         let data = self.scratch[..t.size].to_vec();
         self.responses
             .push_back((data, t.destination, t.segment_size));
-    }
-}
-
-/// Records `ch` as touched if tracking is on.
-fn touch(touched: &mut Option<Vec<ConnectionHandle>>, ch: ConnectionHandle) {
-    if let Some(t) = touched {
-        t.push(ch);
     }
 }
