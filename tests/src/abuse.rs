@@ -745,6 +745,27 @@ impl Arena {
         }
     }
 
+    /// A hostile client joined with a genuine token to a kwik secondary
+    /// (a passive [`TargetServer`] serving [`DESCRIPTOR`]), running `steps`;
+    /// established, baseline taken.
+    ///
+    /// # Panics
+    /// If the join does not complete.
+    pub fn joined_secondary(seed: u64, steps: Vec<Step>) -> Arena {
+        let app = TargetServer::new(Payload::new(seed), ServerRole::Passive, false);
+        let mut a = Arena::against_server(
+            seed,
+            app,
+            |_| {},
+            move |e: &Ends| {
+                HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps)
+                    .join(genuine_join(&e.key, e.target))
+            },
+        );
+        a.establish(false).unwrap_or_else(|e| panic!("{e}"));
+        a
+    }
+
     /// A kwik server at `addr(1)` running `app` with kwik's default
     /// configuration (adjusted by `tune`; the server also trusts
     /// [`arena_key`] for joins naming it and serves [`DESCRIPTOR`]),

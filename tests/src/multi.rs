@@ -496,7 +496,51 @@ impl MultiOptions {
     }
 }
 
+/// Address of the hostile secondary [`MultiSetup::with_hostile_secondary`]
+/// adds (the honest servers are `addr(1)` and `addr(2)`).
+pub const HOSTILE_SECONDARY: u8 = 3;
+
 impl MultiSetup {
+    /// A session started by hand (`Start::Manual`) with at most two honest
+    /// servers, and a [`HostileSecondary`](crate::hostile_secondary::HostileSecondary)
+    /// at `addr(HOSTILE_SECONDARY)` that answers its first delegation with
+    /// `injection`; the client allows it, behind a 100 Mbit/s, 20 ms link.
+    /// Returns the setup and the hostile node; the caller adds its path.
+    ///
+    /// # Panics
+    /// With more than two honest servers (their addresses would collide).
+    pub fn with_hostile_secondary(
+        mut options: MultiOptions,
+        injection: crate::hostile_secondary::Injection,
+    ) -> (Self, NodeId) {
+        assert!(options.links.len() <= 2, "addr(3) is the hostile one");
+        let seed = options.seed;
+        let hostile_addr = addr(HOSTILE_SECONDARY);
+        let tune = std::mem::replace(&mut options.tune_client, Box::new(|_| {}));
+        options.tune_client = Box::new(move |c| {
+            tune(c);
+            c.path_policy
+                .allow
+                .push(kwik_core::PathTarget::Address(hostile_addr));
+        });
+        let mut s = Self::new(options, |p| p.start = Start::Manual);
+        s.sim.set_path(
+            s.client_addr,
+            hostile_addr,
+            ServerLink::new(100, 20).config(),
+        );
+        let node = s.sim.add_node(
+            &[hostile_addr],
+            Box::new(crate::hostile_secondary::HostileSecondary::injecting(
+                hostile_addr,
+                seed ^ 0xbad,
+                &dev_cert(seed),
+                injection,
+            )),
+        );
+        (s, node)
+    }
+
     /// Builds the hosts; `primary_app` adjusts the primary app before it runs.
     pub fn new(options: MultiOptions, primary_app: impl FnOnce(&mut MultiPrimary)) -> Self {
         let seed = options.seed;

@@ -157,23 +157,6 @@ fn server_before_hello(seed: u64, steps: Vec<Step>) -> Arena {
     a
 }
 
-/// A kwik secondary (it serves [`DESCRIPTOR`]) and a client joined to it
-/// with a genuine token, then running `steps`.
-fn secondary(seed: u64, steps: Vec<Step>) -> Arena {
-    let app = TargetServer::new(Payload::new(seed), ServerRole::Passive, false);
-    let mut a = Arena::against_server(
-        seed,
-        app,
-        |_| {},
-        move |e: &Ends| {
-            HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps)
-                .join(genuine_join(&e.key, e.target))
-        },
-    );
-    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
-    a
-}
-
 fn run_until_client_ends(a: &mut Arena) {
     let id = a.attacker;
     let _ = a.sim.run_while(Duration::from_secs(3), |sim| {
@@ -851,7 +834,7 @@ fn s10_5_delegate_credit_below_its_offset_waits_for_credit() {
         credit: 0,
         ..Delegate::default()
     });
-    let mut a = secondary(
+    let mut a = Arena::joined_secondary(
         1051,
         vec![
             control(delegate),
@@ -977,7 +960,7 @@ fn s10_10_secondary_writing_outside_its_delegation_is_not_delegated() {
 
 #[test]
 fn s10_10_client_may_not_send_secondary_ack() {
-    let a = secondary(
+    let a = Arena::joined_secondary(
         1105,
         vec![control(Body::Ack(valid_ack(server_uni(0), 10, 0)))],
     );
@@ -990,7 +973,7 @@ fn s10_10_client_may_not_send_secondary_streams_credit() {
         bidi: true,
         max_streams: 1000,
     });
-    let a = secondary(1106, vec![control(body)]);
+    let a = Arena::joined_secondary(1106, vec![control(body)]);
     assert_server_closes(a, ErrorCode::InvalidFrame);
 }
 
@@ -1019,7 +1002,7 @@ fn s10_10_client_may_send_secondary_credit_and_stop() {
         error_code: 1,
         received: 0,
     });
-    let mut a = secondary(
+    let mut a = Arena::joined_secondary(
         1108,
         vec![control(credit(server_uni(5), 1 << 30)), control(stop)],
     );

@@ -17,7 +17,7 @@ use kwik_core::{
     WriteError,
 };
 use kwik_sim::abuse::{
-    Arena, Ends, JOIN_PATH, Outcome, Report, ServerRole, StopWhen, TargetServer, genuine_join,
+    Arena, Ends, JOIN_PATH, Outcome, Report, ServerRole, StopWhen, TargetServer,
 };
 use kwik_sim::alloc::CountingAlloc;
 use kwik_sim::hostile::{HostileClient, HostileSecondary, Injection, Step};
@@ -25,7 +25,7 @@ use kwik_sim::multi::{
     MultiClient, MultiOptions, MultiPrimary, MultiSetup, PayloadResource, SecondaryApp, ServerLink,
     Start,
 };
-use kwik_sim::setup::{SERVER_NAME, addr, dev_cert};
+use kwik_sim::setup::{SERVER_NAME, addr};
 use kwik_sim::wire::{control_record, control_records, push_data_record};
 use kwik_sim::{KwikNode, NodeId, Payload, Sim};
 
@@ -44,23 +44,6 @@ fn stop_above(bound: u64) -> StopWhen {
         growth_above: Some(bound),
         ..StopWhen::default()
     }
-}
-
-/// A hostile client joined (genuine token) to a kwik secondary, running
-/// `steps`, established, baseline taken.
-fn join_arena(seed: u64, steps: Vec<Step>) -> Arena {
-    let app = TargetServer::new(Payload::new(seed), ServerRole::Passive, false);
-    let mut a = Arena::against_server(
-        seed,
-        app,
-        |_| {},
-        move |e: &Ends| {
-            HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps)
-                .join(genuine_join(&e.key, e.target))
-        },
-    );
-    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
-    a
 }
 
 /// A hostile client (Hello mode) running `steps` against a kwik primary in
@@ -133,7 +116,7 @@ fn fin_only_delegates(n: u64) -> Bytes {
 #[test]
 fn fin_only_delegations_are_bounded_on_a_secondary() {
     let bound = 4 * MIB;
-    let mut a = join_arena(
+    let mut a = Arena::joined_secondary(
         9101,
         vec![Step::Mark, Step::Control(fin_only_delegates(100_000))],
     );
@@ -179,7 +162,7 @@ fn a_secondary_refuses_data_records_from_its_client() {
         let stream = StreamId::new(Side::Client, Dir::Uni, i);
         push_data_record(&mut lane, stream, 0, &payload, false);
     }
-    let mut a = join_arena(9102, vec![Step::Mark, Step::Lane(lane.freeze())]);
+    let mut a = Arena::joined_secondary(9102, vec![Step::Mark, Step::Lane(lane.freeze())]);
     let bound = MIB;
     let r = a.run_attack(stop_above(bound));
     println!(
@@ -469,27 +452,10 @@ struct HostileBench {
 
 impl HostileBench {
     fn new(seed: u64, window: u64, injection: Injection) -> Self {
-        let hostile_addr = addr(3);
-        let links = vec![ServerLink::new(100, 20)];
-        let mut opts = MultiOptions::new(seed, links, 8 * MIB);
+        let hostile_addr = addr(kwik_sim::multi::HOSTILE_SECONDARY);
+        let mut opts = MultiOptions::new(seed, vec![ServerLink::new(100, 20)], 8 * MIB);
         opts.stream_window = window;
-        opts.tune_client =
-            Box::new(move |c| c.path_policy.allow.push(PathTarget::Address(hostile_addr)));
-        let mut s = MultiSetup::new(opts, |p| p.start = Start::Manual);
-        s.sim.set_path(
-            s.client_addr,
-            hostile_addr,
-            ServerLink::new(100, 20).config(),
-        );
-        let hostile = s.sim.add_node(
-            &[hostile_addr],
-            Box::new(HostileSecondary::injecting(
-                hostile_addr,
-                seed ^ 0xbad,
-                &dev_cert(seed),
-                injection,
-            )),
-        );
+        let (mut s, hostile) = MultiSetup::with_hostile_secondary(opts, injection);
         let primary = s.primary;
         run_while(
             &mut s,

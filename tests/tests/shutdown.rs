@@ -22,7 +22,7 @@ use kwik_core::{
 };
 use kwik_sim::hostile::{HostileSecondary, Injection};
 use kwik_sim::multi::{
-    MultiOptions, MultiSetup, PayloadResource, SecondaryApp, ServerLink, Start, first_server_stream,
+    MultiOptions, MultiSetup, PayloadResource, SecondaryApp, ServerLink, first_server_stream,
 };
 use kwik_sim::setup::{SERVER_NAME, addr, configs, dev_cert, endpoint};
 use kwik_sim::{App, KwikNode, LinkConfig, Payload, Sim, Trace};
@@ -451,29 +451,9 @@ fn hostile(
     injection: Injection,
     after_start: impl FnOnce(&mut MultiSetup),
 ) -> (MultiSetup, kwik_sim::NodeId, PathId) {
-    let hostile_addr = addr(3);
-    let links = vec![ServerLink::new(100, 20); 2];
-    let mut opts = MultiOptions::new(seed, links, size);
-    opts.tune_client = Box::new(move |c| {
-        c.path_policy
-            .allow
-            .push(kwik_core::PathTarget::Address(hostile_addr))
-    });
-    let mut s = MultiSetup::new(opts, |p| p.start = Start::Manual);
-    s.sim.set_path(
-        s.client_addr,
-        hostile_addr,
-        ServerLink::new(100, 20).config(),
-    );
-    let node = s.sim.add_node(
-        &[hostile_addr],
-        Box::new(HostileSecondary::injecting(
-            hostile_addr,
-            seed ^ 0xbad,
-            &dev_cert(seed),
-            injection,
-        )),
-    );
+    let hostile_addr = addr(kwik_sim::multi::HOSTILE_SECONDARY);
+    let opts = MultiOptions::new(seed, vec![ServerLink::new(100, 20); 2], size);
+    let (mut s, node) = MultiSetup::with_hostile_secondary(opts, injection);
     let primary = s.primary;
     let added = |sim: &Sim, n: usize| {
         sim.node::<KwikNode<kwik_sim::multi::MultiPrimary>>(primary)

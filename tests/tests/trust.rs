@@ -170,23 +170,6 @@ fn hello_arena(seed: u64, role: ServerRole, steps: Vec<Step>) -> Arena {
     a
 }
 
-/// A hostile client joined (genuine token) to a kwik secondary, running
-/// `steps`, established, baseline taken.
-fn join_arena(seed: u64, steps: Vec<Step>) -> Arena {
-    let app = TargetServer::new(Payload::new(seed), ServerRole::Passive, false);
-    let mut a = Arena::against_server(
-        seed,
-        app,
-        |_| {},
-        move |e: &Ends| {
-            HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps)
-                .join(genuine_join(&e.key, e.target))
-        },
-    );
-    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
-    a
-}
-
 /// The hostile client of `a` was closed with `code` by the target server,
 /// which saw a local protocol close with that code. Runs (at most 2 s)
 /// until the close reached the hostile.
@@ -349,7 +332,7 @@ fn overflowing_delegate_to_secondary(seed: u64, offset: u64, length: u64) {
         descriptor: Bytes::from_static(DESCRIPTOR),
         ..Delegate::default()
     }));
-    let mut a = join_arena(seed, vec![Step::Mark, Step::Control(delegate.into())]);
+    let mut a = Arena::joined_secondary(seed, vec![Step::Mark, Step::Control(delegate.into())]);
     run_until_hostile_ends(&mut a, Duration::from_secs(5));
     assert_server_closed_hostile(
         &mut a,
@@ -430,26 +413,9 @@ struct InjectionBench {
 
 impl InjectionBench {
     fn new(seed: u64, injection: Injection) -> Self {
-        let hostile_addr = addr(3);
-        let links = vec![ServerLink::new(100, 20); 2];
-        let mut opts = MultiOptions::new(seed, links, 8 * MIB);
-        opts.tune_client =
-            Box::new(move |c| c.path_policy.allow.push(PathTarget::Address(hostile_addr)));
-        let mut s = MultiSetup::new(opts, |p| p.start = Start::Manual);
-        s.sim.set_path(
-            s.client_addr,
-            hostile_addr,
-            ServerLink::new(100, 20).config(),
-        );
-        let hostile = s.sim.add_node(
-            &[hostile_addr],
-            Box::new(HostileSecondary::injecting(
-                hostile_addr,
-                seed ^ 0xbad,
-                &dev_cert(seed),
-                injection,
-            )),
-        );
+        let hostile_addr = addr(kwik_sim::multi::HOSTILE_SECONDARY);
+        let opts = MultiOptions::new(seed, vec![ServerLink::new(100, 20); 2], 8 * MIB);
+        let (mut s, hostile) = MultiSetup::with_hostile_secondary(opts, injection);
         let primary = s.primary;
         run_multi(
             &mut s,
@@ -1298,7 +1264,7 @@ fn a_delegate_flood_closes_the_secondary_session_with_resource_limit() {
 /// most allowed) are accepted — the session stays open.
 #[test]
 fn four_thousand_ninety_six_outstanding_delegations_are_accepted() {
-    let mut a = join_arena(
+    let mut a = Arena::joined_secondary(
         315,
         vec![
             Step::Mark,
