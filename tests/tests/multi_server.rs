@@ -338,6 +338,36 @@ fn the_primary_dying_ends_the_client_session_with_a_reason() {
 }
 
 #[test]
+fn a_secondary_whose_client_went_silent_frees_the_session_within_a_few_probe_timeouts() {
+    // The client vanishes mid-transfer (no close): each secondary probes,
+    // gathers its dead evidence and ends its session, long before QUIC's
+    // 30 s idle timeout.
+    let links = vec![ServerLink::new(100, 50); 3];
+    let mut s = MultiSetup::new(MultiOptions::new(109, links, 256 << 20), |_| {});
+    s.sim.run_for(Duration::from_secs(1));
+    assert!(s.client().total() > 0, "data flows");
+    let killed = s.sim.elapsed();
+    s.sim.set_down(s.client_addr, true);
+    let secondaries = s.secondaries.clone();
+    let freed = s
+        .sim
+        .run_while(Duration::from_secs(40), |sim| {
+            secondaries
+                .iter()
+                .any(|&n| sim.node::<KwikNode<SecondaryApp>>(n).app.closed.is_empty())
+        })
+        .expect("every secondary ends its session");
+    assert!(
+        freed - killed <= Duration::from_millis(1500),
+        "freed within a few probe timeouts of a 50 ms path: {:?}",
+        freed - killed
+    );
+    for i in 0..secondaries.len() {
+        assert_eq!(s.secondary(i).closed, [CloseReason::TimedOut]);
+    }
+}
+
+#[test]
 fn lost_manual_delegations_are_reassigned_by_the_built_in_policy() {
     let size: u64 = 24 << 20;
     let links = vec![ServerLink::new(50, 40); 4];
