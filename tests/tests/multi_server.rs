@@ -1,16 +1,18 @@
 //! Multi-server scenarios in the simulator: aggregation over heterogeneous
 //! paths, failover, path authorisation, raw relay, removal, primary death.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use kwik_core::{
     CloseReason, ErrorCode, Event, PathError, PathFilter, PathId, PathInfo, PathState,
 };
-use kwik_sim::KwikNode;
 use kwik_sim::multi::{
-    MultiOptions, MultiPrimary, MultiSetup, SecondaryApp, ServerLink, Start, first_server_stream,
+    DESCRIPTOR, MultiOptions, MultiPrimary, MultiSetup, PayloadResource, SecondaryApp, ServerLink,
+    Start, first_server_stream,
 };
+use kwik_sim::{KwikNode, Payload};
 
 fn heterogeneous() -> Vec<ServerLink> {
     vec![
@@ -365,6 +367,39 @@ fn a_secondary_whose_client_went_silent_frees_the_session_within_a_few_probe_tim
     for i in 0..secondaries.len() {
         assert_eq!(s.secondary(i).closed, [CloseReason::TimedOut]);
     }
+}
+
+#[test]
+fn a_secondary_whose_resource_is_short_gives_the_range_back_and_stays_up() {
+    // §10.4: a secondary that cannot serve a delegated range gives it back
+    // (ResetStream); the primary re-assigns it and the path stays up.
+    let size: u64 = 32 << 20;
+    let links = vec![ServerLink::new(100, 20); 3];
+    let mut s = MultiSetup::new(MultiOptions::new(110, links, size), |_| {});
+    let short = Arc::new(PayloadResource::new(
+        Payload::new(110),
+        first_server_stream(),
+        size / 4,
+    ));
+    s.sim
+        .node_mut::<KwikNode<SecondaryApp>>(s.secondaries[0])
+        .endpoint
+        .serve_resource(Bytes::from_static(DESCRIPTOR), short);
+    run(&mut s, Duration::from_secs(60));
+    assert_intact(&s, size);
+    let short_path = s.primary().path_ids[&s.servers[1]];
+    assert!(
+        s.primary().lost.iter().any(|d| d.path == short_path),
+        "the primary got ranges back from the short secondary"
+    );
+    let paths = client_paths(&mut s);
+    let info = paths.iter().find(|p| p.id == short_path).unwrap();
+    assert_eq!(info.state, PathState::Active, "{info:?}");
+    assert!(
+        s.secondary(0).closed.is_empty(),
+        "{:?}",
+        s.secondary(0).closed
+    );
 }
 
 #[test]

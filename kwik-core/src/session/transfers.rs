@@ -96,13 +96,16 @@ impl Session {
             return;
         }
         let mut jobs = std::mem::take(&mut self.jobs);
+        let mut short = Vec::new();
         jobs.retain_mut(|job| {
             loop {
                 let remaining = job.range.end - job.range.start;
                 let want = remaining.min(FEED_CHUNK);
                 let mut data = job.resource.read(job.range.start, want as usize);
                 if (data.len() as u64) < want {
-                    return false; // the resource is shorter than the range
+                    // The resource is shorter than the range.
+                    short.push(job.stream);
+                    return false;
                 }
                 let last = want == remaining;
                 let fin = job.fin && last;
@@ -120,6 +123,14 @@ impl Session {
         });
         jobs.append(&mut self.jobs);
         self.jobs = jobs;
+        if self.role == Role::Secondary {
+            // A range this server cannot serve goes back to the primary
+            // (§10.4), which re-assigns it, rather than wait for a hedge.
+            for stream in short {
+                tracing::debug!(session = %self.handle, %stream, "resource too short: delegation given back");
+                let _ = self.reset(stream, 0);
+            }
+        }
     }
 
     /// Primary: serves `resource` over `stream` (opened by this primary)
