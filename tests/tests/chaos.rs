@@ -30,9 +30,9 @@ use kwik_sim::chaos::{
 static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Seeds in the default sweep: 500 took 36 s in a debug build on the
-/// shared 2-core machine (about 70 ms a seed), so 800 stay near a minute
-/// and well under three even when the cores are busy.
-const DEFAULT_SEEDS: u64 = 800;
+/// shared 2-core machine (about 70 ms a seed), so 1 000 stay well under
+/// three minutes even when the cores are busy.
+const DEFAULT_SEEDS: u64 = 1000;
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
