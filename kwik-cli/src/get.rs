@@ -121,7 +121,7 @@ pub async fn run(args: GetArgs) -> Result<(), Fail> {
         Ok(Ok(session)) => session,
     };
 
-    let result = download(&session, &url, &args, tmp, start).await;
+    let result = download(&session, &url, &args, tmp, start, timeout).await;
     let _ = session.close(0, b"done");
     drop(session);
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -164,37 +164,21 @@ async fn download(
     args: &GetArgs,
     tmp: tempfile::NamedTempFile,
     start: Instant,
+    timeout: Duration,
 ) -> Result<(), Fail> {
-    let lost = |e: &dyn std::fmt::Display| Fail(format!("session with the primary failed: {e}"));
-    let (mut send, mut recv) = session.open_bi().await.map_err(|e| lost(&e))?;
-    send.write_all(url.path.as_bytes())
+    // A peer that completed the handshake but does not answer requests (a
+    // secondary, or not kwik-cli) must not hang the client.
+    let (size, sha256, mut data) = tokio::time::timeout(timeout, request(session, url))
         .await
-        .map_err(|e| lost(&e))?;
-    send.finish().map_err(|e| lost(&e))?;
-    let line = recv.read_to_end(MAX_RESPONSE).await.map_err(|e| lost(&e))?;
-    let response = Response::decode(&line).map_err(|e| Fail(format!("bad response: {e}")))?;
-    let (size, sha256, stream) = match response {
-        Response::Ok {
-            size,
-            sha256,
-            stream,
-        } => (size, sha256, stream),
-        Response::NotFound(m) => return Err(Fail(format!("NOT_FOUND: {m}"))),
-        Response::Forbidden(m) => return Err(Fail(format!("FORBIDDEN: {m}"))),
-        Response::BadRequest(m) => return Err(Fail(format!("BAD_REQUEST: {m}"))),
-        Response::Error(m) => return Err(Fail(format!("server error: {m}"))),
-    };
-    let mut data = session.accept_uni().await.map_err(|e| lost(&e))?;
-    if data.id().0 != stream {
-        return Err(Fail(format!(
-            "the primary announced stream {stream} but opened {}",
-            data.id().0
-        )));
-    }
-
+        .map_err(|_| {
+            Fail(format!(
+                "no response to the request within {timeout:.0?} (is this a kwik primary?)"
+            ))
+        })??;
     let mut progress = Progress::new(size, args.json);
     let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
     let write_failed = |e: std::io::Error| Fail(format!("cannot write the download: {e}"));
+    let lost = |e: &dyn std::fmt::Display| Fail(format!("session with the primary failed: {e}"));
     let mut hasher = Sha256::new();
     let mut received = 0u64;
     while let Some(chunk) = data.read_chunk(usize::MAX).await.map_err(|e| lost(&e))? {
@@ -259,6 +243,41 @@ async fn download(
         );
     }
     Ok(())
+}
+
+/// Sends the request; the announced size and digest, and the data stream.
+async fn request(
+    session: &Session,
+    url: &Url,
+) -> Result<(u64, [u8; 32], kwik_tokio::RecvStream), Fail> {
+    let lost = |e: &dyn std::fmt::Display| Fail(format!("session with the primary failed: {e}"));
+    let (mut send, mut recv) = session.open_bi().await.map_err(|e| lost(&e))?;
+    send.write_all(url.path.as_bytes())
+        .await
+        .map_err(|e| lost(&e))?;
+    send.finish().map_err(|e| lost(&e))?;
+    let line = recv.read_to_end(MAX_RESPONSE).await.map_err(|e| lost(&e))?;
+    let response = Response::decode(&line).map_err(|e| Fail(format!("bad response: {e}")))?;
+    let (size, sha256, stream) = match response {
+        Response::Ok {
+            size,
+            sha256,
+            stream,
+        } => (size, sha256, stream),
+        Response::NotFound(m) => return Err(Fail(format!("NOT_FOUND: {m}"))),
+        Response::Forbidden(m) => return Err(Fail(format!("FORBIDDEN: {m}"))),
+        Response::BadRequest(m) => return Err(Fail(format!("BAD_REQUEST: {m}"))),
+        Response::Error(m) => return Err(Fail(format!("server error: {m}"))),
+    };
+    let data = session.accept_uni().await.map_err(|e| lost(&e))?;
+    if data.id().0 != stream {
+        return Err(Fail(format!(
+            "the primary announced stream {stream} but opened {}",
+            data.id().0
+        )));
+    }
+
+    Ok((size, sha256, data))
 }
 
 fn ever_live(p: &PathInfo) -> bool {
