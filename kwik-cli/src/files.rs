@@ -32,11 +32,14 @@ pub enum Lookup {
     BadRequest(String),
 }
 
+/// A file's digest, valid while its size and modification time are these.
+type Digested = (u64, Option<SystemTime>, [u8; 32]);
+
 /// A directory whose regular files are served.
 #[derive(Debug)]
 pub struct ServedDir {
     root: PathBuf,
-    digests: Mutex<HashMap<PathBuf, (u64, Option<SystemTime>, [u8; 32])>>,
+    digests: Mutex<HashMap<PathBuf, Digested>>,
 }
 
 impl ServedDir {
