@@ -1,0 +1,326 @@
+//! `kwik serve`: a primary or a secondary serving one directory.
+//!
+//! A secondary hashes every file at start and registers it with its
+//! endpoint under its descriptor, so the endpoint serves delegated ranges
+//! by itself. A primary answers requests (see the crate docs), adds its
+//! secondaries to every session that asks for a file, and serves the file
+//! through kwik's multi-source transfer helper, which splits it over every
+//! live path and re-assigns what a dying one leaves.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+
+use kwik_tokio::{
+    Endpoint, ServerConfig, Session, TokenKey, TransferConfig, TransportConfig, server_config,
+};
+
+use crate::files::{Lookup, ServedDir};
+use crate::protocol::{Descriptor, MAX_REQUEST, Response};
+use crate::{Fail, ServeArgs, resolve_one};
+
+/// The server's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Answers requests and hands ranges to secondaries.
+    Primary,
+    /// Serves ranges the primary delegates.
+    Secondary,
+}
+
+/// Transport windows sized for fast links: every server can work well
+/// ahead of the reader on its own range.
+pub fn transport() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.stream_window = 32 << 20;
+    t.send_window = 32 << 20;
+    t.max_frame_payload = 256 << 10;
+    t
+}
+
+/// A secondary named on the primary's command line.
+#[derive(Debug, Clone)]
+struct Secondary {
+    addr: SocketAddr,
+    name: String,
+}
+
+/// Runs `kwik serve` until the process is stopped.
+pub async fn run(args: ServeArgs) -> Result<(), Fail> {
+    let dir = Arc::new(ServedDir::open(&args.dir)?);
+    let listen = resolve_one(&args.listen)?;
+    let token = TokenKey::new(crate::tls::token_key(&args.key)?);
+    let dev_ca = args
+        .dev_ca
+        .clone()
+        .unwrap_or_else(|| crate::tls::default_dev_ca(&args.key));
+    let mut names = vec!["localhost".to_string()];
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    names.extend(args.tls_name.iter().cloned());
+    let (chain, key) = crate::tls::server_identity(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        &dev_ca,
+        names,
+    )?;
+    let mut config = server_config(chain, key).map_err(|e| Fail(format!("TLS setup: {e}")))?;
+    config.transport = transport();
+    match args.role {
+        Role::Secondary => {
+            if !args.secondary.is_empty() {
+                return Err(Fail("--secondary is for primaries".into()));
+            }
+            config.trusted_keys = vec![token];
+            secondary(config, listen, dir).await
+        }
+        Role::Primary => {
+            config.token_key = Some(token);
+            let secondaries = args
+                .secondary
+                .iter()
+                .map(|s| parse_secondary(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            primary(config, listen, dir, secondaries).await
+        }
+    }
+}
+
+/// `ADDR[=NAME]`; NAME (the name its certificate is checked for) defaults
+/// to ADDR's host.
+fn parse_secondary(spec: &str) -> Result<Secondary, Fail> {
+    let (addr, name) = match spec.split_once('=') {
+        Some((addr, name)) => (addr, Some(name.to_string())),
+        None => (spec, None),
+    };
+    let resolved = resolve_one(addr)?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(Secondary {
+        addr: resolved,
+        name: name.unwrap_or_else(|| host.to_string()),
+    })
+}
+
+fn bind(config: ServerConfig, listen: SocketAddr) -> Result<Endpoint, Fail> {
+    Endpoint::server(config, listen).map_err(|e| Fail(format!("cannot listen on {listen}: {e}")))
+}
+
+async fn secondary(
+    config: ServerConfig,
+    listen: SocketAddr,
+    dir: Arc<ServedDir>,
+) -> Result<(), Fail> {
+    let endpoint = bind(config, listen)?;
+    let files = {
+        let (dir, endpoint) = (dir.clone(), endpoint.clone());
+        tokio::task::spawn_blocking(move || register_all(&dir, &endpoint))
+            .await
+            .map_err(|e| Fail(e.to_string()))??
+    };
+    eprintln!(
+        "kwik: secondary on {} serving {files} files from {}",
+        endpoint.local_addr(),
+        dir.root().display()
+    );
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let session = match incoming.accept().await {
+                Ok(session) => session,
+                Err(e) => return eprintln!("kwik: {remote}: {e}"),
+            };
+            // Delegations the endpoint does not serve itself name a file this
+            // secondary does not have (or not in this version). There is no
+            // way to hand one delegation back, so the path is closed: the
+            // primary then re-assigns its ranges to the other servers.
+            while let Ok(delegation) = session.delegated().await {
+                let what = Descriptor::decode(&delegation.descriptor)
+                    .map_or_else(|| "an unknown resource".to_string(), |d| d.to_string());
+                eprintln!("kwik: {remote} asked for {what}, which this secondary does not serve");
+                let _ = session.close(1, b"resource not served here");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Hashes every file of `dir` and registers it with `endpoint`.
+fn register_all(dir: &ServedDir, endpoint: &Endpoint) -> Result<usize, Fail> {
+    let list = dir.list().map_err(|e| {
+        Fail(format!(
+            "cannot read directory {}: {e}",
+            dir.root().display()
+        ))
+    })?;
+    let mut served = 0;
+    for relative in list {
+        let Ok((_, real)) = dir.resolve(&relative) else {
+            continue;
+        };
+        match dir.open_file(&relative, &real) {
+            Ok((descriptor, resource)) => {
+                endpoint.serve_resource(descriptor.encode(), resource.shared());
+                served += 1;
+            }
+            Err(e) => eprintln!("kwik: skipping {relative}: {e}"),
+        }
+    }
+    Ok(served)
+}
+
+async fn primary(
+    config: ServerConfig,
+    listen: SocketAddr,
+    dir: Arc<ServedDir>,
+    secondaries: Vec<Secondary>,
+) -> Result<(), Fail> {
+    let endpoint = bind(config, listen)?;
+    eprintln!(
+        "kwik: primary on {} serving {} with secondaries [{}]",
+        endpoint.local_addr(),
+        dir.root().display(),
+        secondaries
+            .iter()
+            .map(|s| format!("{}={}", s.addr, s.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let secondaries = Arc::new(secondaries);
+    while let Some(incoming) = endpoint.accept().await {
+        let (dir, secondaries) = (dir.clone(), secondaries.clone());
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.accept().await {
+                Ok(session) => primary_session(session, dir, secondaries).await,
+                Err(e) => eprintln!("kwik: {remote}: {e}"),
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Answers every request of one session.
+async fn primary_session(session: Session, dir: Arc<ServedDir>, secondaries: Arc<Vec<Secondary>>) {
+    let paths_added = Arc::new(Once::new());
+    while let Ok((send, recv)) = session.accept_bi().await {
+        let (session, dir, secondaries, paths_added) = (
+            session.clone(),
+            dir.clone(),
+            secondaries.clone(),
+            paths_added.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = request(&session, send, recv, &dir, &secondaries, &paths_added).await {
+                eprintln!("kwik: session {}: {e}", session.id());
+            }
+        });
+    }
+}
+
+/// One request: read the path, answer, serve the file.
+async fn request(
+    session: &Session,
+    mut send: kwik_tokio::SendStream,
+    mut recv: kwik_tokio::RecvStream,
+    dir: &Arc<ServedDir>,
+    secondaries: &Arc<Vec<Secondary>>,
+    paths_added: &Once,
+) -> Result<(), String> {
+    let response = match recv.read_to_end(MAX_REQUEST).await {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(path) => lookup(dir, path).await,
+            Err(_) => Err(Response::BadRequest("path is not UTF-8".into())),
+        },
+        Err(kwik_tokio::ReadToEndError::TooLong) => {
+            Err(Response::BadRequest("request too long".into()))
+        }
+        Err(e) => return Err(format!("reading the request: {e}")),
+    };
+    let (descriptor, resource) = match response {
+        Ok(found) => found,
+        Err(refusal) => {
+            eprintln!(
+                "kwik: session {}: {}",
+                session.id(),
+                refusal.encode().trim()
+            );
+            send.write_all(refusal.encode().as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+    };
+    paths_added.call_once(|| add_paths(session, secondaries));
+    let mut stream = session.open_uni().await.map_err(|e| e.to_string())?;
+    let header = Response::Ok {
+        size: descriptor.size,
+        sha256: descriptor.sha256,
+        stream: stream.id().0,
+    };
+    send.write_all(header.encode().as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    eprintln!("kwik: session {}: serving {descriptor}", session.id());
+    if descriptor.size == 0 {
+        stream.finish().map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let transfer = session
+        .serve(
+            stream,
+            resource.shared(),
+            descriptor.encode(),
+            TransferConfig::default(),
+        )
+        .map_err(|e| e.to_string())?;
+    transfer.finished().await.map_err(|e| e.to_string())?;
+    eprintln!(
+        "kwik: session {}: {} delivered",
+        session.id(),
+        descriptor.path
+    );
+    Ok(())
+}
+
+/// Resolves and opens (hashing if needed) the requested file.
+async fn lookup(
+    dir: &Arc<ServedDir>,
+    path: String,
+) -> Result<(Descriptor, crate::files::FileResource), Response> {
+    let dir = dir.clone();
+    let opened = tokio::task::spawn_blocking(move || match dir.resolve(&path) {
+        Ok((relative, real)) => dir
+            .open_file(&relative, &real)
+            .map_err(|e| Response::Error(format!("{relative}: {e}"))),
+        Err(Lookup::NotFound(m)) => Err(Response::NotFound(m)),
+        Err(Lookup::Forbidden(m)) => Err(Response::Forbidden(m)),
+        Err(Lookup::BadRequest(m)) => Err(Response::BadRequest(m)),
+    })
+    .await;
+    opened.unwrap_or_else(|e| Err(Response::Error(e.to_string())))
+}
+
+/// Asks the client to join every secondary; outcomes are logged (the
+/// transfer helper uses whichever paths become live, whenever they do).
+fn add_paths(session: &Session, secondaries: &[Secondary]) {
+    for secondary in secondaries {
+        let (session, secondary) = (session.clone(), secondary.clone());
+        tokio::spawn(async move {
+            match session.add_path(secondary.addr, &secondary.name).await {
+                Ok(path) => eprintln!(
+                    "kwik: session {}: {} joined as {path}",
+                    session.id(),
+                    secondary.addr
+                ),
+                Err(e) => eprintln!(
+                    "kwik: session {}: {} not added: {e}",
+                    session.id(),
+                    secondary.addr
+                ),
+            }
+        });
+    }
+}

@@ -1,0 +1,362 @@
+//! End-to-end tests of the `kwik` binary: a primary and two secondaries as
+//! separate processes on loopback, and every bad input the command reports.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const KWIK: &str = env!("CARGO_BIN_EXE_kwik");
+
+/// A server process, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_addr() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap()
+}
+
+/// `len` bytes of a deterministic pattern (xorshift64*).
+fn pattern(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in out.chunks_mut(8) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let word = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    out
+}
+
+fn kwik(args: &[&str]) -> Output {
+    Command::new(KWIK).args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The command failed with exactly one line on stderr containing `needle`.
+fn assert_fails_with(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains(needle), "{needle:?} not in: {err}");
+}
+
+fn spawn(args: &[&str]) -> Server {
+    Server(
+        Command::new(KWIK)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Retries a connection to `addr` until its server answers: a primary with
+/// a refusal of the probe path, a secondary by completing the handshake
+/// (and then not answering the request).
+fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = format!("kwik://{addr}/.kwik-ready-probe");
+    // Never written: the probe path does not exist.
+    let dest = std::env::temp_dir().join("kwik-ready-probe");
+    loop {
+        let out = kwik(&[
+            "get",
+            &url,
+            "-o",
+            dest.to_str().unwrap(),
+            "--insecure",
+            "--timeout",
+            "0.2",
+        ]);
+        let err = stderr(&out);
+        if err.contains("NOT_FOUND") || err.contains("no response to the request") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} never became ready: {err}"
+        );
+    }
+}
+
+/// A primary and two secondaries serving one directory.
+struct Cluster {
+    dir: tempfile::TempDir,
+    primary: SocketAddr,
+    secondaries: [SocketAddr; 2],
+    _servers: Vec<Server>,
+}
+
+impl Cluster {
+    fn start(files: &[(&str, &[u8])]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let served = dir.path().join("files");
+        std::fs::create_dir(&served).unwrap();
+        for (name, content) in files {
+            std::fs::write(served.join(name), content).unwrap();
+        }
+        let key = dir.path().join("kwik.key");
+        let (served, key) = (served.to_str().unwrap(), key.to_str().unwrap());
+        let secondaries = [free_addr(), free_addr()];
+        let primary = free_addr();
+        let mut servers = Vec::new();
+        for s in secondaries {
+            let listen = s.to_string();
+            servers.push(spawn(&[
+                "serve",
+                "--role",
+                "secondary",
+                "--listen",
+                &listen,
+                "--dir",
+                served,
+                "--key",
+                key,
+            ]));
+        }
+        let listen = primary.to_string();
+        let (s0, s1) = (secondaries[0].to_string(), secondaries[1].to_string());
+        servers.push(spawn(&[
+            "serve",
+            "--role",
+            "primary",
+            "--listen",
+            &listen,
+            "--dir",
+            served,
+            "--key",
+            key,
+            "--secondary",
+            &s0,
+            "--secondary",
+            &s1,
+        ]));
+        for addr in secondaries.iter().chain([&primary]) {
+            wait_ready(*addr);
+        }
+        Self {
+            dir,
+            primary,
+            secondaries,
+            _servers: servers,
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("kwik-dev-ca.pem")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("kwik://{}/{path}", self.primary)
+    }
+
+    fn out(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `kwik get PATH -o out/NAME --ca CA` with `extra` arguments.
+    fn get(&self, path: &str, name: &str, extra: &[&str]) -> Output {
+        let (url, out, ca) = (self.url(path), self.out(name), self.ca());
+        let mut args = vec![
+            "get",
+            &url,
+            "-o",
+            out.to_str().unwrap(),
+            "--ca",
+            ca.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        kwik(&args)
+    }
+}
+
+#[test]
+fn fetches_64_mib_from_a_primary_and_two_secondaries() {
+    let data = pattern(64 << 20);
+    let cluster = Cluster::start(&[("big.bin", &data)]);
+    let (a0, a1) = (
+        cluster.secondaries[0].to_string(),
+        cluster.secondaries[1].to_string(),
+    );
+    let out = cluster.get(
+        "big.bin",
+        "big.out",
+        &["--allow", &a0, "--allow", &a1, "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(line.trim().lines().count(), 1, "{line}");
+    assert!(line.contains(&format!("\"bytes\":{}", 64 << 20)), "{line}");
+    assert!(line.contains("\"sha256_ok\":true"), "{line}");
+    assert!(line.contains("\"servers\":3"), "{line}");
+    assert!(line.contains("\"mib_s\":"), "{line}");
+    let got = std::fs::read(cluster.out("big.out")).unwrap();
+    assert!(got == data, "downloaded bytes differ");
+}
+
+#[test]
+fn refused_path_is_reported_and_the_download_succeeds() {
+    let data = pattern(8 << 20);
+    let cluster = Cluster::start(&[("f.bin", &data)]);
+    let allowed = cluster.secondaries[0].to_string();
+    let out = cluster.get("f.bin", "f.out", &["--allow", &allowed]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let refused = cluster.secondaries[1].to_string();
+    let line = table
+        .lines()
+        .find(|l| l.contains(&refused))
+        .unwrap_or_else(|| panic!("no line for {refused}: {table}"));
+    assert!(line.contains("refused"), "{table}");
+    assert!(table.contains("OK"), "{table}");
+    assert!(std::fs::read(cluster.out("f.out")).unwrap() == data);
+}
+
+#[test]
+fn bad_requests_to_a_primary() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"secret").unwrap();
+    let cluster = Cluster::start(&[("small", b"small")]);
+    std::os::unix::fs::symlink(
+        outside.path().join("secret"),
+        cluster.dir.path().join("files/escape"),
+    )
+    .unwrap();
+
+    // Missing file: the primary's typed status, no output file.
+    let out = cluster.get("missing.bin", "missing.out", &[]);
+    assert_fails_with(&out, "NOT_FOUND");
+    assert!(!cluster.out("missing.out").exists());
+
+    // Path traversal: `..`, an absolute path, a symbolic link leading out.
+    for path in ["../kwik.key", "/etc/passwd", "escape"] {
+        let out = cluster.get(path, "traversal.out", &[]);
+        assert_fails_with(&out, "FORBIDDEN");
+        assert!(!cluster.out("traversal.out").exists());
+    }
+
+    // A certificate the client does not trust: another development CA.
+    let other = tempfile::tempdir().unwrap();
+    let other_addr = free_addr().to_string();
+    let other_key = other.path().join("k");
+    let _other = spawn(&[
+        "serve",
+        "--role",
+        "secondary",
+        "--listen",
+        &other_addr,
+        "--dir",
+        other.path().to_str().unwrap(),
+        "--key",
+        other_key.to_str().unwrap(),
+    ]);
+    wait_ready(other_addr.parse().unwrap());
+    let wrong_ca = other.path().join("kwik-dev-ca.pem");
+    let (url, dest) = (cluster.url("small"), cluster.out("tls.out"));
+    let out = kwik(&[
+        "get",
+        &url,
+        "-o",
+        dest.to_str().unwrap(),
+        "--ca",
+        wrong_ca.to_str().unwrap(),
+    ]);
+    assert_fails_with(&out, "TLS failure");
+
+    // The same file downloads with the right CA.
+    let out = cluster.get("small", "small.out", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(cluster.out("small.out")).unwrap(), b"small");
+}
+
+#[test]
+fn unknown_host_is_a_resolution_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("x");
+    let out = kwik(&[
+        "get",
+        "kwik://no-such-host.invalid:4433/x",
+        "-o",
+        dest.to_str().unwrap(),
+        "--insecure",
+    ]);
+    assert_fails_with(&out, "cannot resolve host no-such-host.invalid");
+}
+
+#[test]
+fn unreadable_directory_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let key = key.to_str().unwrap();
+    let missing = dir.path().join("missing");
+    let listen = free_addr().to_string();
+    for role in ["primary", "secondary"] {
+        let out = kwik(&[
+            "serve",
+            "--role",
+            role,
+            "--listen",
+            &listen,
+            "--dir",
+            missing.to_str().unwrap(),
+            "--key",
+            key,
+        ]);
+        assert_fails_with(&out, "cannot read directory");
+    }
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = kwik(&[
+        "serve",
+        "--role",
+        "primary",
+        "--listen",
+        &listen,
+        "--dir",
+        file.to_str().unwrap(),
+        "--key",
+        key,
+    ]);
+    assert_fails_with(&out, "not a directory");
+}
+
+#[test]
+fn a_new_key_file_is_private_and_reused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let listen = free_addr();
+    let server = spawn(&[
+        "serve",
+        "--role",
+        "secondary",
+        "--listen",
+        &listen.to_string(),
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    wait_ready(listen);
+    drop(server);
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(text.trim().len(), 64);
+    assert!(Path::new(&dir.path().join("kwik-dev-ca.pem")).exists());
+}
