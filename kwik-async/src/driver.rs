@@ -77,9 +77,10 @@ pub(crate) fn start(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let server = server.map(|config| crate::endpoint::adapt_server_config(config, local_addr));
-    let span = tracing::info_span!("kwik_endpoint", local = %local_addr);
+    let span =
+        tracing::info_span!(target: kwik_core::log::SPANS, "kwik_endpoint", local = %local_addr);
     span.in_scope(|| {
-        tracing::debug!(
+        tracing::debug!(target: kwik_core::log::DRIVER,
             gso = udp.max_gso_segments(),
             gro = udp.gro_segments(),
             server = server.is_some(),
@@ -186,11 +187,11 @@ impl Future for Driver {
                 Ok(Step::Busy) => {}
                 Ok(Step::Idle) => return Poll::Pending,
                 Ok(Step::Exit) => {
-                    tracing::debug!("endpoint finished");
+                    tracing::debug!(target: kwik_core::log::DRIVER, "endpoint finished");
                     return Poll::Ready(());
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "UDP socket failed; endpoint stops");
+                    tracing::error!(target: kwik_core::log::DRIVER, error = %e, "UDP socket failed; endpoint stops");
                     return Poll::Ready(());
                 }
             }
@@ -482,7 +483,7 @@ fn send(
                     // quinn-udp reports only WouldBlock, which poll_io
                     // absorbs; anything else loses this datagram, as UDP may.
                     let _entered = span.enter();
-                    tracing::debug!(error = %e, "send failed");
+                    tracing::debug!(target: kwik_core::log::DRIVER, error = %e, "send failed");
                     out.sent = out.buf.len();
                 }
             }

@@ -146,6 +146,11 @@ impl<A: Adapter> Endpoint<A> {
         &self.inner.0
     }
 
+    /// The runtime the endpoint's driver runs on.
+    pub(crate) fn runtime(&self) -> Arc<dyn Runtime> {
+        self.shared().runtime.clone()
+    }
+
     /// Starts a session with the server at `addr`, whose certificate must be
     /// valid for `server_name`. Await the returned [`Connecting`].
     ///
@@ -164,8 +169,10 @@ impl<A: Adapter> Endpoint<A> {
         }
         let now = shared.runtime.now();
         let handle = state.endpoint.connect(now, addr, server_name, config)?;
-        let span = tracing::debug_span!(parent: &shared.span, "kwik_session", session = handle.0, remote = %addr);
-        span.in_scope(|| tracing::debug!(server_name, "connecting"));
+        let span = tracing::debug_span!(target: kwik_core::log::SPANS, parent: &shared.span, "kwik_session", session = handle.0, remote = %addr);
+        span.in_scope(
+            || tracing::debug!(target: kwik_core::log::DRIVER, server_name, "connecting"),
+        );
         state
             .sessions
             .insert(handle, SessionSlot::new(Side::Client, span));
@@ -352,8 +359,8 @@ impl<A: Adapter> Incoming<A> {
         state.kick();
         match accepted {
             Ok(Some(handle)) => {
-                let span = tracing::debug_span!(parent: &self.shared.span, "kwik_session", session = handle.0, remote = %self.remote);
-                span.in_scope(|| tracing::debug!("accepted"));
+                let span = tracing::debug_span!(target: kwik_core::log::SPANS, parent: &self.shared.span, "kwik_session", session = handle.0, remote = %self.remote);
+                span.in_scope(|| tracing::debug!(target: kwik_core::log::DRIVER, "accepted"));
                 state
                     .sessions
                     .insert(handle, SessionSlot::new(Side::Server, span));

@@ -167,6 +167,7 @@ fn io_kind_of_close(reason: &CloseReason) -> io::ErrorKind {
     match reason {
         CloseReason::TimedOut => io::ErrorKind::TimedOut,
         CloseReason::Reset => io::ErrorKind::ConnectionReset,
+        CloseReason::Refused => io::ErrorKind::ConnectionRefused,
         _ => io::ErrorKind::ConnectionAborted,
     }
 }

@@ -55,6 +55,7 @@ mod driver;
 mod endpoint;
 mod error;
 mod multi;
+mod reconnect;
 mod runtime;
 mod session;
 mod shared;
@@ -70,6 +71,7 @@ pub use error::{
     StreamError, WriteError,
 };
 pub use multi::{PathError, PathEvent, Transfer};
+pub use reconnect::{ReconnectError, ReconnectPolicy, Reconnector};
 pub use runtime::{Adapter, AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
 pub use session::Session;
 pub use stream::{RecvStream, SendStream};
@@ -78,9 +80,9 @@ pub use throttle::rate_limited;
 pub use bytes::Bytes;
 pub use kwik_core::{
     ALPN, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl, Delegation,
-    DelegationId, Dir, EndpointStats, ErrorCode, PathFailure, PathFilter, PathId, PathInfo,
-    PathPolicy, PathState, PathTarget, Resource, RetryPolicy, Role, ServerConfig, SessionHandle,
-    SessionId, SessionStats, SharedResource, StreamId, TokenKey, TransferConfig, TransferId,
-    TransportConfig,
+    DelegationId, Dir, DisconnectKind, EndpointStats, ErrorCode, PathFailure, PathFilter,
+    PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget, Resource, RetryPolicy, Role,
+    ServerConfig, SessionHandle, SessionId, SessionStats, SharedResource, StreamId, TokenKey,
+    TransferConfig, TransferId, TransportConfig,
 };
 pub use rustls;

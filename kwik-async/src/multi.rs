@@ -23,8 +23,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kwik_core::{
-    CloseReason, Delegation, PathFailure, PathFilter, PathId, PathInfo, Role, SharedResource,
-    StreamId, TransferConfig, TransferId,
+    CloseReason, Delegation, PathFailure, PathFilter, PathHealth, PathId, PathInfo, Role,
+    SharedResource, StreamId, TransferConfig, TransferId,
 };
 
 use crate::error::{ConnectionError, WriteError};
@@ -56,6 +56,14 @@ pub enum PathEvent {
     },
     /// The path was removed gracefully.
     Closed(PathId),
+    /// The path's health grade changed (a primary's multi-source transfers
+    /// give a [`PathHealth::Critical`] path no new ranges).
+    Health {
+        /// The path.
+        path: PathId,
+        /// The new grade.
+        health: PathHealth,
+    },
     /// Primary: a path ended while ranges delegated to it with
     /// [`Session::delegate`] were not acknowledged; someone else must write
     /// them. (Ranges of [`Session::serve`] transfers are re-assigned by the

@@ -371,7 +371,7 @@ impl State {
     /// Records what a core event means and collects the wakers of the futures
     /// it lets progress.
     pub(crate) fn dispatch(&mut self, event: Event, wake: &mut Vec<Waker>) {
-        tracing::trace!(?event);
+        tracing::trace!(target: kwik_core::log::DRIVER, ?event);
         match event {
             Event::Incoming {
                 incoming,
@@ -379,7 +379,7 @@ impl State {
                 address_validated,
             } => {
                 if self.closed || self.incoming.len() >= MAX_PENDING_INCOMING {
-                    tracing::debug!(%remote, "refusing connection attempt (not accepting)");
+                    tracing::debug!(target: kwik_core::log::DRIVER, %remote, "refusing connection attempt (not accepting)");
                     let _ = self.endpoint.refuse(incoming);
                     return;
                 }
@@ -392,7 +392,7 @@ impl State {
             }
             Event::SessionEstablished { session, id } => {
                 if let Some(slot) = self.sessions.get_mut(&session) {
-                    tracing::debug!(parent: &slot.span, %id, "session established");
+                    tracing::trace!(target: kwik_core::log::DRIVER, parent: &slot.span, %id, "session established");
                     slot.id = Some(id);
                     wake.extend(slot.connecting.take());
                 }
@@ -402,7 +402,7 @@ impl State {
             }
             Event::SessionDrained { session, stats } => {
                 if let Some(slot) = self.sessions.get_mut(&session) {
-                    tracing::debug!(parent: &slot.span, "session drained");
+                    tracing::debug!(target: kwik_core::log::DRIVER, parent: &slot.span, "session drained");
                     slot.drained = true;
                     slot.final_stats = Some(stats);
                     if !slot.handles {
@@ -454,7 +454,7 @@ impl State {
             } => self.on_stream_stopped(session, stream, code, wake),
             Event::PathJoined { session, id, path } => {
                 if let Some(slot) = self.sessions.get_mut(&session) {
-                    tracing::debug!(parent: &slot.span, %id, %path, "secondary path joined");
+                    tracing::trace!(target: kwik_core::log::DRIVER, parent: &slot.span, %id, %path, "secondary path joined");
                     slot.id = Some(id);
                     slot.joined = Some(path);
                     wake.extend(slot.connecting.take());
@@ -492,6 +492,15 @@ impl State {
                 };
                 let event = PathEvent::Closed(path);
                 self.on_path_event(session, path, Err(failure), event, wake)
+            }
+            Event::PathHealth {
+                session,
+                path,
+                health,
+            } => {
+                if let Some(slot) = self.sessions.get_mut(&session) {
+                    slot.push_path_event(PathEvent::Health { path, health }, wake);
+                }
             }
             Event::RangesLost {
                 session,
@@ -561,7 +570,7 @@ impl State {
         let Some(slot) = self.sessions.get_mut(&session) else {
             return;
         };
-        tracing::debug!(parent: &slot.span, ?event, "path event");
+        tracing::trace!(target: kwik_core::log::DRIVER, parent: &slot.span, ?event, "path event");
         if let Some(pending) = slot.adding.get_mut(&path) {
             pending.get_or_insert(outcome);
         }
@@ -572,7 +581,7 @@ impl State {
     /// close the session rather than grow without bound or drop silently.
     fn overflow(&mut self, session: SessionHandle, reason: &str) {
         if let Some(slot) = self.sessions.get(&session) {
-            tracing::warn!(parent: &slot.span, reason, "closing the session");
+            tracing::warn!(target: kwik_core::log::DRIVER, parent: &slot.span, reason, "closing the session");
         }
         if let Some(mut view) = self.endpoint.session(session) {
             view.close_with(ErrorCode::Internal, reason.as_bytes());
@@ -589,7 +598,7 @@ impl State {
         let Some(slot) = self.sessions.get_mut(&session) else {
             return;
         };
-        tracing::debug!(parent: &slot.span, %reason, "session closed");
+        tracing::trace!(target: kwik_core::log::DRIVER, parent: &slot.span, %reason, "session closed");
         slot.close.get_or_insert(reason);
         slot.final_stats = stats;
         slot.wake_all(wake);

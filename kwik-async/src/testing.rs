@@ -20,7 +20,8 @@ use futures_lite::future;
 pub mod multi;
 
 use crate::{
-    Adapter, CloseReason, ConnectionError, Endpoint, ReadError, Runtime, Session, WriteError,
+    Adapter, CloseReason, ConnectionError, DisconnectKind, Endpoint, ReadError, ReconnectError,
+    ReconnectPolicy, Reconnector, Runtime, ServerConfig, Session, WriteError,
     client_config_trusting, dev, server_config,
 };
 
@@ -712,4 +713,110 @@ async fn many_sessions_inner<A: Adapter>(
     assert_eq!(outcomes.len(), sessions);
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     elapsed
+}
+
+/// Client reconnects against a server restarted on the same port: after a
+/// crash (the server vanishes without a word; the client notices by its
+/// idle timeout) and after a graceful close, the [`Reconnector`] backs off,
+/// keeps trying while the server is down, and reaches the new server once
+/// it is up; a session this side closed itself is not reconnected.
+pub async fn reconnects<A: Adapter>() {
+    let rt = runtime::<A>();
+    within(
+        &rt,
+        SCENARIO_TIMEOUT,
+        "reconnect scenario",
+        reconnects_inner::<A>(&rt),
+    )
+    .await;
+}
+
+/// Binds a server on `addr` (retrying while the old socket is released)
+/// and serves it with [`accept_loop`].
+async fn restart_server<A: Adapter>(
+    rt: &Arc<dyn Runtime>,
+    config: ServerConfig,
+    addr: SocketAddr,
+) -> Endpoint<A> {
+    for _ in 0..100 {
+        if let Ok(server) = Endpoint::<A>::server(config.clone(), addr) {
+            drop(spawn(rt, accept_loop(server.clone())));
+            return server;
+        }
+        sleep(rt, Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {addr} again");
+}
+
+async fn reconnects_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
+    let (server_config, mut client_config) = dev::self_signed(["localhost"]);
+    // A crashed server is noticed after a second of silence.
+    client_config.transport.idle_timeout = Duration::from_secs(1);
+    client_config.transport.keep_alive_interval = Some(Duration::from_millis(200));
+    let server = Endpoint::<A>::server(server_config.clone(), localhost()).expect("server");
+    let addr = server.local_addr();
+    drop(spawn(rt, accept_loop(server.clone())));
+    let client = Endpoint::<A>::client(localhost()).expect("client endpoint");
+    let policy = ReconnectPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(400),
+        // Long enough that no attempt is abandoned half-way: a server
+        // session whose client gave up mid-handshake holds the server's
+        // `wait_idle` for its idle timeout (noted in the tracker).
+        connect_timeout: Duration::from_secs(5),
+        ..ReconnectPolicy::default()
+    };
+    let mut link = Reconnector::new(client.clone(), addr, "localhost", client_config, policy);
+    let session = link.connect().await.expect("first session");
+    echo(&session, pattern(1, 100_000)).await;
+
+    // 1. The server crashes and comes back 1.5 s later on the same port.
+    server.abort();
+    let reason = session.closed().await;
+    assert_eq!(reason.kind(), DisconnectKind::Timeout, "{reason:?}");
+    let down = rt.now();
+    let restarting = {
+        let (rt2, config) = (rt.clone(), server_config.clone());
+        spawn(rt, async move {
+            sleep(&rt2, Duration::from_millis(1500)).await;
+            let server = restart_server::<A>(&rt2, config, addr).await;
+            (server, rt2.now())
+        })
+    };
+    let session = link
+        .reconnect(&reason)
+        .await
+        .expect("reconnected after a crash");
+    let (server, up) = restarting.await;
+    assert!(up >= down + Duration::from_millis(1500));
+    echo(&session, pattern(2, 100_000)).await;
+    assert_eq!(link.sessions(), 2);
+
+    // 2. The server shuts down gracefully and restarts at once.
+    server.close(0, b"restarting");
+    let reason = session.closed().await;
+    assert!(
+        matches!(reason, CloseReason::ApplicationClosed { code: 0, .. }),
+        "{reason:?}"
+    );
+    server.wait_idle().await;
+    drop(server);
+    let server = restart_server::<A>(rt, server_config.clone(), addr).await;
+    let session = link
+        .reconnect(&reason)
+        .await
+        .expect("reconnected after a close");
+    echo(&session, pattern(3, 100_000)).await;
+    assert_eq!(link.sessions(), 3);
+
+    // 3. This side's own close is final.
+    session.close(0, b"bye").expect("close");
+    let reason = session.closed().await;
+    assert_eq!(
+        link.reconnect(&reason).await.err(),
+        Some(ReconnectError::Final(CloseReason::LocallyClosed))
+    );
+    assert_eq!(link.sessions(), 3);
+    server.close(0, b"");
+    client.close(0, b"");
 }

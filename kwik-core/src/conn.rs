@@ -13,6 +13,7 @@ use quinn_proto::{Connection, ConnectionHandle, Dir as QDir, StreamId as QStream
 
 use crate::codec::{DataPiece, LaneReader, RecordReader, encode_record};
 use crate::error::{ErrorCode, Violation};
+use crate::health::HealthMeter;
 use crate::lanes::{CONTROL_PRIORITY, Lanes};
 use crate::paths::PathId;
 use crate::probe_gate::ProbeGate;
@@ -69,6 +70,8 @@ pub(crate) struct Conn {
     scratch: Vec<Bytes>,
     /// Lanes the peer may hold open now (see [`INITIAL_LANES`]).
     lane_allowance: u32,
+    /// This connection's health evaluation (see [`crate::health`]).
+    pub health: HealthMeter,
     /// Most lanes the peer may ever hold open (0: none, e.g. a server
     /// before the peer's Hello).
     lane_limit: u32,
@@ -116,6 +119,7 @@ impl Conn {
             base_rtt: None,
             scratch: Vec::new(),
             lane_allowance: lane_limit.min(INITIAL_LANES),
+            health: HealthMeter::default(),
             lane_limit,
         }
     }

@@ -451,7 +451,7 @@ impl KwikEndpoint {
         let (retry, auto) = (server.retry, server.auto_accept);
         let (max_half_open, max_sessions) = (server.max_half_open, server.max_sessions);
         if self.bans.is_banned(remote.ip(), self.now) {
-            tracing::debug!(%remote, "refusing a banned address");
+            tracing::debug!(target: crate::log::ENDPOINT, %remote, "refusing a banned address");
             self.stats.refused_banned += 1;
             self.refuse_now(incoming);
             return;
@@ -467,7 +467,7 @@ impl KwikEndpoint {
         if self.half_open() >= max_half_open
             || self.server_sessions + self.incoming.len() >= max_sessions
         {
-            tracing::debug!(%remote, half_open = self.half_open(), sessions = self.server_sessions, "refusing: limit reached");
+            tracing::debug!(target: crate::log::ENDPOINT, %remote, half_open = self.half_open(), sessions = self.server_sessions, "refusing: limit reached");
             self.stats.refused_limit += 1;
             self.refuse_now(incoming);
             return;
@@ -671,7 +671,7 @@ impl KwikEndpoint {
             if session.phase != Phase::Handshaking || session.close_reason.is_some() {
                 continue;
             }
-            tracing::debug!(session = %handle, remote = %session.remote_address(), "handshake timeout");
+            tracing::debug!(target: crate::log::ENDPOINT, session = %handle, remote = %session.remote_address(), "handshake timeout");
             self.stats.handshakes_timed_out += 1;
             // The session's own close reports `LocallyClosed`; this side did
             // not choose to close, the peer ran out of time.
@@ -711,7 +711,9 @@ impl KwikEndpoint {
                 server: self.server.as_ref(),
                 resources: &self.resources,
             };
-            session.drive(&mut ctx);
+            let span =
+                tracing::debug_span!(target: crate::log::SPANS, "kwik_session", session = %handle);
+            span.in_scope(|| session.drive(&mut ctx));
             self.after_drive(handle, was_open);
             self.serve_requests(handle);
             if self.settle_endpoint_events(handle)
@@ -755,7 +757,7 @@ impl KwikEndpoint {
             // not lock out the others (and the developer's tests).
             return;
         }
-        tracing::debug!(session = %handle, %ip, %code, "banning");
+        tracing::debug!(target: crate::log::ENDPOINT, session = %handle, %ip, %code, "banning");
         self.bans
             .ban(ip, self.now + server.ban_duration, server.max_bans);
         self.stats.bans_total += 1;

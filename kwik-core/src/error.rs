@@ -143,6 +143,11 @@ pub enum CloseReason {
     Transport(String),
     /// The peer reset the connection statelessly.
     Reset,
+    /// The server refused the connection attempt statelessly (QUIC
+    /// `CONNECTION_REFUSED`): it was at its handshake or session limit, or
+    /// this address is banned (the two look the same from here,
+    /// PROTOCOL.md §11.4).
+    Refused,
     /// The local endpoint shut down.
     EndpointClosed,
     /// Client: the primary went silent — probes unanswered for several
@@ -173,6 +178,7 @@ impl fmt::Display for CloseReason {
             CloseReason::TimedOut => f.write_str("timed out: the peer went silent"),
             CloseReason::Transport(e) => write!(f, "transport error: {e}"),
             CloseReason::Reset => f.write_str("reset by peer"),
+            CloseReason::Refused => f.write_str("connection refused by the server"),
             CloseReason::EndpointClosed => f.write_str("endpoint closed"),
             CloseReason::PrimaryLost => f.write_str("primary lost: it stopped answering"),
         }
@@ -196,6 +202,9 @@ pub enum DisconnectKind {
     ResourceLimit,
     /// The peer's address is banned.
     Banned,
+    /// The server refused the attempt statelessly: at its limits, or a
+    /// ban (see [`CloseReason::Refused`]).
+    Refused,
     /// The QUIC or TLS layer failed or refused (handshake, certificate,
     /// ALPN, version, refused connection).
     Transport,
@@ -219,6 +228,7 @@ impl CloseReason {
                 }
                 _ => DisconnectKind::ProtocolViolation,
             },
+            CloseReason::Refused => DisconnectKind::Refused,
             CloseReason::Transport(_) => DisconnectKind::Transport,
         }
     }
@@ -250,6 +260,11 @@ impl CloseReason {
                 }
             }
             E::TimedOut => CloseReason::TimedOut,
+            E::ConnectionClosed(c)
+                if c.error_code == quinn_proto::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                CloseReason::Refused
+            }
             E::Reset => CloseReason::Reset,
             E::LocallyClosed => CloseReason::LocallyClosed,
             other => CloseReason::Transport(other.to_string()),

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::delegation::Delegation;
 use crate::error::CloseReason;
+use crate::health::PathHealth;
 use crate::ids::{Dir, IncomingId, SessionHandle, SessionId, StreamId};
 use crate::paths::{PathFailure, PathId};
 use crate::transfer::TransferId;
@@ -161,6 +162,16 @@ pub enum Event {
         path: PathId,
         /// Why.
         failure: PathFailure,
+    },
+    /// A path's health grade changed (every role; a primary learns a
+    /// secondary path's from the client).
+    PathHealth {
+        /// The session.
+        session: SessionHandle,
+        /// The path.
+        path: PathId,
+        /// The new grade.
+        health: PathHealth,
     },
     /// A path was removed gracefully (client and primary).
     PathClosed {

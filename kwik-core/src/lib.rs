@@ -50,8 +50,10 @@ mod error;
 mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+mod health;
 mod ids;
 mod lanes;
+pub mod log;
 mod paths;
 mod probe_gate;
 pub mod proto;
@@ -77,6 +79,7 @@ pub use error::{
     ReadError, StreamError, WriteError,
 };
 pub use event::{Event, Output, Transmit};
+pub use health::PathHealth;
 pub use ids::{Dir, IncomingId, SessionHandle, SessionId, Side, StreamId};
 pub use paths::{
     MAX_FINAL_PATHS, PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathRetry,

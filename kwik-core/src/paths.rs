@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::error::ErrorCode;
+use crate::health::PathHealth;
 
 /// Identity of a path within a session, assigned by the primary (0 is the
 /// primary connection itself).
@@ -112,6 +113,17 @@ pub struct PathInfo {
     pub bytes_received: u64,
     /// Packets declared lost.
     pub lost_packets: u64,
+    /// Congestion window of its connection, in bytes (0 where this side
+    /// does not hold the connection: a primary's secondary paths).
+    pub cwnd: u64,
+    /// Bytes per second it carried lately, both directions (an EWMA over
+    /// the intervals that carried data; see [`PathHealth`]). A primary
+    /// knows a secondary path's from the client's last report.
+    pub throughput: u64,
+    /// Its health grade. A primary knows a secondary path's from the
+    /// client's reports and gives a [`PathHealth::Critical`] path no new
+    /// ranges.
+    pub health: PathHealth,
     /// Stream bytes delegated to its server (primary: handed out; client:
     /// forwarded to it), re-delegations and hedged copies included.
     pub delegated_bytes: u64,
@@ -140,11 +152,20 @@ impl PathInfo {
             bytes_sent: 0,
             bytes_received: 0,
             lost_packets: 0,
+            cwnd: 0,
+            throughput: 0,
+            health: PathHealth::default(),
             delegated_bytes: 0,
             failure: None,
             retry_of: None,
             attempt: 0,
         }
+    }
+
+    /// A secondary path a primary may give new ranges to: active and not
+    /// graded [`PathHealth::Critical`].
+    pub(crate) fn takes_new_ranges(&self) -> bool {
+        !self.primary && self.state == PathState::Active && self.health != PathHealth::Critical
     }
 
     /// Moves to `state`, recording the transition; false if already there

@@ -286,6 +286,7 @@ impl Streams {
         }
         let id = StreamId::new(self.side, dir, self.next_local[d]);
         self.next_local[d] += 1;
+        tracing::trace!(target: crate::log::DATA, session = %self.session, stream = %id, "opened");
         let stream = Stream {
             send: Some(SendHalf::new(self.peer_window)),
             recv: (dir == Dir::Bi).then(|| RecvHalf::new(self.window)),
@@ -324,6 +325,7 @@ impl Streams {
             self.accept_queue[d].push_back(id);
         }
         self.next_remote[d] = id.index() + 1;
+        tracing::trace!(target: crate::log::DATA, session = %self.session, stream = %id, "opened by the peer");
         events.push_back(Event::StreamOpened {
             session: self.session,
             dir: id.dir(),
@@ -494,6 +496,7 @@ impl Streams {
         };
         let received = recv.asm.contiguous_end();
         let done = recv.final_offset.is_some_and(|f| f == received);
+        tracing::debug!(target: crate::log::DATA, session = %self.session, stream = %id, code, received, "stopped");
         let stop = (!done && matches!(recv.state, RecvState::Open)).then(|| {
             Body::StopSending(StopSending {
                 stream_id: id.0,
@@ -517,6 +520,7 @@ impl Streams {
         let offset = send.reached();
         let lane_held = matches!(send.state, SendState::Open | SendState::FinPending);
         let lane = send.lane.filter(|_| lane_held);
+        tracing::debug!(target: crate::log::DATA, session = %self.session, stream = %id, code, final_offset = offset, "reset");
         self.control.push_back(Body::ResetStream(ResetStream {
             stream_id: id.0,
             error_code: code,
@@ -632,6 +636,7 @@ impl Streams {
                     recv.state = RecvState::Reset(error_code);
                     recv.asm.clear();
                     self.pending_credit.remove(&id);
+                    tracing::debug!(target: crate::log::DATA, %session, stream = %id, code = error_code, final_offset, "reset by the peer");
                     events.push_back(Event::StreamReset {
                         session,
                         stream: id,
@@ -680,6 +685,7 @@ impl Streams {
                         stream: id,
                     });
                 } else {
+                    tracing::debug!(target: crate::log::DATA, %session, stream = %id, code = error_code, "stopped by the peer");
                     events.push_back(Event::StreamStopped {
                         session,
                         stream: id,

@@ -37,12 +37,12 @@ use kwik_async::{AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
 
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
-    ConnectError, ConnectionError, Delegation, DelegationId, EndpointStats, ErrorCode, PathError,
-    PathEvent, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget,
-    ReadError, ReadToEndError, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
-    SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig,
-    TransferId, TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls,
-    server_config,
+    ConnectError, ConnectionError, Delegation, DelegationId, DisconnectKind, EndpointStats,
+    ErrorCode, PathError, PathEvent, PathFailure, PathFilter, PathHealth, PathId, PathInfo,
+    PathPolicy, PathState, PathTarget, ReadError, ReadToEndError, ReconnectError, ReconnectPolicy,
+    Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats, SharedResource,
+    StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig, TransferId,
+    TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls, server_config,
 };
 
 /// Marker selecting smol / async-io for the [`kwik_async`] API.
@@ -53,6 +53,8 @@ pub struct Smol;
 pub type Endpoint = kwik_async::Endpoint<Smol>;
 /// A session running on smol.
 pub type Session = kwik_async::Session<Smol>;
+/// Keeps a session to one server on smol, reconnecting per a policy.
+pub type Reconnector = kwik_async::Reconnector<Smol>;
 /// A handshake under way.
 pub type Connecting = kwik_async::Connecting<Smol>;
 /// A connection attempt waiting for a decision.

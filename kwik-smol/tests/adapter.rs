@@ -17,6 +17,11 @@ fn wrong_alpn_and_garbage_are_refused_and_server_keeps_serving() {
 }
 
 #[test]
+fn reconnects_to_a_restarted_server_with_backoff() {
+    smol::block_on(testing::reconnects::<Smol>());
+}
+
+#[test]
 fn two_hundred_sessions_each_echo_one_mib() {
     let elapsed = smol::block_on(testing::many_sessions::<Smol>(200, 4, 1 << 20));
     eprintln!("smol: 200 sessions x 1 MiB echoed in {elapsed:?}");

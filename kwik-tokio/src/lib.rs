@@ -49,12 +49,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
-    ConnectError, ConnectionError, Delegation, DelegationId, EndpointStats, ErrorCode, PathError,
-    PathEvent, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget,
-    ReadError, ReadToEndError, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
-    SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig,
-    TransferId, TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls,
-    server_config,
+    ConnectError, ConnectionError, Delegation, DelegationId, DisconnectKind, EndpointStats,
+    ErrorCode, PathError, PathEvent, PathFailure, PathFilter, PathHealth, PathId, PathInfo,
+    PathPolicy, PathState, PathTarget, ReadError, ReadToEndError, ReconnectError, ReconnectPolicy,
+    Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats, SharedResource,
+    StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig, TransferId,
+    TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls, server_config,
 };
 
 /// Marker selecting tokio for the [`kwik_async`] API.
@@ -65,6 +65,8 @@ pub struct Tokio;
 pub type Endpoint = kwik_async::Endpoint<Tokio>;
 /// A session running on tokio.
 pub type Session = kwik_async::Session<Tokio>;
+/// Keeps a session to one server on tokio, reconnecting per a policy.
+pub type Reconnector = kwik_async::Reconnector<Tokio>;
 /// A handshake under way.
 pub type Connecting = kwik_async::Connecting<Tokio>;
 /// A connection attempt waiting for a decision.

@@ -17,6 +17,11 @@ async fn wrong_alpn_and_garbage_are_refused_and_server_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_to_a_restarted_server_with_backoff() {
+    testing::reconnects::<Tokio>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_sessions_each_echo_one_mib() {
     let elapsed = testing::many_sessions::<Tokio>(200, 4, 1 << 20).await;
     eprintln!("tokio: 200 sessions x 1 MiB echoed in {elapsed:?}");

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kwik_core::{
     ClientConfig, CloseReason, Delegation, Dir, Event, KwikEndpoint, PathFailure, PathFilter,
-    PathId, PathPolicy, PathTarget, ReadError, Resource, ServerConfig, SessionHandle, StreamId,
-    TokenKey, TransferConfig, TransferId,
+    PathHealth, PathId, PathPolicy, PathTarget, ReadError, Resource, ServerConfig, SessionHandle,
+    StreamId, TokenKey, TransferConfig, TransferId,
 };
 
 use crate::apps::Payload;
@@ -85,6 +85,8 @@ pub struct MultiClient {
     pub path_events: Vec<Event>,
     /// Path events and the session's end, with when they happened.
     pub log: Vec<(Instant, Event)>,
+    /// Health grades the client gave its paths, in order.
+    pub health: Vec<(Instant, PathId, PathHealth)>,
     /// Server address of every path a path event named.
     pub path_addrs: BTreeMap<PathId, SocketAddr>,
     /// When the session ended.
@@ -110,6 +112,7 @@ impl MultiClient {
             max_stall: Duration::ZERO,
             path_events: Vec::new(),
             log: Vec::new(),
+            health: Vec::new(),
             path_addrs: BTreeMap::new(),
             closed_at: None,
             paused: false,
@@ -192,6 +195,7 @@ impl App for MultiClient {
                 self.log.push((now, event.clone()));
                 note_address(ep, *session, *path, &mut self.path_addrs);
             }
+            Event::PathHealth { path, health, .. } => self.health.push((now, *path, *health)),
             _ => {}
         }
     }
@@ -275,6 +279,8 @@ pub struct MultiPrimary {
     pub closed: Option<CloseReason>,
     /// Path events and the session's end, with when they happened.
     pub log: Vec<(Instant, Event)>,
+    /// Health grades learned for the paths, in order.
+    pub health: Vec<(Instant, PathId, PathHealth)>,
     /// Server address of every path a path event named.
     pub path_addrs: BTreeMap<PathId, SocketAddr>,
 }
@@ -299,6 +305,7 @@ impl MultiPrimary {
             complete_at: None,
             closed: None,
             log: Vec::new(),
+            health: Vec::new(),
             path_addrs: BTreeMap::new(),
         }
     }
@@ -361,6 +368,7 @@ impl App for MultiPrimary {
             Event::RangesLost { ranges, .. } => self.lost.extend(ranges.iter().cloned()),
             Event::TransferComplete { .. } => self.complete_at = Some(now),
             Event::SessionClosed { reason, .. } => self.closed = Some(reason.clone()),
+            Event::PathHealth { path, health, .. } => self.health.push((now, *path, *health)),
             _ => {}
         }
         match event {

@@ -311,7 +311,7 @@ fn half_open_limit_refuses_then_admits_once_handshakes_expire() {
     let first = door.dial(addr(4));
     let dialer = door.settle_dialer(first);
     assert!(
-        matches!(dialer.closed, Some(CloseReason::Transport(_))),
+        matches!(dialer.closed, Some(CloseReason::Refused)),
         "a full half-open table refuses: {:?}",
         dialer.closed
     );
@@ -353,7 +353,7 @@ fn session_limit_refuses_then_admits_once_a_session_is_gone() {
     let c = door.dial(addr(4));
     let d = door.settle_dialer(c);
     assert!(
-        matches!(d.closed, Some(CloseReason::Transport(_))),
+        matches!(d.closed, Some(CloseReason::Refused)),
         "beyond max_sessions: {:?}",
         d.closed
     );

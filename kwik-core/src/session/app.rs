@@ -310,6 +310,8 @@ impl Session {
         info.bytes_sent = stats.udp_tx.bytes;
         info.bytes_received = stats.udp_rx.bytes;
         info.lost_packets = stats.path.lost_packets;
+        info.cwnd = stats.path.cwnd;
+        info.throughput = conn.health.throughput();
         info.last_active = info.last_active.max(conn.last_rx);
     }
 

@@ -142,6 +142,14 @@ impl Session {
         if !info.set_state(state, ctx.now) {
             return;
         }
+        match &failure {
+            Some(f) => {
+                tracing::debug!(target: crate::log::PATHS, session = %self.handle, role = ?self.role, %path, ?state, code = %f.code, reason = %f.reason, "path state")
+            }
+            None => {
+                tracing::debug!(target: crate::log::PATHS, session = %self.handle, role = ?self.role, %path, ?state, "path state")
+            }
+        }
         if failure.is_some() {
             info.failure = failure.clone();
         }
@@ -204,6 +212,7 @@ impl Session {
             }
             let lost = self.ledger.take_path(path);
             if !lost.is_empty() {
+                tracing::debug!(target: crate::log::DELEGATION, session = %self.handle, %path, ranges = lost.len(), "ranges lost with the path");
                 ctx.events.push_back(Event::RangesLost {
                     session,
                     path,
@@ -249,8 +258,12 @@ impl Session {
                 crate::error::bounded_reason(&f.reason).into(),
             )
         });
-        let (rtt, bytes) = self.conns.get(&path).map_or((0, 0), |c| {
-            (c.quic.rtt().as_micros() as u64, c.quic.stats().udp_rx.bytes)
+        let (rtt, bytes, throughput) = self.conns.get(&path).map_or((0, 0, 0), |c| {
+            (
+                c.quic.rtt().as_micros() as u64,
+                c.quic.stats().udp_rx.bytes,
+                c.health.throughput(),
+            )
         });
         let status = Body::PathStatus(msg::PathStatus {
             path_id: path.0,
@@ -259,6 +272,8 @@ impl Session {
             reason,
             rtt_us: rtt,
             bytes_received: bytes,
+            health: path_health::wire_health(info.health) as i32,
+            throughput,
         });
         self.main_conn().send(status);
     }
@@ -269,6 +284,7 @@ impl Session {
         }
         if path == PathId::PRIMARY || self.role != Role::Client {
             if self.close_reason.is_none() {
+                tracing::debug!(target: crate::log::CONTROL, session = %self.handle, %path, %reason, "connection lost: session ends");
                 self.close_reason = Some(reason.clone());
                 ctx.events.push_back(Event::SessionClosed {
                     session: self.handle,
@@ -346,6 +362,7 @@ impl Session {
             ));
         }
         m.credit = credit;
+        tracing::trace!(target: crate::log::DELEGATION, session = %self.handle, %path, stream = m.stream_id, offset = m.offset, length = m.length, fin = m.fin, "forward delegation");
         let (fin, delegate) = (m.fin, Body::Delegate(m));
         if self.send_on_path(path, delegate, ctx) {
             if let Some(info) = self.paths.get_mut(&path) {
@@ -455,7 +472,7 @@ impl Session {
             return Ok(());
         }
         grant.give_back();
-        tracing::debug!(session = %self.handle, %path, %stream, code = m.error_code, "path gave a stream back");
+        tracing::debug!(target: crate::log::DELEGATION, session = %self.handle, %path, %stream, code = m.error_code, "path gave a stream back");
         if let Some(mut ack) = self.streams.ack_now(stream) {
             ack.returned_by.push(path.0);
             self.main_conn().send(Body::Ack(ack));

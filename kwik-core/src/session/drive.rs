@@ -22,6 +22,8 @@ impl Session {
             let Some(&path) = self.conns.keys().nth(i) else {
                 break;
             };
+            let _span =
+                tracing::debug_span!(target: crate::log::SPANS, "kwik_path", %path).entered();
             while let Some(event) = self.conns.get_mut(&path).and_then(|c| c.quic.poll()) {
                 if let Err(v) = self.on_quinn_event(path, event, ctx) {
                     self.fail_path(path, v, ctx);
@@ -197,6 +199,7 @@ impl Session {
         let mut pieces = 0usize;
         let result = conn.read_lane(lane, max_payload, &mut |piece| {
             pieces += 1;
+            let _span = tracing::trace_span!(target: crate::log::SPANS, "kwik_stream", stream = %piece.stream).entered();
             if role == Role::Secondary {
                 return Err(violation("a client sends a secondary no data"));
             }
@@ -405,6 +408,7 @@ impl Session {
         }
         self.retry_targets(ctx);
         self.check_liveness(ctx);
+        self.check_health(ctx);
         if self.role != Role::Client || self.phase == Phase::Closed {
             return;
         }
@@ -492,7 +496,7 @@ impl Session {
             && path != PathId::PRIMARY
             && v.code != ErrorCode::OffsetMismatch
         {
-            tracing::debug!(session = %self.handle, %path, code = %v.code, reason = %v.reason, "closing path");
+            tracing::debug!(target: crate::log::CONTROL, session = %self.handle, %path, code = %v.code, reason = %v.reason, "violation: closing the path");
             let joined = self.conns.get(&path).is_some_and(|c| c.joined);
             let state = if joined {
                 PathState::Dead
@@ -514,7 +518,7 @@ impl Session {
         if self.close_reason.is_some() {
             return;
         }
-        tracing::debug!(session = %self.handle, code = %v.code, reason = %v.reason, "closing session");
+        tracing::debug!(target: crate::log::CONTROL, session = %self.handle, code = %v.code, reason = %v.reason, "violation: closing the session");
         let reason = CloseReason::Protocol {
             code: v.code,
             reason: v.reason.clone(),
@@ -556,6 +560,7 @@ impl Session {
             return;
         }
         self.close_reason = Some(CloseReason::LocallyClosed);
+        tracing::debug!(target: crate::log::CONTROL, session = %self.handle, code = code.into_inner(), "session closed by the application");
         events.push_back(Event::SessionClosed {
             session: self.handle,
             reason: CloseReason::LocallyClosed,

@@ -128,6 +128,7 @@ impl Session {
         );
         self.id = Some(id);
         self.phase = Phase::Active;
+        tracing::debug!(target: crate::log::CONTROL, session = %self.handle, %id, role = ?self.role, "session active");
         let (lanes, window) = (self.transport.max_lanes, self.transport.receive_window);
         let (server, primary) = (self.side == Side::Server, self.role == Role::Primary);
         let conn = self.main_conn();

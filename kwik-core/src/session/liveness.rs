@@ -154,7 +154,7 @@ impl Session {
         if self.close_reason.is_some() {
             return;
         }
-        tracing::debug!(session = %self.handle, %reason, detail, "peer lost");
+        tracing::debug!(target: crate::log::PATHS, session = %self.handle, %reason, detail, "peer lost: session ends");
         self.close_reason = Some(reason.clone());
         ctx.events.push_back(Event::SessionClosed {
             session: self.handle,

@@ -23,6 +23,7 @@ mod client_paths;
 mod drive;
 mod handshake;
 mod liveness;
+mod path_health;
 mod primary;
 mod secondary;
 mod transfers;

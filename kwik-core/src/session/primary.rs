@@ -31,6 +31,7 @@ impl Session {
             self.add_deadlines.remove(&path);
         }
         self.set_path_state(path, state, failure, ctx);
+        self.on_reported_health(&m, ctx);
     }
 
     /// Primary: hands lost delegations to the live secondary paths in turn,
@@ -40,7 +41,7 @@ impl Session {
         let live: Vec<PathId> = self
             .paths
             .values()
-            .filter(|p| !p.primary && p.state == PathState::Active)
+            .filter(|p| p.takes_new_ranges())
             .map(|p| p.id)
             .collect();
         let transfer_streams: Vec<StreamId> = self.transfers.values().map(|t| t.stream).collect();
@@ -111,6 +112,7 @@ impl Session {
             by_path.entry(d.path).or_default().push(d.clone());
         }
         for (path, ranges) in by_path {
+            tracing::debug!(target: crate::log::DELEGATION, session = %self.handle, %path, ranges = ranges.len(), "ranges given back");
             ctx.events.push_back(Event::RangesLost {
                 session: self.handle,
                 path,
@@ -263,6 +265,7 @@ impl Session {
         let d = self
             .ledger
             .add(path, stream, range.clone(), fin, descriptor.clone(), urgent);
+        tracing::trace!(target: crate::log::DELEGATION, session = %self.handle, %path, %stream, ?range, fin, urgent, "delegate");
         self.main_conn().send(Body::Delegate(msg::Delegate {
             path_id: path.0,
             delegation_id: d.id.0,

@@ -42,6 +42,7 @@ impl Session {
         }
         // `wire::check` bounded the range when the message was decoded.
         let range = m.offset..m.offset + m.length;
+        tracing::trace!(target: crate::log::DELEGATION, session = %self.handle, %stream, ?range, fin = m.fin, urgent = m.urgent, "delegated");
         self.serving
             .entry(stream)
             .or_default()

@@ -17,7 +17,7 @@ impl Session {
         live.extend(
             self.paths
                 .values()
-                .filter(|p| !p.primary && p.state == PathState::Active)
+                .filter(|p| p.takes_new_ranges())
                 .map(|p| PathView {
                     id: p.id,
                     rtt: p.rtt,
@@ -71,6 +71,7 @@ impl Session {
         }
         for (id, stream) in finished {
             self.transfers.remove(&id);
+            tracing::debug!(target: crate::log::DELEGATION, session = %self.handle, transfer = id.0, %stream, "transfer complete");
             ctx.events.push_back(Event::TransferComplete {
                 session: self.handle,
                 transfer: id,
@@ -127,7 +128,7 @@ impl Session {
             // A range this server cannot serve goes back to the primary
             // (§10.4), which re-assigns it, rather than wait for a hedge.
             for stream in short {
-                tracing::debug!(session = %self.handle, %stream, "resource too short: delegation given back");
+                tracing::debug!(target: crate::log::DELEGATION, session = %self.handle, %stream, "resource too short: delegation given back");
                 let _ = self.reset(stream, 0);
             }
         }

@@ -144,6 +144,8 @@ pub fn arb_body(inp: &mut Input<'_, '_>) -> Body {
             reason: arb_string(inp, 1100),
             rtt_us: inp.varint(),
             bytes_received: inp.varint(),
+            health: i32::from(inp.byte() % 8),
+            throughput: inp.varint(),
         }),
         11 => Body::RemovePath(msg::RemovePath {
             path_id: inp.varint(),
@@ -280,6 +282,8 @@ pub fn seeds() -> Vec<Seed> {
             reason: "refused".into(),
             rtt_us: 20_000,
             bytes_received: 12345,
+            health: msg::PathHealth::Critical as i32,
+            throughput: 1 << 20,
         }),
         Body::RemovePath(msg::RemovePath { path_id: 1 }),
         Body::Delegate(msg::Delegate {
