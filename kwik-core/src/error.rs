@@ -201,6 +201,38 @@ pub enum DisconnectKind {
     Transport,
 }
 
+impl DisconnectKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [DisconnectKind; 6] = [
+        DisconnectKind::Normal,
+        DisconnectKind::Timeout,
+        DisconnectKind::ProtocolViolation,
+        DisconnectKind::ResourceLimit,
+        DisconnectKind::Banned,
+        DisconnectKind::Transport,
+    ];
+
+    /// A stable snake_case name (`normal`, `timeout`,
+    /// `protocol_violation`, `resource_limit`, `banned`, `transport`), for
+    /// logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectKind::Normal => "normal",
+            DisconnectKind::Timeout => "timeout",
+            DisconnectKind::ProtocolViolation => "protocol_violation",
+            DisconnectKind::ResourceLimit => "resource_limit",
+            DisconnectKind::Banned => "banned",
+            DisconnectKind::Transport => "transport",
+        }
+    }
+}
+
+impl fmt::Display for DisconnectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl CloseReason {
     /// The broad class of this reason.
     pub fn kind(&self) -> DisconnectKind {
