@@ -49,11 +49,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
-    ConnectError, ConnectionError, Delegation, DelegationId, EndpointStats, ErrorCode, PathError,
-    PathEvent, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget,
-    ReadError, ReadToEndError, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
-    SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig,
-    TransferId, TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls,
+    ConnectError, ConnectionError, Delegation, DelegationId, DisconnectKind, EndpointStats,
+    ErrorCode, MetricsOptions, PathError, PathEvent, PathFailure, PathFilter, PathId, PathInfo,
+    PathPolicy, PathState, PathTarget, ReadError, ReadToEndError, Resource, RetryPolicy, Role,
+    ServerConfig, SessionId, SessionStats, SessionsClosed, SharedResource, StoppedError,
+    StreamError, StreamId, TokenKey, Transfer, TransferConfig, TransferId, TransportConfig,
+    WriteError, client_config, client_config_trusting, dev, metrics, prometheus_client, rustls,
     server_config,
 };
 
