@@ -117,11 +117,17 @@ impl SessionsClosed {
         *slot = slot.saturating_add(1);
     }
 
+    /// The kind's place in [`DisconnectKind::ALL`] (a match, so that a new
+    /// kind cannot be left out).
     fn index(kind: DisconnectKind) -> usize {
-        DisconnectKind::ALL
-            .iter()
-            .position(|&k| k == kind)
-            .unwrap_or(0)
+        match kind {
+            DisconnectKind::Normal => 0,
+            DisconnectKind::Timeout => 1,
+            DisconnectKind::ProtocolViolation => 2,
+            DisconnectKind::ResourceLimit => 3,
+            DisconnectKind::Banned => 4,
+            DisconnectKind::Transport => 5,
+        }
     }
 }
 
@@ -321,6 +327,9 @@ mod tests {
         assert_eq!(closed.get(DisconnectKind::Banned), 1);
         assert_eq!(closed.get(DisconnectKind::Normal), 0);
         assert_eq!(closed.total(), 3);
+        for (i, kind) in DisconnectKind::ALL.into_iter().enumerate() {
+            assert_eq!(SessionsClosed::index(kind), i, "{kind}");
+        }
         let listed: Vec<_> = closed.iter().collect();
         assert_eq!(listed.len(), DisconnectKind::ALL.len());
         assert!(listed.contains(&(DisconnectKind::Timeout, 2)));
