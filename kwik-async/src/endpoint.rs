@@ -142,7 +142,7 @@ impl<A: Adapter> Endpoint<A> {
         })
     }
 
-    fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.inner.0
     }
 

@@ -28,6 +28,10 @@
 //! ([`Endpoint::serve_resource`]). [`rate_limited`] caps an endpoint's
 //! sending rate, for demonstrations of aggregation on loopback.
 //!
+//! [`Endpoint::register_metrics`] exports an endpoint's counters (the
+//! door's, and per session and path, capped) to a
+//! [`prometheus_client`] registry, read at scrape time; see [`metrics`].
+//!
 //! # Design
 //! * **Locking.** The core sits behind one mutex per endpoint with the
 //!   wakers beside it. Critical sections are a core call or a drained batch
@@ -54,6 +58,7 @@ mod config;
 mod driver;
 mod endpoint;
 mod error;
+pub mod metrics;
 mod multi;
 mod reconnect;
 mod runtime;
@@ -70,6 +75,7 @@ pub use error::{
     ConnectError, ConnectionError, ReadError, ReadToEndError, RetryError, StoppedError,
     StreamError, WriteError,
 };
+pub use metrics::MetricsOptions;
 pub use multi::{PathError, PathEvent, Transfer};
 pub use reconnect::{ReconnectError, ReconnectPolicy, Reconnector};
 pub use runtime::{Adapter, AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
@@ -82,7 +88,8 @@ pub use kwik_core::{
     ALPN, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl, Delegation,
     DelegationId, Dir, DisconnectKind, EndpointStats, ErrorCode, PathFailure, PathFilter,
     PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget, Resource, RetryPolicy, Role,
-    ServerConfig, SessionHandle, SessionId, SessionStats, SharedResource, StreamId, TokenKey,
-    TransferConfig, TransferId, TransportConfig,
+    ServerConfig, SessionHandle, SessionId, SessionStats, SessionsClosed, SharedResource, StreamId,
+    TokenKey, TransferConfig, TransferId, TransportConfig,
 };
+pub use prometheus_client;
 pub use rustls;

@@ -102,6 +102,12 @@ impl Shared {
     /// Locks the state from a destructor: `None` instead of panicking if the
     /// lock is poisoned (a panic while unwinding would abort).
     pub(crate) fn lock_for_drop(&self) -> Option<Locked<'_>> {
+        self.lock_unless_poisoned()
+    }
+
+    /// Locks the state, or `None` if an earlier panic poisoned the lock:
+    /// for callers that must not panic (destructors, metric scrapes).
+    pub(crate) fn lock_unless_poisoned(&self) -> Option<Locked<'_>> {
         Some(Locked {
             guard: Some(self.state.lock().ok()?),
             kick: false,

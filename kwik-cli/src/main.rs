@@ -7,6 +7,9 @@
 //! kwik get kwik://127.0.0.1:4433/big.iso -o big.iso --allow 127.0.0.1:4434 --ca kwik-dev-ca.pem
 //! ```
 //!
+//! `--metrics 127.0.0.1:9464` on `kwik serve` also serves the server's
+//! metrics at `http://127.0.0.1:9464/metrics` (see `metrics.rs`).
+//!
 //! A primary and its secondaries serve copies of one directory and share a
 //! path-token key (`--key`, created on first use). The client talks to the
 //! primary only; the primary tells it to join the secondaries (which the
@@ -49,6 +52,7 @@
 
 mod files;
 mod get;
+mod metrics;
 mod protocol;
 mod serve;
 mod tls;
@@ -136,6 +140,14 @@ pub struct ServeArgs {
     /// the listen IP).
     #[arg(long, value_name = "NAME", conflicts_with = "tls_cert")]
     pub tls_name: Vec<String>,
+    /// Serve this server's metrics (OpenMetrics text) at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Most sessions the metrics list one by one (the oldest); the others
+    /// are only counted. 0 lists endpoint totals only.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub metrics_max_sessions: usize,
 }
 
 /// Options of `kwik get`.

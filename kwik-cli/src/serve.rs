@@ -11,10 +11,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Once};
 
 use kwik_tokio::{
-    Endpoint, ServerConfig, Session, TokenKey, TransferConfig, TransportConfig, server_config,
+    Endpoint, MetricsOptions, ServerConfig, Session, TokenKey, TransferConfig, TransportConfig,
+    server_config,
 };
 
 use crate::files::{Lookup, ServedDir};
+use crate::metrics::MetricsSetup;
 use crate::protocol::{Descriptor, MAX_REQUEST, Response};
 use crate::{Fail, ServeArgs, resolve_one};
 
@@ -66,13 +68,25 @@ pub async fn run(args: ServeArgs) -> Result<(), Fail> {
     )?;
     let mut config = server_config(chain, key).map_err(|e| Fail(format!("TLS setup: {e}")))?;
     config.transport = transport();
+    let metrics = match &args.metrics {
+        Some(addr) => {
+            let mut options = MetricsOptions::default();
+            options.max_sessions = args.metrics_max_sessions;
+            Some(MetricsSetup {
+                addr: resolve_one(addr)?,
+                options,
+            })
+        }
+        None => None,
+    };
     match args.role {
         Role::Secondary => {
             if !args.secondary.is_empty() {
                 return Err(Fail("--secondary is for primaries".into()));
             }
             config.trusted_keys = vec![token];
-            secondary(config, listen, dir).await
+            let endpoint = bind(config, listen, metrics.as_ref()).await?;
+            secondary(endpoint, dir).await
         }
         Role::Primary => {
             config.token_key = Some(token);
@@ -81,7 +95,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Fail> {
                 .iter()
                 .map(|s| parse_secondary(s))
                 .collect::<Result<Vec<_>, _>>()?;
-            primary(config, listen, dir, secondaries).await
+            let endpoint = bind(config, listen, metrics.as_ref()).await?;
+            primary(endpoint, dir, secondaries).await
         }
     }
 }
@@ -102,16 +117,22 @@ fn parse_secondary(spec: &str) -> Result<Secondary, Fail> {
     })
 }
 
-fn bind(config: ServerConfig, listen: SocketAddr) -> Result<Endpoint, Fail> {
-    Endpoint::server(config, listen).map_err(|e| Fail(format!("cannot listen on {listen}: {e}")))
-}
-
-async fn secondary(
+/// Binds the server's endpoint and, if asked, serves its metrics.
+async fn bind(
     config: ServerConfig,
     listen: SocketAddr,
-    dir: Arc<ServedDir>,
-) -> Result<(), Fail> {
-    let endpoint = bind(config, listen)?;
+    metrics: Option<&MetricsSetup>,
+) -> Result<Endpoint, Fail> {
+    let endpoint = Endpoint::server(config, listen)
+        .map_err(|e| Fail(format!("cannot listen on {listen}: {e}")))?;
+    if let Some(setup) = metrics {
+        let at = crate::metrics::serve(setup, &endpoint).await?;
+        eprintln!("kwik: metrics on http://{at}/metrics");
+    }
+    Ok(endpoint)
+}
+
+async fn secondary(endpoint: Endpoint, dir: Arc<ServedDir>) -> Result<(), Fail> {
     let files = {
         let (dir, endpoint) = (dir.clone(), endpoint.clone());
         tokio::task::spawn_blocking(move || register_all(&dir, &endpoint))
@@ -170,12 +191,10 @@ fn register_all(dir: &ServedDir, endpoint: &Endpoint) -> Result<usize, Fail> {
 }
 
 async fn primary(
-    config: ServerConfig,
-    listen: SocketAddr,
+    endpoint: Endpoint,
     dir: Arc<ServedDir>,
     secondaries: Vec<Secondary>,
 ) -> Result<(), Fail> {
-    let endpoint = bind(config, listen)?;
     eprintln!(
         "kwik: primary on {} serving {} with secondaries [{}]",
         endpoint.local_addr(),

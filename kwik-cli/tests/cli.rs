@@ -360,3 +360,192 @@ fn a_new_key_file_is_private_and_reused() {
     assert_eq!(text.trim().len(), 64);
     assert!(Path::new(&dir.path().join("kwik-dev-ca.pem")).exists());
 }
+
+// ----- --metrics ------------------------------------------------------------
+
+/// A loopback TCP address nothing listens on right now.
+fn free_tcp_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// `GET path` over a fresh connection: the status code, the headers
+/// (lower-cased names) and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8(response).expect("a UTF-8 response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// `(name, labels, value)` of every sample of an OpenMetrics text, checking
+/// that every line is a comment or `name{labels} value` with a float value
+/// and that the text ends with `# EOF`.
+fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
+    assert!(text.ends_with("# EOF\n"), "no EOF marker: {text}");
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, rest) = match line.rfind('}') {
+            Some(close) => (&line[..=close], &line[close + 1..]),
+            None => line.split_once(' ').expect("name and value"),
+        };
+        let value = rest.split_whitespace().next().expect("a value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|e| panic!("value of {line:?}: {e}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.strip_suffix('}').expect("closing brace")),
+            None => (series, ""),
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        samples.push((name.to_string(), labels.to_string(), value));
+    }
+    samples
+}
+
+fn metric(samples: &[(String, String, f64)], name: &str, labels: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && l == labels)
+        .map(|s| s.2)
+}
+
+#[test]
+fn serve_metrics_over_http_count_the_sessions_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("files");
+    std::fs::create_dir(&served).unwrap();
+    let data = pattern(1 << 20);
+    std::fs::write(served.join("f.bin"), &data).unwrap();
+    let key = dir.path().join("kwik.key");
+    let primary = free_addr();
+    let metrics = free_tcp_addr();
+    let _server = spawn(&[
+        "serve",
+        "--role",
+        "primary",
+        "--listen",
+        &primary.to_string(),
+        "--dir",
+        served.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--metrics",
+        &metrics.to_string(),
+    ]);
+    // Answering a request means the metrics listener is up too (it is
+    // bound before the server accepts anything).
+    wait_ready(primary);
+    let out_file = dir.path().join("f.out");
+    let out = kwik(&[
+        "get",
+        &format!("kwik://{primary}/f.bin"),
+        "-o",
+        out_file.to_str().unwrap(),
+        "--ca",
+        dir.path().join("kwik-dev-ca.pem").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&out_file).unwrap() == data);
+
+    let (status, headers, body) = http_get(metrics, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(
+        content_type,
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let samples = parse_metrics(&body);
+    // What an outside checker does with each kwik sample line: the value is
+    // the first word after the labels (or after the name).
+    for line in body.lines().filter(|l| l.starts_with("kwik_")) {
+        let rest = match line.rfind('}') {
+            Some(close) => &line[close + 1..],
+            None => line.split_once(char::is_whitespace).expect("a value").1,
+        };
+        let word = rest.split_whitespace().next().expect("a value");
+        assert!(word.parse::<f64>().is_ok(), "{line:?}");
+    }
+    let kwik_samples = samples.iter().filter(|s| s.0.starts_with("kwik_")).count();
+    assert!(kwik_samples >= 10, "{body}");
+    // At least one readiness probe and the download each had a session.
+    let accepted = metric(&samples, "kwik_endpoint_handshakes_accepted_total", "");
+    assert!(accepted.is_some_and(|n| n >= 2.0), "{body}");
+    assert!(metric(&samples, "kwik_endpoint_incoming_total", "").is_some_and(|n| n >= 2.0));
+
+    // The sessions' ends are counted once the server has seen them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = http_get(metrics, "/metrics");
+        let closed: f64 = parse_metrics(&body)
+            .iter()
+            .filter(|s| s.0 == "kwik_endpoint_sessions_closed_total")
+            .map(|s| s.2)
+            .sum();
+        if closed >= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "closes never counted: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (status, _, _) = http_get(metrics, "/other");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn an_unusable_metrics_address_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let out = kwik(&[
+        "serve",
+        "--role",
+        "primary",
+        "--listen",
+        &free_addr().to_string(),
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--key",
+        dir.path().join("k").to_str().unwrap(),
+        "--metrics",
+        &taken_addr,
+    ]);
+    // The key and the development CA are created first (and say so).
+    let err = stderr(&out);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    let expected = format!("cannot serve metrics on {taken_addr}");
+    assert!(last.contains(&expected), "{expected:?} not in: {err}");
+    drop(taken);
+}

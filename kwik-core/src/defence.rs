@@ -43,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use quinn_proto::TimeSource;
 
+use crate::error::DisconnectKind;
 use crate::ids::SessionHandle;
 
 /// Counters of an endpoint's server side, from
@@ -50,7 +51,8 @@ use crate::ids::SessionHandle;
 ///
 /// Gauges (`sessions`, `half_open`, `bans_active`) describe the endpoint
 /// at the time of its latest input; every other field is a total since the
-/// endpoint was created.
+/// endpoint was created. All but `sessions_closed` concern the server side
+/// only; `sessions_closed` counts client sessions too.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EndpointStats {
@@ -80,6 +82,54 @@ pub struct EndpointStats {
     pub bans_active: u64,
     /// Bans imposed (a peer banned again while banned counts again).
     pub bans_total: u64,
+    /// Sessions of this endpoint (either side) that closed, by the broad
+    /// class of their [`CloseReason`](crate::CloseReason).
+    pub sessions_closed: SessionsClosed,
+}
+
+/// Sessions closed, by [`DisconnectKind`]: part of [`EndpointStats`].
+///
+/// A session counts once, when the endpoint hands out its
+/// [`Event::SessionClosed`](crate::Event::SessionClosed) (every session
+/// ends with exactly one), so the counts are those the application was told.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionsClosed([u64; DisconnectKind::ALL.len()]);
+
+impl SessionsClosed {
+    /// Sessions closed for reasons of this kind.
+    pub fn get(&self, kind: DisconnectKind) -> u64 {
+        self.0[Self::index(kind)]
+    }
+
+    /// Every kind with its count, in [`DisconnectKind::ALL`] order (zeros
+    /// included).
+    pub fn iter(&self) -> impl Iterator<Item = (DisconnectKind, u64)> + '_ {
+        DisconnectKind::ALL.into_iter().zip(self.0)
+    }
+
+    /// Sessions closed, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub(crate) fn count(&mut self, kind: DisconnectKind) {
+        let slot = &mut self.0[Self::index(kind)];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// The kind's place in [`DisconnectKind::ALL`] (a match, so that a new
+    /// kind cannot be left out).
+    fn index(kind: DisconnectKind) -> usize {
+        match kind {
+            DisconnectKind::Normal => 0,
+            DisconnectKind::Timeout => 1,
+            DisconnectKind::ProtocolViolation => 2,
+            DisconnectKind::ResourceLimit => 3,
+            DisconnectKind::Banned => 4,
+            DisconnectKind::Refused => 5,
+            DisconnectKind::Transport => 6,
+        }
+    }
 }
 
 /// IPs banned until an expiry, bounded in number.
@@ -266,6 +316,29 @@ mod tests {
         assert_eq!(hs.pop_expired(t0 + ms(25)), None);
         assert_eq!(hs.next_deadline(), None);
         assert_eq!(hs.len(), 1);
+    }
+
+    #[test]
+    fn sessions_closed_counts_each_kind_apart() {
+        let mut closed = SessionsClosed::default();
+        closed.count(DisconnectKind::Timeout);
+        closed.count(DisconnectKind::Timeout);
+        closed.count(DisconnectKind::Banned);
+        assert_eq!(closed.get(DisconnectKind::Timeout), 2);
+        assert_eq!(closed.get(DisconnectKind::Banned), 1);
+        assert_eq!(closed.get(DisconnectKind::Normal), 0);
+        assert_eq!(closed.total(), 3);
+        for (i, kind) in DisconnectKind::ALL.into_iter().enumerate() {
+            assert_eq!(SessionsClosed::index(kind), i, "{kind}");
+        }
+        let listed: Vec<_> = closed.iter().collect();
+        assert_eq!(listed.len(), DisconnectKind::ALL.len());
+        assert!(listed.contains(&(DisconnectKind::Timeout, 2)));
+        let names: Vec<_> = DisconnectKind::ALL.iter().map(|k| k.as_str()).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "labels are distinct: {names:?}");
     }
 
     #[test]

@@ -622,11 +622,11 @@ impl KwikEndpoint {
     /// The next output. Call after every input until it returns
     /// [`Output::Timeout`]; `buf` receives the bytes of a `Transmit`.
     pub fn poll_output(&mut self, buf: &mut Vec<u8>) -> Output {
-        if let Some(event) = self.events.pop_front() {
+        if let Some(event) = self.next_event() {
             return Output::Event(event);
         }
         self.drive_dirty();
-        if let Some(event) = self.events.pop_front() {
+        if let Some(event) = self.next_event() {
             return Output::Event(event);
         }
         if let Some((transmit, bytes)) = self.responses.pop_front() {
@@ -650,7 +650,7 @@ impl KwikEndpoint {
             session.queued_send = false;
             // Sending may have produced connection-id requests or a drain.
             self.settle_endpoint_events(handle);
-            if let Some(event) = self.events.pop_front() {
+            if let Some(event) = self.next_event() {
                 return Output::Event(event);
             }
         }
@@ -660,6 +660,16 @@ impl KwikEndpoint {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
+    }
+
+    /// The next event for the application; a session's close is counted
+    /// here, where every close passes exactly once.
+    fn next_event(&mut self) -> Option<Event> {
+        let event = self.events.pop_front()?;
+        if let Event::SessionClosed { reason, .. } = &event {
+            self.stats.sessions_closed.count(reason.kind());
+        }
+        Some(event)
     }
 
     /// Closes the server sessions whose kwik handshake is overdue.
@@ -887,7 +897,8 @@ impl KwikEndpoint {
     }
 
     /// Counters of the server side: sessions, half-open handshakes,
-    /// retries, refusals, handshake timeouts and bans.
+    /// retries, refusals, handshake timeouts and bans; and closes of every
+    /// session, by kind of reason.
     pub fn stats(&self) -> EndpointStats {
         EndpointStats {
             sessions: self.server_sessions as u64,

@@ -205,9 +205,44 @@ pub enum DisconnectKind {
     /// The server refused the attempt statelessly: at its limits, or a
     /// ban (see [`CloseReason::Refused`]).
     Refused,
-    /// The QUIC or TLS layer failed or refused (handshake, certificate,
-    /// ALPN, version, refused connection).
+    /// The QUIC or TLS layer failed (handshake, certificate, ALPN,
+    /// version), or the server application refused the session.
     Transport,
+}
+
+impl DisconnectKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [DisconnectKind; 7] = [
+        DisconnectKind::Normal,
+        DisconnectKind::Timeout,
+        DisconnectKind::ProtocolViolation,
+        DisconnectKind::ResourceLimit,
+        DisconnectKind::Banned,
+        DisconnectKind::Refused,
+        DisconnectKind::Transport,
+    ];
+
+    /// A stable snake_case name (`normal`, `timeout`,
+    /// `protocol_violation`, `resource_limit`, `banned`, `refused`,
+    /// `transport`), for
+    /// logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectKind::Normal => "normal",
+            DisconnectKind::Timeout => "timeout",
+            DisconnectKind::ProtocolViolation => "protocol_violation",
+            DisconnectKind::ResourceLimit => "resource_limit",
+            DisconnectKind::Banned => "banned",
+            DisconnectKind::Refused => "refused",
+            DisconnectKind::Transport => "transport",
+        }
+    }
+}
+
+impl fmt::Display for DisconnectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl CloseReason {

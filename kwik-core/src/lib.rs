@@ -71,7 +71,7 @@ pub use config::{
     MAX_TIME_THRESHOLD, PRE_HANDSHAKE_WINDOW, PROTOCOL_VERSION, RetryPolicy, SUPPORTED_FEATURES,
     ServerConfig, TransportConfig,
 };
-pub use defence::EndpointStats;
+pub use defence::{EndpointStats, SessionsClosed};
 pub use delegation::{Delegation, DelegationId};
 pub use endpoint::{KwikEndpoint, RetryError, UnknownIncoming};
 pub use error::{

@@ -38,11 +38,12 @@ use kwik_async::{AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
     ConnectError, ConnectionError, Delegation, DelegationId, DisconnectKind, EndpointStats,
-    ErrorCode, PathError, PathEvent, PathFailure, PathFilter, PathHealth, PathId, PathInfo,
-    PathPolicy, PathState, PathTarget, ReadError, ReadToEndError, ReconnectError, ReconnectPolicy,
-    Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats, SharedResource,
-    StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig, TransferId,
-    TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls, server_config,
+    ErrorCode, MetricsOptions, PathError, PathEvent, PathFailure, PathFilter, PathHealth, PathId,
+    PathInfo, PathPolicy, PathState, PathTarget, ReadError, ReadToEndError, ReconnectError,
+    ReconnectPolicy, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
+    SessionsClosed, SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer,
+    TransferConfig, TransferId, TransportConfig, WriteError, client_config, client_config_trusting,
+    dev, metrics, prometheus_client, rustls, server_config,
 };
 
 /// Marker selecting smol / async-io for the [`kwik_async`] API.

@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use kwik_core::{
-    ClientConfig, CloseReason, EndpointStats, ErrorCode, Event, KwikEndpoint, RetryError,
-    RetryPolicy, ServerConfig,
+    ClientConfig, CloseReason, DisconnectKind, EndpointStats, ErrorCode, Event, KwikEndpoint,
+    RetryError, RetryPolicy, ServerConfig,
 };
 use kwik_sim::alloc::{CountingAlloc, Meter, installed};
 use kwik_sim::handshakes::{Dialer, InitialFlood, MuteClient};
@@ -339,6 +339,8 @@ fn half_open_limit_refuses_then_admits_once_handshakes_expire() {
     assert!(dialer.established_at.is_some(), "{:?}", dialer.closed);
     let s = door.stats();
     assert_eq!((s.handshakes_timed_out, s.refused_limit), (2, 1), "{s:?}");
+    // The two expired handshakes are counted as closed for a timeout.
+    assert_eq!(s.sessions_closed.get(DisconnectKind::Timeout), 2, "{s:?}");
 }
 
 #[test]
