@@ -84,6 +84,7 @@ pub use stream::{RecvStream, SendStream};
 pub use throttle::rate_limited;
 
 pub use bytes::Bytes;
+pub use kwik_core::Side;
 pub use kwik_core::{
     ALPN, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl, Delegation,
     DelegationId, Dir, DisconnectKind, EndpointStats, ErrorCode, PathFailure, PathFilter,
@@ -91,5 +92,7 @@ pub use kwik_core::{
     ServerConfig, SessionHandle, SessionId, SessionStats, SessionsClosed, SharedResource, StreamId,
     TokenKey, TransferConfig, TransferId, TransportConfig,
 };
+#[cfg(feature = "qlog")]
+pub use kwik_core::{QlogSink, QlogTarget};
 pub use prometheus_client;
 pub use rustls;

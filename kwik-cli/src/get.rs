@@ -75,6 +75,9 @@ pub async fn run(args: GetArgs) -> Result<(), Fail> {
     let url = Url::parse(&args.url)?;
     let mut config = client_tls(&args)?;
     config.transport = crate::serve::transport();
+    if let Some(dir) = &args.qlog_dir {
+        config.transport.qlog = Some(crate::qlog::sink(dir)?);
+    }
     let allowed = args
         .allow
         .iter()

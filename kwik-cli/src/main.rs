@@ -54,6 +54,7 @@ mod files;
 mod get;
 mod metrics;
 mod protocol;
+mod qlog;
 mod serve;
 mod tls;
 
@@ -148,6 +149,9 @@ pub struct ServeArgs {
     /// are only counted. 0 lists endpoint totals only.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub metrics_max_sessions: usize,
+    /// Write a qlog trace of every QUIC connection into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub qlog_dir: Option<PathBuf>,
 }
 
 /// Options of `kwik get`.
@@ -174,6 +178,10 @@ pub struct GetArgs {
     /// Seconds to wait for the primary to answer the handshake.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub timeout: f64,
+    /// Write a qlog trace of every QUIC connection (primary and each
+    /// secondary path) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub qlog_dir: Option<PathBuf>,
 }
 
 fn main() {

@@ -68,6 +68,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Fail> {
     )?;
     let mut config = server_config(chain, key).map_err(|e| Fail(format!("TLS setup: {e}")))?;
     config.transport = transport();
+    if let Some(dir) = &args.qlog_dir {
+        config.transport.qlog = Some(crate::qlog::sink(dir)?);
+    }
     let metrics = match &args.metrics {
         Some(addr) => {
             let mut options = MetricsOptions::default();

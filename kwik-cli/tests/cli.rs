@@ -549,3 +549,45 @@ fn an_unusable_metrics_address_is_refused_at_start() {
     assert!(last.contains(&expected), "{expected:?} not in: {err}");
     drop(taken);
 }
+
+#[test]
+fn qlog_dir_gets_one_trace_per_connection() {
+    let data = pattern(2 << 20);
+    let cluster = Cluster::start(&[("q.bin", &data)]);
+    let allowed = cluster.secondaries[0].to_string();
+    let qlogs = cluster.dir.path().join("qlog");
+    let out = cluster.get(
+        "q.bin",
+        "q.out",
+        &["--allow", &allowed, "--qlog-dir", qlogs.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(cluster.out("q.out")).unwrap() == data);
+    let mut traces: Vec<_> = std::fs::read_dir(&qlogs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    traces.sort();
+    // The primary connection and the one secondary path that was allowed.
+    assert_eq!(traces.len(), 2, "{traces:?}");
+    for trace in &traces {
+        let name = trace.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("client-") && name.ends_with(".sqlog"),
+            "{name}"
+        );
+        let text = std::fs::read_to_string(trace).unwrap();
+        // JSON-SEQ: records start with the RS character; the header names
+        // the format, then packets follow.
+        let records: Vec<&str> = text
+            .split('\u{1e}')
+            .filter(|r| !r.trim().is_empty())
+            .collect();
+        assert!(records[0].contains("qlog_version"), "{}", records[0]);
+        assert!(
+            records.iter().any(|r| r.contains("packet_received")),
+            "{name}: {} records, no packet_received",
+            records.len()
+        );
+    }
+}

@@ -152,6 +152,9 @@ pub struct TransportConfig {
     /// [`PRE_HANDSHAKE_WINDOW`](crate::PRE_HANDSHAKE_WINDOW) and no lane may
     /// be opened.
     pub receive_window: u64,
+    /// Where each connection's qlog trace goes (`None`: no traces).
+    #[cfg(feature = "qlog")]
+    pub qlog: Option<crate::QlogSink>,
 }
 
 /// Largest [`LossDetection::time_threshold`] used (larger values are
@@ -181,6 +184,8 @@ impl Default for TransportConfig {
             required_features: 0,
             max_delegations: 4096,
             receive_window: 32 << 20,
+            #[cfg(feature = "qlog")]
+            qlog: None,
         }
     }
 }

@@ -124,6 +124,9 @@ pub struct KwikEndpoint {
     quinn_server: Option<Arc<quinn_proto::ServerConfig>>,
     token_key: [u8; 64],
     sessions: BTreeMap<SessionHandle, Session>,
+    /// Connections given a qlog trace so far (numbers their traces).
+    #[cfg(feature = "qlog")]
+    traced_connections: u64,
     /// Every session's next deadline, earliest first: finding the next
     /// timer and the expired sessions costs O(log n), not a scan of
     /// every session (a server may hold tens of thousands).
@@ -200,6 +203,8 @@ impl KwikEndpoint {
             quinn_server: None,
             token_key: seeds.token_key,
             sessions: BTreeMap::new(),
+            #[cfg(feature = "qlog")]
+            traced_connections: 0,
             timers: BTreeSet::new(),
             by_conn: Vec::new(),
             dial_configs: BTreeMap::new(),
@@ -317,7 +322,9 @@ impl KwikEndpoint {
     ) -> Result<(ConnectionHandle, quinn_proto::Connection, ProbeGate), ConnectError> {
         let mut qcfg = quinn_proto::ClientConfig::new(config.crypto.clone());
         let gate = ProbeGate::default();
-        qcfg.transport_config(Arc::new(transport.quinn(Side::Client, &gate)));
+        let mut quic_transport = transport.quinn(Side::Client, &gate);
+        self.trace_connection(&mut quic_transport, transport, Side::Client, addr);
+        qcfg.transport_config(Arc::new(quic_transport));
         self.quinn
             .connect(self.now, qcfg, addr, server_name)
             .map(|(ch, quic)| (ch, quic, gate))
@@ -330,6 +337,28 @@ impl KwikEndpoint {
                 }
                 other => ConnectError::Quic(other.to_string()),
             })
+    }
+
+    /// Gives a new connection its qlog trace, if the configuration asks
+    /// for one (feature `qlog`).
+    #[allow(unused_variables)]
+    fn trace_connection(
+        &mut self,
+        quic: &mut quinn_proto::TransportConfig,
+        transport: &TransportConfig,
+        side: Side,
+        remote: SocketAddr,
+    ) {
+        #[cfg(feature = "qlog")]
+        if let Some(sink) = &transport.qlog {
+            self.traced_connections += 1;
+            let target = crate::QlogTarget {
+                side,
+                remote,
+                connection: self.traced_connections,
+            };
+            quic.qlog_stream(sink.stream(&target, self.now));
+        }
     }
 
     fn next_handle(&mut self) -> SessionHandle {
@@ -539,9 +568,11 @@ impl KwikEndpoint {
         let remote = inc.remote_address();
         let mut buf = Vec::new();
         let gate = ProbeGate::default();
+        let mut quic_transport = server.transport.quinn(Side::Server, &gate);
+        self.trace_connection(&mut quic_transport, &server.transport, Side::Server, remote);
         let quinn_config = self.quinn_server.as_ref().map(|base| {
             let mut q = (**base).clone();
-            q.transport_config(Arc::new(server.transport.quinn(Side::Server, &gate)));
+            q.transport_config(Arc::new(quic_transport));
             Arc::new(q)
         });
         match self.quinn.accept(inc, self.now, &mut buf, quinn_config) {

@@ -57,6 +57,8 @@ pub mod log;
 mod paths;
 mod probe_gate;
 pub mod proto;
+#[cfg(feature = "qlog")]
+mod qlog;
 mod ranges;
 mod seeded;
 mod session;
@@ -85,6 +87,8 @@ pub use paths::{
     MAX_FINAL_PATHS, PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathRetry,
     PathState, PathTarget,
 };
+#[cfg(feature = "qlog")]
+pub use qlog::{QlogSink, QlogTarget};
 pub use ranges::RangeSet;
 pub use session::{Role, SessionStats};
 pub use streams::SendState;

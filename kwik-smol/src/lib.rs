@@ -35,6 +35,7 @@ use async_io::Async;
 use futures_io::{AsyncRead, AsyncWrite};
 use kwik_async::{AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
 
+pub use kwik_async::Side;
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
     ConnectError, ConnectionError, Delegation, DelegationId, DisconnectKind, EndpointStats,
@@ -45,6 +46,8 @@ pub use kwik_async::{
     TransferConfig, TransferId, TransportConfig, WriteError, client_config, client_config_trusting,
     dev, metrics, prometheus_client, rustls, server_config,
 };
+#[cfg(feature = "qlog")]
+pub use kwik_async::{QlogSink, QlogTarget};
 
 /// Marker selecting smol / async-io for the [`kwik_async`] API.
 #[derive(Debug, Clone, Copy, Default)]

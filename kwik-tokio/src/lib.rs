@@ -47,6 +47,7 @@ use std::time::Instant;
 use kwik_async::{AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+pub use kwik_async::Side;
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
     ConnectError, ConnectionError, Delegation, DelegationId, DisconnectKind, EndpointStats,
@@ -57,6 +58,8 @@ pub use kwik_async::{
     TransferConfig, TransferId, TransportConfig, WriteError, client_config, client_config_trusting,
     dev, metrics, prometheus_client, rustls, server_config,
 };
+#[cfg(feature = "qlog")]
+pub use kwik_async::{QlogSink, QlogTarget};
 
 /// Marker selecting tokio for the [`kwik_async`] API.
 #[derive(Debug, Clone, Copy, Default)]
