@@ -10,7 +10,10 @@
 //! implement its I/O traits ([`Adapter`], [`adapter_streams!`]).
 //!
 //! The API is shaped like quinn's: [`Endpoint`] → [`Connecting`] →
-//! [`Session`] → [`SendStream`] / [`RecvStream`].
+//! [`Session`] → [`SendStream`] / [`RecvStream`]. A client that talked to a
+//! server before resumes its TLS session, and may send its Hello and
+//! idempotent requests in 0-RTT with [`Connecting::into_0rtt`] (see
+//! [`ZeroRttAccepted`]; PROTOCOL.md §12).
 //!
 //! Multi-server sessions use the same handles. A primary's [`Session`] adds
 //! secondary servers as paths ([`Session::add_path`], which resolves to the
@@ -71,7 +74,7 @@ pub use error::{
 };
 pub use multi::{PathError, PathEvent, Transfer};
 pub use runtime::{Adapter, AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
-pub use session::Session;
+pub use session::{Session, ZeroRttAccepted};
 pub use stream::{RecvStream, SendStream};
 pub use throttle::rate_limited;
 
@@ -81,6 +84,6 @@ pub use kwik_core::{
     DelegationId, Dir, EndpointStats, ErrorCode, PathFailure, PathFilter, PathId, PathInfo,
     PathPolicy, PathState, PathTarget, Resource, RetryPolicy, Role, ServerConfig, SessionHandle,
     SessionId, SessionStats, SharedResource, StreamId, TokenKey, TransferConfig, TransferId,
-    TransportConfig,
+    TransportConfig, ZeroRtt,
 };
 pub use rustls;

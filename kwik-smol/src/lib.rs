@@ -41,8 +41,8 @@ pub use kwik_async::{
     PathEvent, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathState, PathTarget,
     ReadError, ReadToEndError, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
     SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer, TransferConfig,
-    TransferId, TransportConfig, WriteError, client_config, client_config_trusting, dev, rustls,
-    server_config,
+    TransferId, TransportConfig, WriteError, ZeroRtt, ZeroRttAccepted, client_config,
+    client_config_trusting, dev, rustls, server_config,
 };
 
 /// Marker selecting smol / async-io for the [`kwik_async`] API.
