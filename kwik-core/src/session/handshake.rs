@@ -138,7 +138,7 @@ impl Session {
             self.main_conn().send(body);
         }
         match self.held_join.take() {
-            Some(join) if self.phase == Phase::Handshaking => self.on_join(join, ctx),
+            Some(join) if self.phase == Phase::Handshaking => self.on_join(*join, ctx),
             _ => Ok(()),
         }
     }
@@ -152,7 +152,7 @@ impl Session {
         match body {
             Body::Hello(hello) => self.on_hello(hello, ctx),
             Body::Join(join) if !self.confirmed => {
-                self.held_join = Some(join);
+                self.held_join = Some(Box::new(join));
                 Ok(())
             }
             Body::Join(join) => self.on_join(join, ctx),

@@ -257,7 +257,7 @@ pub(crate) struct Session {
     held: Vec<Body>,
     /// Secondary: a Join that arrived before the handshake completed,
     /// acted on once it has (§12.3).
-    held_join: Option<msg::Join>,
+    held_join: Option<Box<msg::Join>>,
 }
 
 /// A token bucket in thousandths of a token, refilled from the time inputs
