@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kwik_core::proto::control as msg;
 use kwik_core::{
-    ALPN, CloseReason, Dir, ErrorCode, Event, KwikEndpoint, PathId, ReadError, ServerConfig, Side,
-    StreamId, TokenKey, WriteError, ZeroRtt,
+    ALPN, CloseReason, Dir, ErrorCode, Event, KwikEndpoint, PathId, ReadError, RetryPolicy,
+    ServerConfig, Side, StreamId, TokenKey, WriteError, ZeroRtt,
 };
 use kwik_sim::abuse::{JOIN_SESSION, VALID_UNTIL, arena_endpoint};
 use kwik_sim::hostile::{HostileClient, Misbehaviour, join_request};
@@ -556,4 +556,21 @@ fn s12_3_a_join_in_0rtt_waits_for_the_handshake_and_its_replay_is_never_acted_on
     )));
     let stats = sim.node::<KwikNode<JoinLog>>(secondary).endpoint.stats();
     assert_eq!(stats.handshakes_timed_out, 1, "{stats:?}");
+}
+
+#[test]
+fn a_retry_costs_a_round_trip_and_the_0rtt_data_goes_again_after_it() {
+    // Every attempt must first prove its address: the Retry discards the
+    // first flight, and the client sends it again, 0-RTT data included.
+    let mut net = warmed(12, |c| c.retry = RetryPolicy::Always);
+    let warm = net.client.clone();
+    let id = net.exchange(&warm, Mode::ZeroRtt, b"GET /after-a-retry", LINGER);
+    let r = net.requester(id);
+    assert!(r.in_0rtt && r.settled == Some(true) && r.response_ok());
+    assert_eq!(r.requests_sent, 1);
+    let t = r.first_byte().unwrap();
+    assert!(t >= 2 * RTT && t < 2 * RTT + RTT / 2, "{t:?}");
+    let d = delivered_once(&net, b"GET /after-a-retry");
+    assert_eq!(d.zero_rtt, ZeroRtt::Pending);
+    assert_eq!(net.server_endpoint().stats().retries_sent, 2);
 }
