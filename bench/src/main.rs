@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|primary-death|abuse|handshake-flood|chaos|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|primary-death|abuse|handshake-flood|chaos|sessions|resume|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -33,6 +33,9 @@
 //! * `sessions` — `--count` idle sessions on one server endpoint versus as
 //!   many bare quinn-proto connections: heap per idle session, handshake
 //!   rate, memory returned after close ([`sessions`]);
+//! * `resume` — the first byte of an answer over a 50 ms round trip after a
+//!   full handshake versus a resumed session that sends its Hello and
+//!   request in 0-RTT, medians of `--reps` alternating runs ([`resume`]);
 //! * `loopback` — real UDP on 127.0.0.1: one kwik-tokio session versus one
 //!   quinn connection, same crypto and run, medians ([`loopback`]);
 //! * `loopback-multi` — real UDP on 127.0.0.1: one session from `--servers`
@@ -62,6 +65,7 @@ mod multi_harness;
 mod mux;
 mod primary_death;
 mod report;
+mod resume;
 mod sessions;
 mod sim_cpu;
 mod sim_link;
@@ -90,12 +94,13 @@ scenarios:
   handshake-flood  10 000 forged Initials + 100 clients vs one server: heap, admissions
   chaos      seeded random multi-server transfers with loss and faults, judged
   sessions   --count idle sessions on one server vs bare quinn-proto: heap per session
+  resume     first byte of an answer, 50 ms RTT: full handshake vs 0-RTT resumption
   loopback   1 GiB over one kwik-tokio session vs one quinn connection, real UDP on 127.0.0.1
   loopback-multi  one session from --servers rate-capped servers vs one (real UDP)
 
 flags:
   --mib N    payload size in MiB (sim-cpu: 256, sim-link: 128, failover: 512)
-  --reps N   repetitions per contender in sim-cpu, odd (default 5)
+  --reps N   repetitions per contender in sim-cpu and resume, odd (default 5)
   --cc NAME  congestion controller: bbr or cubic (mux: bbr, aggregate and
              failover: cubic by default)
   --servers N  aggregate: only N servers (2..=8; default runs 2, 4 and 8)
@@ -136,6 +141,7 @@ enum Scenario {
     HandshakeFlood,
     Chaos,
     Sessions,
+    Resume,
     Loopback,
     LoopbackMulti,
     All,
@@ -264,6 +270,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "handshake-flood" => Scenario::HandshakeFlood,
                     "chaos" => Scenario::Chaos,
                     "sessions" => Scenario::Sessions,
+                    "resume" => Scenario::Resume,
                     "loopback" => Scenario::Loopback,
                     "loopback-multi" => Scenario::LoopbackMulti,
                     "all" => Scenario::All,
@@ -424,6 +431,12 @@ fn run(args: &Args) -> Result<(), String> {
             seed: args.seed,
         })?;
     }
+    if args.scenario == Scenario::Resume {
+        resume::main(&resume::Options {
+            reps: args.reps,
+            seed: args.seed,
+        })?;
+    }
     if args.scenario == Scenario::Loopback {
         loopback::main(&loopback::Options {
             mib: args.mib.unwrap_or(loopback::Options::default().mib),
@@ -529,6 +542,8 @@ mod tests {
             ),
             (Scenario::Chaos, 20, 5, 0.02, Some("7"), 2)
         );
+        let a = parse("resume --reps 7").unwrap().unwrap();
+        assert_eq!((a.scenario, a.reps), (Scenario::Resume, 7));
         assert!(parse("--help").unwrap().is_none());
     }
 

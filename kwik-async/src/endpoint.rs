@@ -17,7 +17,7 @@ use kwik_core::{
 
 use crate::error::{ConnectError, ConnectionError, RetryError};
 use crate::runtime::{Adapter, Runtime};
-use crate::session::{Session, SessionRef};
+use crate::session::{Session, SessionRef, ZeroRttAccepted};
 use crate::shared::{SessionSlot, Shared, register};
 
 /// Adapts a server configuration to the adapter: every attempt surfaces as
@@ -438,6 +438,55 @@ impl<A> Connecting<A> {
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.remote
+    }
+}
+
+impl<A: Adapter> Connecting<A> {
+    /// Client: sends the Hello in 0-RTT (PROTOCOL.md §12) and hands the
+    /// session out at once, before its handshake completed, as quinn's
+    /// `Connecting::into_0rtt` does. This works if the client configuration
+    /// holds a ticket from an earlier session with this server (same server
+    /// name) that allows early data, and the handshake has not completed yet
+    /// (call it right after [`Endpoint::connect`]); otherwise the
+    /// `Connecting` comes back unchanged, to be awaited — also when the
+    /// handshake won the race, in which case awaiting it is immediate and
+    /// nothing is lost by sending normally.
+    ///
+    /// On the session, streams opened with
+    /// [`open_bi_idempotent`](Session::open_bi_idempotent) or
+    /// [`open_uni_idempotent`](Session::open_uni_idempotent) send in 0-RTT:
+    /// the application declares their data harmless if replayed. Other
+    /// opens wait until the session is established. The answer comes in
+    /// 0.5-RTT, a round trip after dialling. [`ZeroRttAccepted`] tells
+    /// whether the server took the 0-RTT data: if it did not, the session
+    /// goes on (the Hello is sent again), and the streams opened in 0-RTT
+    /// fail with `ZeroRttRejected` — nothing of them reached the server.
+    ///
+    /// On a server this always gives the `Connecting` back: with
+    /// [`ServerConfig::early_data`](kwik_core::ServerConfig::early_data) on,
+    /// awaiting it already yields the session as soon as a 0-RTT Hello is
+    /// accepted (see [`Session::zero_rtt`]).
+    ///
+    /// # Errors
+    /// The `Connecting` itself, when 0-RTT is not possible.
+    pub fn into_0rtt(self) -> Result<(Session<A>, ZeroRttAccepted), Self> {
+        let Some(session) = self.session.as_ref() else {
+            return Err(self);
+        };
+        let mut state = session.shared.lock();
+        let started = state
+            .endpoint
+            .session(session.handle)
+            .is_some_and(|mut view| view.side() == Side::Client && view.start_0rtt());
+        if !started {
+            drop(state);
+            return Err(self);
+        }
+        state.kick();
+        drop(state);
+        let mut this = self;
+        let inner = this.session.take().expect("checked above");
+        Ok((Session::early(inner.clone()), ZeroRttAccepted::new(inner)))
     }
 }
 

@@ -82,6 +82,10 @@ pub enum WriteError {
     Stopped(u64),
     /// The stream was already finished or reset by this side.
     ClosedStream,
+    /// The stream was opened in 0-RTT and the server rejected 0-RTT: it
+    /// never saw the stream, nothing written on it was delivered. Open a
+    /// stream once the session is established and send again.
+    ZeroRttRejected,
     /// The session has ended.
     SessionClosed(CloseReason),
 }
@@ -94,6 +98,9 @@ pub enum ReadError {
     Reset(u64),
     /// The stream was stopped by this side, or already read to its end.
     ClosedStream,
+    /// The stream was opened in 0-RTT and the server rejected 0-RTT (see
+    /// [`WriteError::ZeroRttRejected`]).
+    ZeroRttRejected,
     /// The session has ended.
     SessionClosed(CloseReason),
 }
@@ -116,6 +123,9 @@ pub enum StreamError {
     Stopped(u64),
     /// This half of the stream is already closed.
     ClosedStream,
+    /// The stream was opened in 0-RTT and the server rejected 0-RTT (see
+    /// [`WriteError::ZeroRttRejected`]).
+    ZeroRttRejected,
     /// The session has ended.
     SessionClosed(CloseReason),
 }
@@ -124,6 +134,9 @@ pub enum StreamError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoppedError {
+    /// The stream was opened in 0-RTT and the server rejected 0-RTT (see
+    /// [`WriteError::ZeroRttRejected`]).
+    ZeroRttRejected,
     /// The session ended before the stream's fate was known.
     SessionClosed(CloseReason),
 }
@@ -133,6 +146,7 @@ impl From<kwik_core::StreamError> for StreamError {
         match e {
             kwik_core::StreamError::Stopped(code) => Self::Stopped(code),
             kwik_core::StreamError::SessionClosed(reason) => Self::SessionClosed(reason),
+            kwik_core::StreamError::ZeroRttRejected => Self::ZeroRttRejected,
             _ => Self::ClosedStream,
         }
     }
@@ -183,6 +197,7 @@ impl From<WriteError> for io::Error {
         let kind = match &e {
             WriteError::Stopped(_) => io::ErrorKind::ConnectionReset,
             WriteError::ClosedStream => io::ErrorKind::NotConnected,
+            WriteError::ZeroRttRejected => io::ErrorKind::ConnectionRefused,
             WriteError::SessionClosed(reason) => io_kind_of_close(reason),
         };
         io::Error::new(kind, e)
@@ -194,6 +209,7 @@ impl From<ReadError> for io::Error {
         let kind = match &e {
             ReadError::Reset(_) => io::ErrorKind::ConnectionReset,
             ReadError::ClosedStream => io::ErrorKind::NotConnected,
+            ReadError::ZeroRttRejected => io::ErrorKind::ConnectionRefused,
             ReadError::SessionClosed(reason) => io_kind_of_close(reason),
         };
         io::Error::new(kind, e)
@@ -205,6 +221,7 @@ impl From<StreamError> for io::Error {
         let kind = match &e {
             StreamError::Stopped(_) => io::ErrorKind::ConnectionReset,
             StreamError::ClosedStream => io::ErrorKind::NotConnected,
+            StreamError::ZeroRttRejected => io::ErrorKind::ConnectionRefused,
             StreamError::SessionClosed(reason) => io_kind_of_close(reason),
         };
         io::Error::new(kind, e)

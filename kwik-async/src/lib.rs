@@ -10,7 +10,10 @@
 //! implement its I/O traits ([`Adapter`], [`adapter_streams!`]).
 //!
 //! The API is shaped like quinn's: [`Endpoint`] → [`Connecting`] →
-//! [`Session`] → [`SendStream`] / [`RecvStream`].
+//! [`Session`] → [`SendStream`] / [`RecvStream`]. A client that talked to a
+//! server before resumes its TLS session, and may send its Hello and
+//! idempotent requests in 0-RTT with [`Connecting::into_0rtt`] (see
+//! [`ZeroRttAccepted`]; PROTOCOL.md §12).
 //!
 //! Multi-server sessions use the same handles. A primary's [`Session`] adds
 //! secondary servers as paths ([`Session::add_path`], which resolves to the
@@ -79,7 +82,7 @@ pub use metrics::MetricsOptions;
 pub use multi::{PathError, PathEvent, Transfer};
 pub use reconnect::{ReconnectError, ReconnectPolicy, Reconnector};
 pub use runtime::{Adapter, AsyncTimer, AsyncUdpSocket, Interest, Runtime, UdpSockRef};
-pub use session::Session;
+pub use session::{Session, ZeroRttAccepted};
 pub use stream::{RecvStream, SendStream};
 pub use throttle::rate_limited;
 
@@ -90,7 +93,7 @@ pub use kwik_core::{
     DelegationId, Dir, DisconnectKind, EndpointStats, ErrorCode, PathFailure, PathFilter,
     PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget, Resource, RetryPolicy, Role,
     ServerConfig, SessionHandle, SessionId, SessionStats, SessionsClosed, SharedResource, StreamId,
-    TokenKey, TransferConfig, TransferId, TransportConfig,
+    TokenKey, TransferConfig, TransferId, TransportConfig, ZeroRtt,
 };
 #[cfg(feature = "qlog")]
 pub use kwik_core::{QlogSink, QlogTarget};

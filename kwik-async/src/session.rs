@@ -8,13 +8,16 @@
 //! transfers) are added the same way in `multi.rs`.
 
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use kwik_core::{CloseError, CloseReason, Dir, OpenError, SessionHandle, SessionId, SessionStats};
+use kwik_core::{
+    CloseError, CloseReason, Dir, OpenError, SessionHandle, SessionId, SessionStats, ZeroRtt,
+};
 
 use crate::error::ConnectionError;
 use crate::runtime::Adapter;
@@ -29,6 +32,9 @@ pub(crate) struct SessionRef {
     pub(crate) handle: SessionHandle,
     /// The peer's address when the session started.
     remote: SocketAddr,
+    /// The server-assigned id, once known (a session handed out by
+    /// `Connecting::into_0rtt` learns it with the Welcome).
+    id: OnceLock<SessionId>,
 }
 
 impl SessionRef {
@@ -37,22 +43,44 @@ impl SessionRef {
             shared,
             handle,
             remote,
+            id: OnceLock::new(),
         })
     }
 
-    fn poll_open(&self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<StreamId, ConnectionError>> {
+    /// Opens a stream; `idempotent` lets it ride in 0-RTT. Before the kwik
+    /// handshake completed (a session from `into_0rtt`), an open that the
+    /// core cannot do yet waits for it. Returns the id and whether the
+    /// stream was opened in 0-RTT.
+    fn poll_open(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+        idempotent: bool,
+    ) -> Poll<Result<(StreamId, bool), ConnectionError>> {
         let mut state = self.shared.lock();
         if let Some(reason) = state.session_closed(self.handle) {
             return Poll::Ready(Err(ConnectionError(reason)));
         }
         let opened = match state.endpoint.session(self.handle) {
-            Some(mut view) => view.open(dir),
+            Some(mut view) => {
+                let early = !view.is_established();
+                let opened = if idempotent {
+                    view.open_idempotent(dir)
+                } else {
+                    view.open(dir)
+                };
+                opened.map(|id| (id, early))
+            }
             None => Err(OpenError::SessionClosed(CloseReason::EndpointClosed)),
         };
         match opened {
-            Ok(id) => {
+            Ok((id, early)) => {
                 state.stream_handed_out(self.handle, id);
-                Poll::Ready(Ok(id))
+                if early {
+                    // Sent in 0-RTT: have the driver send it now.
+                    state.kick();
+                }
+                Poll::Ready(Ok((id, early)))
             }
             Err(OpenError::Blocked) => {
                 if let Some(slot) = state.sessions.get_mut(&self.handle) {
@@ -60,12 +88,41 @@ impl SessionRef {
                 }
                 Poll::Pending
             }
+            Err(OpenError::NotEstablished) => {
+                if let Some(slot) = state.sessions.get_mut(&self.handle) {
+                    slot.established.register(cx.waker());
+                }
+                Poll::Pending
+            }
             Err(OpenError::SessionClosed(reason)) => Poll::Ready(Err(ConnectionError(reason))),
-            // Sessions are handed out only once established.
             Err(other) => Poll::Ready(Err(ConnectionError(CloseReason::Transport(format!(
                 "cannot open a stream: {other}"
             ))))),
         }
+    }
+
+    /// The server-assigned id, if the kwik handshake has told it.
+    fn id(&self) -> Option<SessionId> {
+        if let Some(id) = self.id.get() {
+            return Some(*id);
+        }
+        let id = self.shared.lock().sessions.get(&self.handle)?.id?;
+        Some(*self.id.get_or_init(|| id))
+    }
+
+    fn poll_established(&self, cx: &mut Context<'_>) -> Poll<Result<SessionId, ConnectionError>> {
+        let mut state = self.shared.lock();
+        let Some(slot) = state.sessions.get_mut(&self.handle) else {
+            return Poll::Ready(Err(ConnectionError(CloseReason::EndpointClosed)));
+        };
+        if let Some(id) = slot.id {
+            return Poll::Ready(Ok(*self.id.get_or_init(|| id)));
+        }
+        if let Some(reason) = slot.close.clone() {
+            return Poll::Ready(Err(ConnectionError(reason)));
+        }
+        slot.established.register(cx.waker());
+        Poll::Pending
     }
 
     fn poll_accept(
@@ -112,7 +169,6 @@ impl Drop for SessionRef {
 /// with code 0 when the last handle (sessions and streams) is dropped.
 pub struct Session<A> {
     inner: Arc<SessionRef>,
-    id: SessionId,
     _adapter: PhantomData<fn() -> A>,
 }
 
@@ -120,7 +176,6 @@ impl<A> Clone for Session<A> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            id: self.id,
             _adapter: PhantomData,
         }
     }
@@ -129,29 +184,38 @@ impl<A> Clone for Session<A> {
 impl<A> fmt::Debug for Session<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("id", &self.id)
+            .field("id", &self.inner.id())
             .field("handle", &self.inner.handle)
             .finish_non_exhaustive()
     }
 }
 
 impl<A: Adapter> Session<A> {
+    /// A session whose kwik handshake completed with `id`.
     pub(crate) fn new(inner: Arc<SessionRef>, id: SessionId) -> Self {
+        let _ = inner.id.set(id);
+        Self::early(inner)
+    }
+
+    /// A session handed out before its kwik handshake completed (0-RTT).
+    pub(crate) fn early(inner: Arc<SessionRef>) -> Self {
         Self {
             inner,
-            id,
             _adapter: PhantomData,
         }
     }
 
     /// Opens a bidirectional stream, waiting while the peer's stream limit
-    /// is reached. The peer learns of it with its first byte or FIN.
+    /// is reached (and, for a session from
+    /// [`Connecting::into_0rtt`](crate::Connecting::into_0rtt), until it is
+    /// established: only idempotent streams ride in 0-RTT). The peer learns
+    /// of it with its first byte or FIN.
     ///
     /// # Errors
     /// If the session has ended.
     pub async fn open_bi(&self) -> Result<(A::SendStream, A::RecvStream), ConnectionError> {
-        let id = poll_fn(|cx| self.inner.poll_open(cx, Dir::Bi)).await?;
-        Ok(self.bi_pair(id))
+        let (id, early) = poll_fn(|cx| self.inner.poll_open(cx, Dir::Bi, false)).await?;
+        Ok(self.bi_pair(id, early))
     }
 
     /// Opens a unidirectional stream (see [`open_bi`](Self::open_bi)).
@@ -159,8 +223,38 @@ impl<A: Adapter> Session<A> {
     /// # Errors
     /// If the session has ended.
     pub async fn open_uni(&self) -> Result<A::SendStream, ConnectionError> {
-        let id = poll_fn(|cx| self.inner.poll_open(cx, Dir::Uni)).await?;
-        Ok(SendStream::new(self.inner.clone(), id).into())
+        let (id, early) = poll_fn(|cx| self.inner.poll_open(cx, Dir::Uni, false)).await?;
+        Ok(SendStream::new(self.inner.clone(), id, early).into())
+    }
+
+    /// Opens a bidirectional stream whose data the application declares
+    /// **idempotent** — harmless if the server receives it twice — so that
+    /// it may ride in 0-RTT, where an attacker who captured it can replay
+    /// it (PROTOCOL.md §12.2). On a session from
+    /// [`Connecting::into_0rtt`](crate::Connecting::into_0rtt) the stream
+    /// opens at once and what is written to it leaves in 0-RTT; if the
+    /// server then rejects 0-RTT, every call on the stream fails with
+    /// `ZeroRttRejected` (the server saw none of it: open a new stream to
+    /// send it again). Otherwise, or once established, the same as
+    /// [`open_bi`](Self::open_bi).
+    ///
+    /// # Errors
+    /// If the session has ended.
+    pub async fn open_bi_idempotent(
+        &self,
+    ) -> Result<(A::SendStream, A::RecvStream), ConnectionError> {
+        let (id, early) = poll_fn(|cx| self.inner.poll_open(cx, Dir::Bi, true)).await?;
+        Ok(self.bi_pair(id, early))
+    }
+
+    /// Opens a unidirectional stream whose data may ride in 0-RTT (see
+    /// [`open_bi_idempotent`](Self::open_bi_idempotent)).
+    ///
+    /// # Errors
+    /// If the session has ended.
+    pub async fn open_uni_idempotent(&self) -> Result<A::SendStream, ConnectionError> {
+        let (id, early) = poll_fn(|cx| self.inner.poll_open(cx, Dir::Uni, true)).await?;
+        Ok(SendStream::new(self.inner.clone(), id, early).into())
     }
 
     /// The next bidirectional stream the peer opened.
@@ -169,7 +263,7 @@ impl<A: Adapter> Session<A> {
     /// If the session has ended.
     pub async fn accept_bi(&self) -> Result<(A::SendStream, A::RecvStream), ConnectionError> {
         let id = poll_fn(|cx| self.inner.poll_accept(cx, Dir::Bi)).await?;
-        Ok(self.bi_pair(id))
+        Ok(self.bi_pair(id, false))
     }
 
     /// The next unidirectional stream the peer opened.
@@ -178,13 +272,13 @@ impl<A: Adapter> Session<A> {
     /// If the session has ended.
     pub async fn accept_uni(&self) -> Result<A::RecvStream, ConnectionError> {
         let id = poll_fn(|cx| self.inner.poll_accept(cx, Dir::Uni)).await?;
-        Ok(RecvStream::new(self.inner.clone(), id).into())
+        Ok(RecvStream::new(self.inner.clone(), id, false).into())
     }
 
-    fn bi_pair(&self, id: StreamId) -> (A::SendStream, A::RecvStream) {
+    fn bi_pair(&self, id: StreamId, early: bool) -> (A::SendStream, A::RecvStream) {
         (
-            SendStream::new(self.inner.clone(), id).into(),
-            RecvStream::new(self.inner.clone(), id).into(),
+            SendStream::new(self.inner.clone(), id, early).into(),
+            RecvStream::new(self.inner.clone(), id, early).into(),
         )
     }
 }
@@ -243,8 +337,48 @@ impl<A> Session<A> {
     }
 
     /// The server-assigned session id, shared by both ends.
+    ///
+    /// A session from [`Connecting::into_0rtt`](crate::Connecting::into_0rtt)
+    /// learns it with the server's Welcome: until then this is the all-zero
+    /// id (await [`established`](Self::established) for the real one).
     pub fn id(&self) -> SessionId {
-        self.id
+        self.inner.id().unwrap_or(SessionId([0; SessionId::LEN]))
+    }
+
+    /// Completes once the kwik handshake completed, with the session id:
+    /// at once for a session from awaiting [`Connecting`](crate::Connecting),
+    /// when the Welcome arrives for one from
+    /// [`Connecting::into_0rtt`](crate::Connecting::into_0rtt).
+    ///
+    /// # Errors
+    /// If the session ended first.
+    pub async fn established(&self) -> Result<SessionId, ConnectionError> {
+        poll_fn(|cx| self.inner.poll_established(cx)).await
+    }
+
+    /// Where the session stands with 0-RTT (PROTOCOL.md §12). On a server,
+    /// [`ZeroRtt::Pending`] means the Hello came in 0-RTT and the handshake
+    /// has not confirmed the client yet: what arrived so far could be a
+    /// replay of another client's first flight.
+    pub fn zero_rtt(&self) -> ZeroRtt {
+        let mut state = self.inner.shared.lock();
+        let handle = self.inner.handle;
+        if let Some(view) = state.endpoint.session(handle) {
+            return view.zero_rtt();
+        }
+        match state.sessions.get(&handle).and_then(|slot| slot.zero_rtt) {
+            Some(true) => ZeroRtt::Accepted,
+            Some(false) => ZeroRtt::Rejected,
+            None => ZeroRtt::Off,
+        }
+    }
+
+    /// Completes once the fate of the session's 0-RTT data is known (see
+    /// [`ZeroRttAccepted`]).
+    pub fn zero_rtt_accepted(&self) -> ZeroRttAccepted {
+        ZeroRttAccepted {
+            inner: self.inner.clone(),
+        }
     }
 
     /// The peer's address (the last known one once the session is gone).
@@ -259,5 +393,60 @@ impl<A> Session<A> {
     /// The endpoint-local handle of the session (for logs and the core).
     pub fn handle(&self) -> SessionHandle {
         self.inner.handle
+    }
+}
+
+/// Completes with whether the session's 0-RTT data was accepted, as quinn's
+/// `ZeroRttAccepted` does.
+///
+/// On a client (from [`Connecting::into_0rtt`](crate::Connecting::into_0rtt)),
+/// when its handshake completes: `true` if the server took the Hello and the
+/// idempotent streams, `false` if it rejected them — it then saw none of
+/// them, the Hello has gone again, and the streams opened in 0-RTT fail with
+/// `ZeroRttRejected`. On a server whose session began with a 0-RTT Hello,
+/// `true` once the handshake has confirmed the client (nothing received was
+/// a replay). `false` at once for a session that is not in 0-RTT, and if the
+/// session ends before the fate is known.
+pub struct ZeroRttAccepted {
+    inner: Arc<SessionRef>,
+}
+
+impl fmt::Debug for ZeroRttAccepted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZeroRttAccepted")
+            .field("session", &self.inner.handle)
+            .finish()
+    }
+}
+
+impl ZeroRttAccepted {
+    pub(crate) fn new(inner: Arc<SessionRef>) -> Self {
+        Self { inner }
+    }
+}
+
+impl Future for ZeroRttAccepted {
+    type Output = bool;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let handle = self.inner.handle;
+        let mut state = self.inner.shared.lock();
+        // The core knows first; the event that tells the slot may still be
+        // on its way to the driver.
+        let now = state.endpoint.session(handle).map(|view| view.zero_rtt());
+        let Some(slot) = state.sessions.get_mut(&handle) else {
+            return Poll::Ready(false);
+        };
+        if let Some(accepted) = slot.zero_rtt {
+            return Poll::Ready(accepted);
+        }
+        match now {
+            Some(ZeroRtt::Pending) if slot.close.is_none() => {
+                slot.zero_rtt_waiters.register(cx.waker());
+                Poll::Pending
+            }
+            Some(ZeroRtt::Accepted) => Poll::Ready(true),
+            _ => Poll::Ready(false),
+        }
     }
 }

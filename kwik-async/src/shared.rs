@@ -199,6 +199,12 @@ pub(crate) struct SessionSlot {
     /// Application handles (session, streams, connecting) still exist.
     pub(crate) handles: bool,
     pub(crate) connecting: Option<Waker>,
+    /// Futures waiting for the kwik handshake of a session handed out
+    /// before it (by `Connecting::into_0rtt`): opens, `established`.
+    pub(crate) established: Wakers,
+    /// The fate of the session's 0-RTT data, once known (`ZeroRttSettled`).
+    pub(crate) zero_rtt: Option<bool>,
+    pub(crate) zero_rtt_waiters: Wakers,
     pub(crate) accept: [Wakers; 2],
     pub(crate) open: [Wakers; 2],
     pub(crate) closed: Wakers,
@@ -244,6 +250,9 @@ impl SessionSlot {
             drained: false,
             handles: true,
             connecting: None,
+            established: Wakers::default(),
+            zero_rtt: None,
+            zero_rtt_waiters: Wakers::default(),
             accept: Default::default(),
             open: Default::default(),
             closed: Wakers::default(),
@@ -268,6 +277,8 @@ impl SessionSlot {
 
     fn wake_all(&mut self, out: &mut Vec<Waker>) {
         out.extend(self.connecting.take());
+        self.established.drain_into(out);
+        self.zero_rtt_waiters.drain_into(out);
         for w in self.accept.iter_mut().chain(self.open.iter_mut()) {
             w.drain_into(out);
         }
@@ -401,7 +412,11 @@ impl State {
                     tracing::trace!(target: kwik_core::log::DRIVER, parent: &slot.span, %id, "session established");
                     slot.id = Some(id);
                     wake.extend(slot.connecting.take());
+                    slot.established.drain_into(wake);
                 }
+            }
+            Event::ZeroRttSettled { session, accepted } => {
+                self.on_zero_rtt_settled(session, accepted, wake)
             }
             Event::SessionClosed { session, reason } => {
                 self.on_session_closed(session, reason, wake)
@@ -561,6 +576,52 @@ impl State {
             }
             _ => {}
         }
+    }
+
+    /// The fate of a session's 0-RTT data is known. On a rejection (client),
+    /// the core forgot every stream opened in 0-RTT and will hand their ids
+    /// out again: their records here go, their handles (which remember they
+    /// were opened early) fail with `ZeroRttRejected` from now on and never
+    /// touch the core again, and whoever waits on them is woken to see it.
+    fn on_zero_rtt_settled(
+        &mut self,
+        session: SessionHandle,
+        accepted: bool,
+        wake: &mut Vec<Waker>,
+    ) {
+        let Some(slot) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        tracing::debug!(parent: &slot.span, accepted, "0-RTT settled");
+        slot.zero_rtt = Some(accepted);
+        slot.zero_rtt_waiters.drain_into(wake);
+        if accepted {
+            return;
+        }
+        let side = slot.side;
+        let early: Vec<_> = self
+            .streams
+            .range(stream_range(session))
+            .filter(|((_, id), _)| id.initiator() == side)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in early {
+            if let Some(mut stream) = self.streams.remove(&key) {
+                stream.wake_all(wake);
+            }
+        }
+    }
+
+    /// True if the session's 0-RTT data was rejected: handles of streams
+    /// opened in 0-RTT are dead.
+    pub(crate) fn zero_rtt_rejected(&mut self, session: SessionHandle) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|slot| slot.zero_rtt == Some(false))
+            || self
+                .endpoint
+                .session(session)
+                .is_some_and(|view| view.zero_rtt() == kwik_core::ZeroRtt::Rejected)
     }
 
     /// A path changed state: settles a pending `add_path` (the first outcome

@@ -8,6 +8,11 @@
 //!
 //! Dropping a half cleans up like quinn: an unfinished `SendStream` is
 //! finished, a `RecvStream` not read to its end is stopped with code 0.
+//!
+//! A half opened in 0-RTT remembers it: if the server rejects 0-RTT, the
+//! core forgets the stream and hands its id out again, so from then on the
+//! handle answers every call with `ZeroRttRejected` without asking the core
+//! (which could name a newer stream by the same id), as quinn's streams do.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -36,6 +41,8 @@ pub struct SendStream {
     session: Arc<SessionRef>,
     id: StreamId,
     state: SendState,
+    /// Opened in 0-RTT: dead if the server rejects it.
+    early: bool,
 }
 
 impl fmt::Debug for SendStream {
@@ -49,12 +56,19 @@ impl fmt::Debug for SendStream {
 }
 
 impl SendStream {
-    pub(crate) fn new(session: Arc<SessionRef>, id: StreamId) -> Self {
+    pub(crate) fn new(session: Arc<SessionRef>, id: StreamId, early: bool) -> Self {
         Self {
             session,
             id,
             state: SendState::Open,
+            early,
         }
+    }
+
+    /// Whether the stream was opened in 0-RTT (its data may have been sent
+    /// before the handshake completed).
+    pub fn is_0rtt(&self) -> bool {
+        self.early
     }
 
     /// The stream's id.
@@ -137,6 +151,9 @@ impl SendStream {
         if let Some(reason) = state.session_closed(handle) {
             return Poll::Ready(Err(WriteError::SessionClosed(reason)));
         }
+        if self.early && state.zero_rtt_rejected(handle) {
+            return Poll::Ready(Err(WriteError::ZeroRttRejected));
+        }
         let result = match state.endpoint.stream(handle, self.id) {
             Some(mut view) => write(&mut view),
             None => Err(kwik_core::WriteError::ClosedStream),
@@ -157,6 +174,7 @@ impl SendStream {
             Err(kwik_core::WriteError::SessionClosed(reason)) => {
                 Err(WriteError::SessionClosed(reason))
             }
+            Err(kwik_core::WriteError::ZeroRttRejected) => Err(WriteError::ZeroRttRejected),
             Err(_) => Err(match stopped_code(&state, key) {
                 Some(code) => WriteError::Stopped(code),
                 None => WriteError::ClosedStream,
@@ -220,6 +238,9 @@ impl SendStream {
         if let Some(reason) = state.session_closed(handle) {
             return Err(StreamError::SessionClosed(reason));
         }
+        if self.early && state.zero_rtt_rejected(handle) {
+            return Err(StreamError::ZeroRttRejected);
+        }
         let result = match state.endpoint.stream(handle, self.id) {
             Some(mut view) => call(&mut view).map_err(StreamError::from),
             None => Err(StreamError::ClosedStream),
@@ -251,6 +272,9 @@ impl SendStream {
     pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<Result<Option<u64>, StoppedError>> {
         let handle = self.session.handle;
         let mut state = self.session.shared.lock();
+        if self.early && state.zero_rtt_rejected(handle) {
+            return Poll::Ready(Err(StoppedError::ZeroRttRejected));
+        }
         let key = (handle, self.id);
         match state.streams.get(&key).and_then(|slot| slot.outcome) {
             Some(SendOutcome::Stopped(code)) => return Poll::Ready(Ok(Some(code))),
@@ -282,6 +306,10 @@ impl Drop for SendStream {
             return;
         };
         let handle = self.session.handle;
+        if self.early && state.zero_rtt_rejected(handle) {
+            // The core forgot the stream; its id may name another now.
+            return;
+        }
         if self.state == SendState::Open
             && let Some(mut view) = state.endpoint.stream(handle, self.id)
         {
@@ -299,6 +327,8 @@ pub struct RecvStream {
     id: StreamId,
     /// Read to its end, reset, or stopped: the core has forgotten this half.
     done: bool,
+    /// Opened in 0-RTT: dead if the server rejects it.
+    early: bool,
 }
 
 impl fmt::Debug for RecvStream {
@@ -312,12 +342,19 @@ impl fmt::Debug for RecvStream {
 }
 
 impl RecvStream {
-    pub(crate) fn new(session: Arc<SessionRef>, id: StreamId) -> Self {
+    pub(crate) fn new(session: Arc<SessionRef>, id: StreamId, early: bool) -> Self {
         Self {
             session,
             id,
             done: false,
+            early,
         }
+    }
+
+    /// Whether the stream was opened in 0-RTT (by this side, as the
+    /// receiving half of a bidirectional stream).
+    pub fn is_0rtt(&self) -> bool {
+        self.early
     }
 
     /// The stream's id.
@@ -395,6 +432,9 @@ impl RecvStream {
         if let Some(reason) = state.session_closed(handle) {
             return Poll::Ready(Err(ReadError::SessionClosed(reason)));
         }
+        if self.early && state.zero_rtt_rejected(handle) {
+            return Poll::Ready(Err(ReadError::ZeroRttRejected));
+        }
         let result = match state.endpoint.stream(handle, self.id) {
             Some(mut view) => read(&mut view),
             None => Err(kwik_core::ReadError::ClosedStream),
@@ -418,6 +458,7 @@ impl RecvStream {
             Err(kwik_core::ReadError::SessionClosed(reason)) => {
                 Err(ReadError::SessionClosed(reason))
             }
+            Err(kwik_core::ReadError::ZeroRttRejected) => Err(ReadError::ZeroRttRejected),
             Err(_) => {
                 self.done = true;
                 Err(ReadError::ClosedStream)
@@ -440,6 +481,9 @@ impl RecvStream {
         if let Some(reason) = state.session_closed(handle) {
             return Err(StreamError::SessionClosed(reason));
         }
+        if self.early && state.zero_rtt_rejected(handle) {
+            return Err(StreamError::ZeroRttRejected);
+        }
         let result = match state.endpoint.stream(handle, self.id) {
             Some(mut view) => view.stop(code).map_err(StreamError::from),
             None => Err(StreamError::ClosedStream),
@@ -456,6 +500,10 @@ impl Drop for RecvStream {
             return;
         };
         let handle = self.session.handle;
+        if self.early && state.zero_rtt_rejected(handle) {
+            // The core forgot the stream; its id may name another now.
+            return;
+        }
         if !self.done
             && let Some(mut view) = state.endpoint.stream(handle, self.id)
         {

@@ -820,3 +820,142 @@ async fn reconnects_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
     server.close(0, b"");
     client.close(0, b"");
 }
+
+/// The next attempt on `server`, accepted and served with [`serve`]
+/// (until the session ends) by a task on `rt`; returns the session.
+async fn accept_one<A: Adapter>(rt: &Arc<dyn Runtime>, server: &Endpoint<A>) -> Session<A> {
+    let incoming = server.accept().await.expect("an attempt");
+    let session = incoming.accept().await.expect("accepted");
+    drop(spawn(rt, serve(session.clone(), rt.clone())));
+    session
+}
+
+/// 0-RTT resumption over real UDP (PROTOCOL.md §12). A first session leaves
+/// the client configuration a ticket. The second dials with
+/// `Connecting::into_0rtt` and writes an echo request on an idempotent
+/// stream before the server even accepts the attempt (so it certainly rides
+/// in 0-RTT), then reads the echo; the server handed that session out
+/// before the handshake confirmed the client, and both sides see the 0-RTT
+/// data accepted. Then the server restarts (a new endpoint, a new ticket
+/// store): 0-RTT is rejected, the early stream fails with `ZeroRttRejected`
+/// on every call, and the same request on a new stream is echoed byte for
+/// byte. A client configuration without a ticket gets its `Connecting`
+/// back.
+pub async fn zero_rtt<A: Adapter>() {
+    let rt = runtime::<A>();
+    within(
+        &rt,
+        SCENARIO_TIMEOUT,
+        "0-RTT scenario",
+        zero_rtt_inner::<A>(&rt),
+    )
+    .await;
+}
+
+async fn zero_rtt_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
+    use crate::{SessionId, StoppedError, StreamError, ZeroRtt};
+
+    let (cert, key) = dev::self_signed_cert(["localhost"]);
+    let early_server = || {
+        let mut config = server_config(vec![cert.clone()], key.clone_key()).expect("server");
+        config.early_data = true;
+        config
+    };
+    let client_config = client_config_trusting([cert.clone()]).expect("client config");
+    let server = Endpoint::<A>::server(early_server(), localhost()).expect("server endpoint");
+    let client = Endpoint::<A>::client(localhost()).expect("client endpoint");
+    let unknown = SessionId([0; SessionId::LEN]);
+
+    // Without a ticket there is no 0-RTT: the Connecting comes back.
+    let connecting = client
+        .connect(server.local_addr(), "localhost", &client_config)
+        .expect("connect");
+    let Err(connecting) = connecting.into_0rtt() else {
+        panic!("0-RTT without a ticket");
+    };
+    let served = accept_one(rt, &server).await;
+    let session = connecting.await.expect("established");
+    assert_eq!(session.zero_rtt(), ZeroRtt::Off);
+    assert_eq!(served.zero_rtt(), ZeroRtt::Off);
+    assert!(!session.zero_rtt_accepted().await);
+    echo(&session, pattern(1, 1000)).await;
+    // The tickets come in the server's first 1-RTT packets; give them time.
+    sleep(rt, Duration::from_millis(100)).await;
+    session.close(0, b"").expect("close");
+    drop((session, served));
+
+    // Resumed: the request is written before the server has even accepted
+    // the attempt, so it can only leave in 0-RTT.
+    let connecting = client
+        .connect(server.local_addr(), "localhost", &client_config)
+        .expect("connect");
+    let (session, accepted) = connecting
+        .into_0rtt()
+        .expect("the first session left a ticket");
+    assert_eq!(session.id(), unknown, "no Welcome yet");
+    let (mut send, mut recv) = session.open_bi_idempotent().await.expect("open in 0-RTT");
+    assert!(send.is_0rtt() && recv.is_0rtt());
+    let data = pattern(2, 20_000);
+    send.write_all(b"E").await.expect("write in 0-RTT");
+    send.write_chunk(data.clone())
+        .await
+        .expect("write in 0-RTT");
+    send.finish().expect("finish in 0-RTT");
+    let served = accept_one(rt, &server).await;
+    assert_ne!(
+        served.zero_rtt(),
+        ZeroRtt::Off,
+        "established by a 0-RTT Hello"
+    );
+    assert!(accepted.await, "the server took the 0-RTT data");
+    assert!(
+        served.zero_rtt_accepted().await,
+        "the handshake confirmed it"
+    );
+    assert_eq!(session.zero_rtt(), ZeroRtt::Accepted);
+    assert_eq!(served.zero_rtt(), ZeroRtt::Accepted);
+    let echoed = recv.read_to_end(data.len()).await.expect("echo");
+    assert!(echoed == data, "echo differs");
+    let id = session.established().await.expect("established");
+    assert_eq!((id, served.id()), (session.id(), session.id()));
+    assert_ne!(id, unknown);
+    echo(&session, pattern(3, 1000)).await;
+    sleep(rt, Duration::from_millis(100)).await;
+    session.close(0, b"").expect("close");
+    drop((send, recv, session, served));
+
+    // The server restarts: its new ticket store knows no ticket.
+    server.close(0, b"");
+    server.wait_idle().await;
+    let server = Endpoint::<A>::server(early_server(), localhost()).expect("server endpoint");
+    let connecting = client
+        .connect(server.local_addr(), "localhost", &client_config)
+        .expect("connect");
+    let (session, accepted) = connecting.into_0rtt().expect("a ticket is left");
+    let (mut send, mut recv) = session.open_bi_idempotent().await.expect("open in 0-RTT");
+    assert!(send.is_0rtt());
+    let data = pattern(4, 5000);
+    send.write_all(b"E").await.expect("write in 0-RTT");
+    send.write_all(&data).await.expect("write in 0-RTT");
+    let served = accept_one(rt, &server).await;
+    assert!(!accepted.await, "a restarted server rejects 0-RTT");
+    assert_eq!(session.zero_rtt(), ZeroRtt::Rejected);
+    assert_eq!(served.zero_rtt(), ZeroRtt::Off, "the server saw no 0-RTT");
+    assert_eq!(send.write(b"more").await, Err(WriteError::ZeroRttRejected));
+    assert_eq!(send.finish(), Err(StreamError::ZeroRttRejected));
+    assert_eq!(send.stopped().await, Err(StoppedError::ZeroRttRejected));
+    let mut buf = [0u8; 16];
+    assert_eq!(recv.read(&mut buf).await, Err(ReadError::ZeroRttRejected));
+    // The request again, on a stream of the established session (its id is
+    // the rejected one's, used again: the old handles must not touch it).
+    echo(&session, data).await;
+    drop((send, recv));
+    echo(&session, pattern(5, 1000)).await;
+    session.close(0, b"").expect("close");
+    drop((session, served));
+    client.wait_idle().await;
+    assert_eq!(client.tracked(), (0, 0), "client kept records");
+    server.close(0, b"");
+    server.wait_idle().await;
+    assert_eq!(server.tracked(), (0, 0), "server kept records");
+}

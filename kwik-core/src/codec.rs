@@ -65,6 +65,11 @@ impl RecordReader {
         self.buf.extend_from_slice(chunk);
     }
 
+    /// The largest record body accepted.
+    pub(crate) fn limit(&self) -> usize {
+        self.max_record
+    }
+
     /// Gives back a large buffer once it is empty (a burst of messages
     /// must not pin its peak).
     pub(crate) fn shrink(&mut self) {

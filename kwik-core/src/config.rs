@@ -16,6 +16,7 @@ use crate::ids::Side;
 use crate::paths::{PathPolicy, PathRetry};
 use crate::probe_gate::{GatedFactory, ProbeGate};
 use crate::token::TokenKey;
+use crate::zero_rtt::{EARLY_LANES, RememberedLimits};
 
 /// ALPN protocol id of kwik version 1.
 pub const ALPN: &[u8] = b"kwik/1";
@@ -196,7 +197,18 @@ impl TransportConfig {
     /// small connection window; both are raised once the peer's Hello or
     /// Join is accepted, so nothing is buffered for an unauthenticated peer.
     /// The congestion controller answers to `gate` (see [`crate::probe_gate`]).
-    pub(crate) fn quinn(&self, side: Side, gate: &ProbeGate) -> quinn_proto::TransportConfig {
+    ///
+    /// A server that accepts 0-RTT (`early_data`) allows
+    /// [`EARLY_LANES`] lanes from the start instead of none: clients
+    /// remember these initial transport parameters and send their early
+    /// data within them, before any MAX_STREAMS of this server can reach
+    /// them. The small window still bounds what they can make it buffer.
+    pub(crate) fn quinn(
+        &self,
+        side: Side,
+        gate: &ProbeGate,
+        early_data: bool,
+    ) -> quinn_proto::TransportConfig {
         let mut t = quinn_proto::TransportConfig::default();
         // Only the control stream is bidirectional.
         t.max_concurrent_bidi_streams(VarInt::from_u32(1));
@@ -205,6 +217,7 @@ impl TransportConfig {
                 self.max_lanes.min(crate::conn::INITIAL_LANES),
                 self.receive_window,
             ),
+            Side::Server if early_data => (EARLY_LANES.min(self.max_lanes), PRE_HANDSHAKE_WINDOW),
             Side::Server => (0, PRE_HANDSHAKE_WINDOW),
         };
         t.max_concurrent_uni_streams(VarInt::from_u32(lanes));
@@ -290,9 +303,23 @@ impl EndpointConfig {
 }
 
 /// How a client dials: TLS plus transport knobs.
+///
+/// # Resumption and 0-RTT
+///
+/// A client configuration remembers the servers it talked to: the TLS
+/// session tickets (in the rustls configuration's session store — rustls'
+/// default keeps eight tickets for each of 32 servers in memory — so
+/// resumption is on unless that configuration turned it off) and the limits of each server's last
+/// Welcome. Clones share both, so dialling again with a clone of the same
+/// configuration resumes. A resumed session may send its Hello, and the
+/// streams the application declares idempotent, in 0-RTT when asked per
+/// session ([`SessionView::start_0rtt`](crate::SessionView::start_0rtt);
+/// PROTOCOL.md §12).
 #[derive(Clone)]
 pub struct ClientConfig {
     pub(crate) crypto: Arc<QuicClientConfig>,
+    /// Limits of the servers' last Welcomes, for early data.
+    pub(crate) remembered: RememberedLimits,
     /// Transport knobs of sessions started with this configuration.
     pub transport: TransportConfig,
     /// Which secondary paths a primary may make this client join.
@@ -300,12 +327,15 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Wraps a rustls client configuration; kwik sets the ALPN itself.
+    /// Wraps a rustls client configuration; kwik sets the ALPN itself, and
+    /// enables early data (it is only used for sessions that ask for 0-RTT).
     pub fn new(mut tls: rustls::ClientConfig) -> Result<Self, ConfigError> {
         tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.enable_early_data = true;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| ConfigError(e.to_string()))?;
         Ok(Self {
             crypto: Arc::new(crypto),
+            remembered: RememberedLimits::default(),
             transport: TransportConfig::default(),
             path_policy: PathPolicy::default(),
         })
@@ -378,6 +408,25 @@ impl RetryPolicy {
 #[derive(Clone)]
 pub struct ServerConfig {
     pub(crate) crypto: Arc<QuicServerConfig>,
+    /// The same TLS configuration with early data allowed (sharing its
+    /// session store), used when [`early_data`](Self::early_data) is on.
+    pub(crate) crypto_early: Arc<QuicServerConfig>,
+    /// Accept 0-RTT: a resuming client's Hello and idempotent early data
+    /// are acted on before the handshake completes, and the answer leaves
+    /// in 0.5-RTT, one round trip sooner (PROTOCOL.md §12).
+    ///
+    /// Default **off**: with it, a session is established — and its
+    /// application may read client streams and answer — before the client
+    /// has proven it is live; that early data can be a replay of an earlier
+    /// client's first flight. kwik limits what a replay can do (only the
+    /// Hello and streams the client declared idempotent ride in 0-RTT;
+    /// tickets are single-use within this server's session store; no path
+    /// is added and nobody banned before the handshake completes), but
+    /// whether repeating a client's idempotent requests is harmless is the
+    /// application's to judge, so the application opts in. A session that
+    /// began in 0-RTT reports [`ZeroRtt::Pending`](crate::ZeroRtt::Pending)
+    /// until its handshake completes.
+    pub early_data: bool,
     /// Transport knobs of accepted sessions.
     pub transport: TransportConfig,
     /// Accept every incoming connection without asking the application
@@ -473,13 +522,29 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Wraps a rustls server configuration; kwik sets the ALPN itself.
+    /// Wraps a rustls server configuration; kwik sets the ALPN itself, and
+    /// the early-data size (0, or unlimited when
+    /// [`early_data`](Self::early_data) is on: QUIC requires one of the two
+    /// and bounds 0-RTT data by its own flow control).
+    ///
+    /// rustls accepts early data only with stateful resumption (tickets in
+    /// its session store, taken out on first use: RFC 8446 §8.1), which is
+    /// its default; a configuration with a stateless ticketer never
+    /// accepts 0-RTT.
     pub fn new(mut tls: rustls::ServerConfig) -> Result<Self, ConfigError> {
         tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut early = tls.clone();
         tls.max_early_data_size = 0;
-        let crypto = QuicServerConfig::try_from(tls).map_err(|e| ConfigError(e.to_string()))?;
+        early.max_early_data_size = u32::MAX;
+        let quic = |tls: rustls::ServerConfig| {
+            QuicServerConfig::try_from(tls).map_err(|e| ConfigError(e.to_string()))
+        };
+        let crypto = quic(tls)?;
+        let crypto_early = quic(early)?;
         Ok(Self {
             crypto: Arc::new(crypto),
+            crypto_early: Arc::new(crypto_early),
+            early_data: false,
             transport: TransportConfig::default(),
             auto_accept: false,
             features: SUPPORTED_FEATURES,
@@ -507,6 +572,7 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("transport", &self.transport)
             .field("auto_accept", &self.auto_accept)
+            .field("early_data", &self.early_data)
             .field("retry", &self.retry)
             .field("max_half_open", &self.max_half_open)
             .field("max_sessions", &self.max_sessions)

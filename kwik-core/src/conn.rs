@@ -282,6 +282,24 @@ impl Conn {
         (self.known_base_rtt() * 4).max(std::time::Duration::from_millis(250))
     }
 
+    /// True once this side opened or accepted the control stream.
+    pub(crate) fn has_control(&self) -> bool {
+        self.control.is_some()
+    }
+
+    /// Client: the server rejected 0-RTT, and quinn-proto forgot every
+    /// stream opened in it (their ids will be used again): the control
+    /// stream and the lanes, with whatever was queued on them, are gone.
+    pub(crate) fn forget_streams(&mut self) {
+        self.control = None;
+        self.control_reader = RecordReader::new(self.control_reader.limit());
+        self.control_end = None;
+        self.control_out.clear();
+        self.control_backlog = 0;
+        self.lanes.forget();
+        self.recv_lanes.clear();
+    }
+
     /// Client side: opens the control stream.
     pub(crate) fn open_control(&mut self) -> Result<(), Violation> {
         let id =

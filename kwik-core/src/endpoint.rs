@@ -237,13 +237,20 @@ impl KwikEndpoint {
         let quinn_server = server.as_ref().map(|s| {
             let token_key =
                 ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&self.token_key);
-            let mut q = quinn_proto::ServerConfig::new(s.crypto.clone(), Arc::new(token_key));
+            let crypto = if s.early_data {
+                s.crypto_early.clone()
+            } else {
+                s.crypto.clone()
+            };
+            let mut q = quinn_proto::ServerConfig::new(crypto, Arc::new(token_key));
             // Each accepted connection gets its own transport settings (its
             // own probe gate); these only serve quinn-proto's stateless
             // answers.
-            q.transport_config(Arc::new(
-                s.transport.quinn(Side::Server, &ProbeGate::default()),
-            ));
+            q.transport_config(Arc::new(s.transport.quinn(
+                Side::Server,
+                &ProbeGate::default(),
+                s.early_data,
+            )));
             q.validation_token.sent(0);
             q.time_source(self.clock.clone());
             Arc::new(q)
@@ -290,7 +297,7 @@ impl KwikEndpoint {
         let (ch, quic, gate) = self.dial(addr, server_name, config, &config.transport)?;
         let handle = self.next_handle();
         let conn = self.wrap_conn(handle, PathId::PRIMARY, ch, quic, gate, &config.transport);
-        let session = Session::new(
+        let mut session = Session::new(
             handle,
             Side::Client,
             conn,
@@ -308,6 +315,7 @@ impl KwikEndpoint {
             },
             self.now,
         );
+        session.set_remembered(config.remembered.clone());
         self.dial_configs.insert(handle, config.clone());
         self.insert_session(session);
         Ok(handle)
@@ -322,7 +330,7 @@ impl KwikEndpoint {
     ) -> Result<(ConnectionHandle, quinn_proto::Connection, ProbeGate), ConnectError> {
         let mut qcfg = quinn_proto::ClientConfig::new(config.crypto.clone());
         let gate = ProbeGate::default();
-        let mut quic_transport = transport.quinn(Side::Client, &gate);
+        let mut quic_transport = transport.quinn(Side::Client, &gate, false);
         self.trace_connection(&mut quic_transport, transport, Side::Client, addr);
         qcfg.transport_config(Arc::new(quic_transport));
         self.quinn
@@ -568,7 +576,9 @@ impl KwikEndpoint {
         let remote = inc.remote_address();
         let mut buf = Vec::new();
         let gate = ProbeGate::default();
-        let mut quic_transport = server.transport.quinn(Side::Server, &gate);
+        let mut quic_transport = server
+            .transport
+            .quinn(Side::Server, &gate, server.early_data);
         self.trace_connection(&mut quic_transport, &server.transport, Side::Server, remote);
         let quinn_config = self.quinn_server.as_ref().map(|base| {
             let mut q = (**base).clone();
@@ -709,7 +719,10 @@ impl KwikEndpoint {
             let Some(session) = self.sessions.get_mut(&handle) else {
                 continue;
             };
-            if session.phase != Phase::Handshaking || session.close_reason.is_some() {
+            // A session established by a 0-RTT Hello stays half-open until
+            // its QUIC handshake completes: a replayed first flight never
+            // completes it (PROTOCOL.md §12.3).
+            if session.handshake_complete() || session.close_reason.is_some() {
                 continue;
             }
             tracing::debug!(target: crate::log::ENDPOINT, session = %handle, remote = %session.remote_address(), "handshake timeout");
@@ -772,10 +785,16 @@ impl KwikEndpoint {
         let Some(session) = self.sessions.get(&handle) else {
             return;
         };
-        if session.phase != Phase::Handshaking {
+        if session.handshake_complete() || session.phase == Phase::Closed {
             self.handshakes.remove(handle);
         }
         if !was_open || session.side != Side::Server {
+            return;
+        }
+        if !session.confirmed {
+            // Nothing proves the peer is at its address before the QUIC
+            // handshake completes: a violation in 0-RTT data may come from
+            // a forged source, and must not ban its owner (§11.4, §12.3).
             return;
         }
         let Some(CloseReason::Protocol {
@@ -885,10 +904,14 @@ impl KwikEndpoint {
         })
     }
 
-    /// A view of one stream of a session.
+    /// A view of one stream of a session (`None` once it is gone; a stream
+    /// whose 0-RTT data the server rejected still has one, whose operations
+    /// report the rejection, until its id is opened again).
     pub fn stream(&mut self, handle: SessionHandle, stream: StreamId) -> Option<StreamView<'_>> {
         let SessionView { session, dirty, .. } = self.session(handle)?;
-        session.streams.get_mut(stream)?;
+        if session.streams.get_mut(stream).is_none() && !session.streams.was_rejected(stream) {
+            return None;
+        }
         Some(StreamView::new(session, stream, dirty))
     }
 

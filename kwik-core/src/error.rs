@@ -362,6 +362,10 @@ pub enum WriteError {
     /// Secondary: the bytes (or the FIN) were not delegated to this path;
     /// the client would refuse them and drop the path.
     NotDelegated,
+    /// The stream was opened for 0-RTT and the server rejected 0-RTT: it
+    /// never saw the stream, and nothing written on it was delivered. Open
+    /// a new stream to send it again (see [`crate::ZeroRtt::Rejected`]).
+    ZeroRttRejected,
     /// The session has ended.
     SessionClosed(CloseReason),
 }
@@ -378,6 +382,9 @@ pub enum ReadError {
     /// The stream was stopped locally, already read to its end, or is not
     /// readable by this side.
     ClosedStream,
+    /// The stream was opened for 0-RTT and the server rejected 0-RTT (see
+    /// [`WriteError::ZeroRttRejected`]).
+    ZeroRttRejected,
     /// The session has ended.
     SessionClosed(CloseReason),
 }
@@ -390,6 +397,9 @@ pub enum StreamError {
     Stopped(u64),
     /// The stream half is already closed, or does not exist on this side.
     ClosedStream,
+    /// The stream was opened for 0-RTT and the server rejected 0-RTT (see
+    /// [`WriteError::ZeroRttRejected`]).
+    ZeroRttRejected,
     /// The session has ended.
     SessionClosed(CloseReason),
 }

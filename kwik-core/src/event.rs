@@ -70,6 +70,20 @@ pub enum Event {
         /// Its server-assigned id.
         id: SessionId,
     },
+    /// The fate of a session's 0-RTT data is known (PROTOCOL.md §12).
+    ///
+    /// Client, when its handshake completes: the server took the Hello and
+    /// the early streams (`accepted`), or refused them all and saw none of
+    /// them — the Hello has been sent again, and the streams opened for
+    /// 0-RTT now fail with `ZeroRttRejected`. Server, when the handshake of
+    /// a session whose Hello came in 0-RTT completes (always `accepted`):
+    /// the client is live, and nothing the session received was a replay.
+    ZeroRttSettled {
+        /// The session.
+        session: SessionHandle,
+        /// Whether the server took the 0-RTT data.
+        accepted: bool,
+    },
     /// The session ended; no further events name it except `SessionDrained`.
     SessionClosed {
         /// The session.

@@ -224,6 +224,14 @@ impl Lanes {
         self.waiting_for_lane.clear();
     }
 
+    /// Forgets every lane (quinn-proto forgot the streams: 0-RTT was
+    /// rejected). The logical streams on them are forgotten by the session.
+    pub(crate) fn forget(&mut self) {
+        self.send.clear();
+        self.urgent = None;
+        self.waiting_for_lane.clear();
+    }
+
     /// Number of lanes opened by this side.
     pub(crate) fn count(&self) -> usize {
         self.send.len()

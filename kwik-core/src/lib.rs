@@ -16,6 +16,13 @@
 //! acknowledges what arrived, and reports dead paths so that their missing
 //! ranges are re-assigned: no byte is lost, none is delivered twice.
 //!
+//! A client that talked to a server before resumes its TLS session, and may
+//! send its Hello and the streams it declares idempotent in 0-RTT
+//! ([`SessionView::start_0rtt`], [`SessionView::open_idempotent`]); a server
+//! configured for it ([`ServerConfig::early_data`]) answers before the
+//! handshake completes, a round trip sooner — within the replay rules of
+//! PROTOCOL.md §12 ([`ZeroRtt`]).
+//!
 //! [`KwikEndpoint`] is a pure state machine: it reads no clock, opens no
 //! socket and spawns nothing. Time and datagrams go in; transmits, events and
 //! the next deadline come out of [`KwikEndpoint::poll_output`]. The same seed
@@ -67,6 +74,7 @@ mod token;
 mod transfer;
 mod view;
 mod wire;
+mod zero_rtt;
 
 pub use config::{
     ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, LossDetection,
@@ -95,3 +103,4 @@ pub use streams::SendState;
 pub use token::TokenKey;
 pub use transfer::{Resource, SharedResource, TransferConfig, TransferId};
 pub use view::{SessionView, StreamView};
+pub use zero_rtt::ZeroRtt;

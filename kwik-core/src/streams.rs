@@ -182,6 +182,12 @@ pub(crate) struct Streams {
     control: VecDeque<Body>,
     /// Secondary-server role: writes into streams the client's primary opened.
     secondary: bool,
+    /// The peer's limits are known (its handshake message, or what a
+    /// client remembers of it for 0-RTT).
+    peer_limits_known: bool,
+    /// Client: local streams of each direction whose 0-RTT data the server
+    /// rejected; their ids are free again (see [`Streams::zero_rtt_rejected`]).
+    rejected: [u64; 2],
     /// Some delegated stream has arrivals not yet acknowledged.
     acks_due: bool,
 }
@@ -221,6 +227,8 @@ impl Streams {
             pending_streams_credit: [false; 2],
             control: VecDeque::new(),
             secondary: false,
+            peer_limits_known: false,
+            rejected: [0; 2],
             acks_due: false,
         }
     }
@@ -241,10 +249,54 @@ impl Streams {
             .get_or_insert_with(|| SendHalf::new(window))
     }
 
-    /// Applies the peer's handshake limits.
+    /// Applies the peer's handshake limits. Streams opened before (in
+    /// 0-RTT, with the limits a client remembered) get at least the new
+    /// window as credit: it is every stream's initial credit.
     pub(crate) fn set_peer_limits(&mut self, window: u64, max_bidi: u64, max_uni: u64) {
         self.peer_window = window;
         self.local_limit = [max_bidi, max_uni];
+        self.peer_limits_known = true;
+        let side = self.side;
+        for (id, stream) in &mut self.map {
+            if id.initiator() == side
+                && let Some(send) = stream.send.as_mut()
+            {
+                send.credit = send.credit.max(window);
+            }
+        }
+    }
+
+    /// True once the peer's limits are known (or remembered).
+    pub(crate) fn peer_limits_known(&self) -> bool {
+        self.peer_limits_known
+    }
+
+    /// Client: the server rejected 0-RTT and never saw the streams opened
+    /// in it. As quinn-proto does with QUIC streams, they are forgotten and
+    /// their ids used again from index 0 — the server must not see a gap of
+    /// streams that will never carry anything. Until an id is opened again,
+    /// operations on it report the rejection ([`Streams::was_rejected`]).
+    /// The remembered limits go too; the Welcome brings the real ones.
+    pub(crate) fn zero_rtt_rejected(&mut self) {
+        let side = self.side;
+        self.map.retain(|id, _| id.initiator() != side);
+        self.rejected = self.next_local;
+        self.next_local = [0; 2];
+        self.local_limit = [0; 2];
+        self.peer_window = 0;
+        self.peer_limits_known = false;
+        self.open_blocked = [false; 2];
+        self.pending_credit.retain(|id| id.initiator() != side);
+        self.control.clear();
+    }
+
+    /// True if `id` is a stream opened in 0-RTT that the server rejected,
+    /// and its id has not been opened again since.
+    pub(crate) fn was_rejected(&self, id: StreamId) -> bool {
+        let d = dir_index(id.dir());
+        id.initiator() == self.side
+            && id.index() < self.rejected[d]
+            && id.index() >= self.next_local[d]
     }
 
     pub(crate) fn get_mut(&mut self, id: StreamId) -> Option<&mut Stream> {
@@ -1024,6 +1076,50 @@ mod tests {
             t.on_data(piece(id, i, b"y", false), &mut ev).unwrap();
         }
         assert_eq!(t.stream_buffered(id), Some(100));
+    }
+
+    #[test]
+    fn streams_of_a_rejected_0rtt_are_forgotten_and_their_ids_used_again() {
+        let mut t = Streams::new(SessionHandle(1), Side::Client, 100, 2, 2);
+        // Before the Welcome, with the limits remembered of the last one.
+        t.set_peer_limits(50, 2, 2);
+        let bi = t.open(Dir::Bi).unwrap();
+        let uni = t.open(Dir::Uni).unwrap();
+        t.send_mut(bi).unwrap().offset = 10;
+        t.zero_rtt_rejected();
+        assert!(t.was_rejected(bi) && t.was_rejected(uni));
+        assert!(t.get_mut(bi).is_none() && t.get_mut(uni).is_none());
+        // Nothing is known of the server's limits until its Welcome.
+        assert!(!t.peer_limits_known());
+        assert_eq!(t.open(Dir::Bi), None);
+        t.set_peer_limits(100, 2, 2);
+        // The ids start over: the server never saw the rejected streams,
+        // and must not see a gap.
+        let again = t.open(Dir::Bi).unwrap();
+        assert_eq!(again, bi);
+        assert!(!t.was_rejected(bi), "a new stream, not the rejected one");
+        assert_eq!(t.send_mut(bi).unwrap().offset, 0);
+        assert!(t.was_rejected(uni));
+        // Server streams are never "rejected".
+        assert!(!t.was_rejected(StreamId::new(Side::Server, Dir::Bi, 0)));
+    }
+
+    #[test]
+    fn the_welcome_gives_streams_opened_in_0rtt_at_least_its_window() {
+        let mut t = Streams::new(SessionHandle(1), Side::Client, 100, 4, 4);
+        t.set_peer_limits(50, 4, 4);
+        let id = t.open(Dir::Uni).unwrap();
+        assert_eq!(t.send_mut(id).unwrap().credit, 50);
+        t.set_peer_limits(80, 4, 4);
+        assert_eq!(t.send_mut(id).unwrap().credit, 80);
+        // Credit never shrinks: a smaller window leaves it where it is (a
+        // server that lowered its limits refuses what went beyond).
+        t.set_peer_limits(10, 4, 4);
+        assert_eq!(t.send_mut(id).unwrap().credit, 80);
+        assert_eq!(
+            t.open(Dir::Uni).map(|id| t.send_mut(id).unwrap().credit),
+            Some(10)
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::paths::{PathError, PathFilter, PathId, PathInfo};
 use crate::session::{Phase, Role, Session, SessionStats};
 use crate::streams::SendState;
 use crate::transfer::{SharedResource, TransferConfig, TransferId};
+use crate::zero_rtt::ZeroRtt;
 
 /// A session of this endpoint.
 pub struct SessionView<'a> {
@@ -78,14 +79,58 @@ impl SessionView<'_> {
         self.session.open(dir)
     }
 
+    /// Client: sends the Hello now, in 0-RTT (PROTOCOL.md §12), if this
+    /// session's connection has 0-RTT keys — the TLS layer resumed a session
+    /// with this server whose ticket allows early data — and its handshake
+    /// has not completed. Returns whether the session is in 0-RTT; if not,
+    /// nothing changed and the Hello goes after the handshake as usual.
+    ///
+    /// Call it right after [`KwikEndpoint::connect`](crate::KwikEndpoint::connect),
+    /// before the first `poll_output`, so that the Hello leaves with the
+    /// first flight. Then streams opened with
+    /// [`open_idempotent`](Self::open_idempotent) send in 0-RTT too, and
+    /// [`Event::ZeroRttSettled`] tells whether the server took it all.
+    pub fn start_0rtt(&mut self) -> bool {
+        self.mark();
+        self.session.start_0rtt()
+    }
+
+    /// Where the session stands with 0-RTT (on a server: whether its Hello
+    /// came in 0-RTT, and whether the handshake has confirmed it since).
+    pub fn zero_rtt(&self) -> ZeroRtt {
+        self.session.zero_rtt()
+    }
+
+    /// Opens a logical stream whose data the application declares
+    /// **idempotent**: harmless if the server receives it twice, because
+    /// 0-RTT data can be replayed by whoever captured it (PROTOCOL.md
+    /// §12.2). Before the session is established — after
+    /// [`start_0rtt`](Self::start_0rtt) returned true and until the server
+    /// rejects 0-RTT — the stream's data rides in 0-RTT, within the limits
+    /// of the server's last Welcome; once established this is
+    /// [`open`](Self::open).
+    ///
+    /// # Errors
+    /// [`OpenError::NotEstablished`] if the session is not established and
+    /// not in 0-RTT (or nothing is remembered of the server's limits, or
+    /// 0-RTT was rejected: wait for [`Event::SessionEstablished`]);
+    /// [`OpenError::Blocked`] if the server's stream limit is reached.
+    pub fn open_idempotent(&mut self, dir: Dir) -> Result<StreamId, OpenError> {
+        self.session.open_idempotent(dir)
+    }
+
     /// Takes the next stream the peer opened in `dir`.
     pub fn accept(&mut self, dir: Dir) -> Option<StreamId> {
         self.session.streams.accept(dir)
     }
 
-    /// A view of one of this session's streams (`None` if it is gone).
+    /// A view of one of this session's streams (`None` if it is gone; see
+    /// [`KwikEndpoint::stream`](crate::KwikEndpoint::stream) for streams
+    /// whose 0-RTT data was rejected).
     pub fn stream(&mut self, id: StreamId) -> Option<StreamView<'_>> {
-        self.session.streams.get_mut(id)?;
+        if self.session.streams.get_mut(id).is_none() && !self.session.streams.was_rejected(id) {
+            return None;
+        }
         Some(StreamView::new(self.session, id, self.dirty))
     }
 

@@ -43,8 +43,8 @@ pub use kwik_async::{
     PathInfo, PathPolicy, PathState, PathTarget, ReadError, ReadToEndError, ReconnectError,
     ReconnectPolicy, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
     SessionsClosed, SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer,
-    TransferConfig, TransferId, TransportConfig, WriteError, client_config, client_config_trusting,
-    dev, metrics, prometheus_client, rustls, server_config,
+    TransferConfig, TransferId, TransportConfig, WriteError, ZeroRtt, ZeroRttAccepted,
+    client_config, client_config_trusting, dev, metrics, prometheus_client, rustls, server_config,
 };
 #[cfg(feature = "qlog")]
 pub use kwik_async::{QlogSink, QlogTarget};

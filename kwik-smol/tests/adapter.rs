@@ -110,3 +110,8 @@ fn a_silent_primary_ends_every_pending_operation_with_primary_lost() {
 fn multi_server_verbs_paths_raw_delegation_removal_and_bounded_queues() {
     smol::block_on(testing::multi::verbs::<Smol>());
 }
+
+#[test]
+fn resumed_sessions_send_in_0rtt_and_survive_a_rejection() {
+    smol::block_on(testing::zero_rtt::<Smol>());
+}

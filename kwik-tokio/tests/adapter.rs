@@ -158,3 +158,8 @@ async fn incoming_retry_validates_the_address_then_the_session_connects() {
     server.close(0, b"");
     server.wait_idle().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_sessions_send_in_0rtt_and_survive_a_rejection() {
+    testing::zero_rtt::<Tokio>().await;
+}

@@ -205,6 +205,13 @@ pub struct HostileClient {
     seed: u64,
     misbehaviour: Misbehaviour,
     tls: Option<rustls::ClientConfig>,
+    /// A TLS configuration shared with other clients (and its tickets),
+    /// used instead of `tls`.
+    shared_tls: Option<Arc<QuicClientConfig>>,
+    /// Send the first message in 0-RTT if a ticket allows it.
+    early: bool,
+    /// The first message went out in 0-RTT.
+    sent_early: bool,
     upload: Option<Bytes>,
     /// Sent instead of the `Hello`, if set.
     join: Option<Join>,
@@ -295,6 +302,9 @@ impl HostileClient {
             seed,
             misbehaviour,
             tls: Some(cert.client_config(&[ALPN])),
+            shared_tls: None,
+            early: false,
+            sent_early: false,
             upload: None,
             join: None,
             no_hello: false,
@@ -364,6 +374,27 @@ impl HostileClient {
     pub fn join(mut self, join: Join) -> Self {
         self.join = Some(join);
         self
+    }
+
+    /// Dials with `crypto` — shared with other clients, so that a ticket one
+    /// of them received lets this one resume — and sends its `Hello` or
+    /// `Join` in 0-RTT if the ticket allows it (PROTOCOL.md §12).
+    pub fn early(mut self, crypto: Arc<QuicClientConfig>) -> Self {
+        self.shared_tls = Some(crypto);
+        self.early = true;
+        self
+    }
+
+    /// Dials with `crypto`, shared with other clients (their tickets are
+    /// this one's), without 0-RTT.
+    pub fn sharing(mut self, crypto: Arc<QuicClientConfig>) -> Self {
+        self.shared_tls = Some(crypto);
+        self
+    }
+
+    /// Whether the first message went out in 0-RTT.
+    pub fn sent_early(&self) -> bool {
+        self.sent_early
     }
 
     /// Sends no `Hello` (nor `Join`): the control stream is opened but stays
@@ -547,12 +578,13 @@ impl HostileClient {
         let Some(tls) = self.tls.take() else {
             return;
         };
-        let crypto = QuicClientConfig::try_from(tls).expect("ring provider has the QUIC suite");
-        let config = seeded_client_config(
-            self.seed,
-            Arc::new(crypto),
-            Arc::new(TransportConfig::default()),
-        );
+        let crypto = match self.shared_tls.clone() {
+            Some(shared) => shared,
+            None => {
+                Arc::new(QuicClientConfig::try_from(tls).expect("ring provider has the QUIC suite"))
+            }
+        };
+        let config = seeded_client_config(self.seed, crypto, Arc::new(TransportConfig::default()));
         match self.quic.connect(now, config, self.server, SERVER_NAME) {
             Ok(_) => {
                 trace.record(
@@ -561,6 +593,11 @@ impl HostileClient {
                 );
             }
             Err(e) => panic!("hostile client cannot dial: {e}"),
+        }
+        if self.early && self.quic.connection_mut().is_some_and(|c| c.has_0rtt()) {
+            trace.record(now, "hostile: first message in 0-RTT");
+            self.sent_early = true;
+            self.send_hello(now, trace);
         }
     }
 
@@ -894,7 +931,20 @@ impl Node for HostileClient {
                 Event::Connected => {
                     self.connected_at = Some(now);
                     trace.record(now, "hostile: connected");
-                    self.send_hello(now, trace);
+                    let rejected = self.sent_early
+                        && !self
+                            .quic
+                            .connection_mut()
+                            .is_some_and(|c| c.accepted_0rtt());
+                    if rejected {
+                        // quinn-proto forgot the 0-RTT streams: start over.
+                        trace.record(now, "hostile: 0-RTT rejected");
+                        self.outgoing = SendQueue::default();
+                        self.control = None;
+                    }
+                    if self.control.is_none() {
+                        self.send_hello(now, trace);
+                    }
                 }
                 Event::ConnectionLost { reason } => {
                     trace.record(

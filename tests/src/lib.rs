@@ -36,7 +36,9 @@
 //! * [`fuzz`] — the fuzz harnesses and their invariants, shared by `fuzz/`
 //!   and the property tests;
 //! * [`handshakes`] — load on a server's door: forged client Initials, mute
-//!   clients, and a client that only connects.
+//!   clients, and a client that only connects;
+//! * [`resume`] — 0-RTT resumption: a server answering requests and clients
+//!   that resume with or without 0-RTT, measuring the first byte.
 
 pub mod abuse;
 pub mod alloc;
@@ -54,6 +56,7 @@ pub mod multi;
 pub mod node;
 pub mod quic_driver;
 pub mod quinn_node;
+pub mod resume;
 pub mod seeding;
 pub mod setup;
 pub mod sim;

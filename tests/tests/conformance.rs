@@ -62,6 +62,15 @@
 //! | 10.10 | a primary may not send its client Ack | `s10_10_primary_may_not_send_client_ack` |
 //! | 10.10 | a primary may not send its client Raw | `s10_10_primary_may_not_send_client_raw` |
 //! | 10.10 | a primary may not send its client PathStatus | `s10_10_primary_may_not_send_client_path_status` |
+//! | 12.2, 12.3 | a replayed first flight is not confirmed: no second session against single-use tickets | `resume.rs`: `s12_2_a_replayed_first_flight_creates_no_session_and_delivers_nothing` |
+//! | 12.3 | an unconfirmed session stays half-open and dies at the deadline (reusable tickets) | `resume.rs`: `s12_3_a_replay_past_a_reusable_ticket_gets_an_unconfirmed_session_that_dies` |
+//! | 12.3 | no AddPath before the handshake completes | `resume.rs`: `s12_3_a_0rtt_session_sends_no_addpath_before_its_handshake_completes` |
+//! | 12.3 | a Join is not acted on before the handshake completes | `resume.rs`: `s12_3_a_join_in_0rtt_waits_for_the_handshake_and_its_replay_is_never_acted_on` |
+//! | 12.3, 12.4 | early data beyond the limits is refused, and bans nobody | `resume.rs`: `s12_4_early_data_beyond_lowered_limits_is_refused_without_a_ban` |
+//! | 12.5 | after a rejection the Hello goes again and stream ids start over | `resume.rs`: `s12_5_a_restarted_server_rejects_0rtt_and_the_request_goes_again`, `s12_5_a_server_with_early_data_off_rejects_0rtt` |
+//!
+//! The tests of §12 (0-RTT) live in `resume.rs`, beside the harness that
+//! gives a client a ticket first.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -14,13 +14,30 @@ impl Session {
         self.streams.open(dir).ok_or(OpenError::Blocked)
     }
 
+    /// Opens a stream the application declares idempotent: before the
+    /// Welcome, while the session is in 0-RTT, its data rides in 0-RTT
+    /// within the limits remembered from the server's last Welcome
+    /// (§12.4). Once established, the same as [`Session::open`].
+    pub(crate) fn open_idempotent(&mut self, dir: Dir) -> Result<StreamId, OpenError> {
+        if self.phase == Phase::Active {
+            return self.open(dir);
+        }
+        if let Some(reason) = self.closed_error() {
+            return Err(OpenError::SessionClosed(reason));
+        }
+        if !self.early_data_open() || !self.streams.peer_limits_known() {
+            return Err(OpenError::NotEstablished);
+        }
+        self.streams.open(dir).ok_or(OpenError::Blocked)
+    }
+
     pub(crate) fn write(
         &mut self,
         stream: StreamId,
         data: &mut Bytes,
     ) -> Result<usize, WriteError> {
         let Some(send) = self.streams.send_mut(stream) else {
-            return Err(self.closed_write_error());
+            return Err(self.closed_write_error(stream));
         };
         let offset = send.offset;
         let written = self.write_range(stream, offset, data, false, false)?;
@@ -30,9 +47,10 @@ impl Session {
         Ok(written)
     }
 
-    pub(super) fn closed_write_error(&self) -> WriteError {
+    pub(super) fn closed_write_error(&self, stream: StreamId) -> WriteError {
         match self.closed_error() {
             Some(reason) => WriteError::SessionClosed(reason),
+            None if self.streams.was_rejected(stream) => WriteError::ZeroRttRejected,
             None => WriteError::ClosedStream,
         }
     }
@@ -51,7 +69,13 @@ impl Session {
         if let Some(reason) = self.closed_error() {
             return Err(WriteError::SessionClosed(reason));
         }
-        if self.phase != Phase::Active {
+        if self.streams.was_rejected(stream) {
+            return Err(WriteError::ZeroRttRejected);
+        }
+        // Before the Welcome only the idempotent streams of a session in
+        // 0-RTT exist on this side; they may send within the remembered
+        // limits (§12.4).
+        if self.phase != Phase::Active && !self.early_data_open() {
             return Err(WriteError::Blocked);
         }
         let frame_limit = self.send_frame_limit;
@@ -165,6 +189,9 @@ impl Session {
         if let Some(reason) = self.closed_error() {
             return Err(StreamError::SessionClosed(reason));
         }
+        if self.streams.was_rejected(stream) {
+            return Err(StreamError::ZeroRttRejected);
+        }
         let Some(send) = self.streams.send_mut(stream) else {
             return Err(StreamError::ClosedStream);
         };
@@ -225,6 +252,9 @@ impl Session {
         if let Some(reason) = self.closed_error() {
             return Err(StreamError::SessionClosed(reason));
         }
+        if self.streams.was_rejected(stream) {
+            return Err(StreamError::ZeroRttRejected);
+        }
         let result = self.streams.reset(stream, code);
         if self.role == Role::Secondary {
             // The delegation is given back (§10.4): nothing of it is
@@ -249,12 +279,18 @@ impl Session {
         if let Some(reason) = self.closed_error() {
             return Err(ReadError::SessionClosed(reason));
         }
+        if self.streams.was_rejected(stream) {
+            return Err(ReadError::ZeroRttRejected);
+        }
         self.streams.read(stream, max)
     }
 
     pub(crate) fn stop(&mut self, stream: StreamId, code: u64) -> Result<(), StreamError> {
         if let Some(reason) = self.closed_error() {
             return Err(StreamError::SessionClosed(reason));
+        }
+        if self.streams.was_rejected(stream) {
+            return Err(StreamError::ZeroRttRejected);
         }
         // Every source of the stream is told: they are listed before the
         // receiving half goes, as the grants that name them are swept with

@@ -96,11 +96,7 @@ impl Session {
     ) -> Result<(), Violation> {
         use quinn_proto::Event as E;
         match event {
-            E::Connected => {
-                if self.side == Side::Client {
-                    self.on_connected(path)?;
-                }
-            }
+            E::Connected => self.on_connected(path, ctx)?,
             E::ConnectionLost { reason } => {
                 self.on_conn_lost(path, CloseReason::from_quinn(reason), ctx)
             }
@@ -267,11 +263,7 @@ impl Session {
         ctx: &mut Ctx<'_>,
     ) -> Result<(), Violation> {
         match self.role {
-            Role::Undecided => match body {
-                Body::Hello(hello) => self.on_hello(hello, ctx),
-                Body::Join(join) => self.on_join(join, ctx),
-                _ => Err(violation("control message before the handshake completed")),
-            },
+            Role::Undecided => self.on_first(body, ctx),
             Role::Client if path != PathId::PRIMARY => match body {
                 Body::Joined(m) if !self.conns[&path].joined => self.on_joined(path, m, ctx),
                 Body::ResetStream(m) if self.conns[&path].joined => self.on_returned(path, m),
@@ -403,8 +395,7 @@ impl Session {
             self.set_path_state(path, PathState::Failed, Some(failure), ctx);
             // The client may still be trying: have it give up, so that a
             // retry to the same server is not refused as a duplicate.
-            self.main_conn()
-                .send(Body::RemovePath(msg::RemovePath { path_id: path.0 }));
+            self.send_path_message(Body::RemovePath(msg::RemovePath { path_id: path.0 }));
         }
         self.retry_targets(ctx);
         self.check_liveness(ctx);

@@ -1,19 +1,109 @@
 //! The kwik handshakes of a session: Hello/Welcome on the primary
 //! connection, Join/Joined on a secondary path, and the checks of the
-//! limits each side announces.
+//! limits each side announces — including the 0-RTT variant (PROTOCOL.md
+//! §12), where the client's Hello rides in 0-RTT and the server answers it
+//! before the QUIC handshake completes.
 
 use super::*;
 
 impl Session {
-    /// Client: the QUIC handshake of `path` completed; open its control stream.
-    pub(super) fn on_connected(&mut self, path: PathId) -> Result<(), Violation> {
+    fn hello(&self) -> Body {
+        Body::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            features: SUPPORTED_FEATURES,
+            required_features: self.transport.required_features,
+            limits: Some(self.limits()),
+        })
+    }
+
+    /// Client: sends the Hello now, in 0-RTT, if the primary connection has
+    /// 0-RTT keys (TLS resumed a session whose ticket allows early data)
+    /// and the QUIC handshake has not completed yet. With the limits the
+    /// server's last Welcome announced, streams opened with
+    /// `open_idempotent` may then send in 0-RTT too (§12.4). Returns whether
+    /// the session is in 0-RTT (true again if it already was).
+    pub(crate) fn start_0rtt(&mut self) -> bool {
+        if self.zero_rtt == ZeroRtt::Pending {
+            return true;
+        }
+        let conn = &self.conns[&PathId::PRIMARY];
+        if self.side != Side::Client
+            || self.phase != Phase::Handshaking
+            || self.close_reason.is_some()
+            || self.zero_rtt != ZeroRtt::Off
+            || !conn.quic.is_handshaking()
+            || !conn.quic.has_0rtt()
+            || conn.has_control()
+        {
+            return false;
+        }
+        let hello = self.hello();
+        let conn = self.main_conn();
+        if conn.open_control().is_err() {
+            return false;
+        }
+        conn.send(hello);
+        self.zero_rtt = ZeroRtt::Pending;
+        let server_name = &self.paths[&PathId::PRIMARY].server_name;
+        if let Some(limits) = self.remembered.as_ref().and_then(|r| r.recall(server_name)) {
+            // Until the Welcome says otherwise, the server takes what it
+            // took last time (`wire::limits` checked these when they came).
+            self.send_frame_limit = self
+                .transport
+                .max_frame_payload
+                .min(limits.max_frame_payload);
+            self.streams.set_peer_limits(
+                limits.stream_window,
+                limits.max_bidi_streams,
+                limits.max_uni_streams,
+            );
+        }
+        true
+    }
+
+    /// True while a client may send data of its idempotent streams before
+    /// the Welcome: the Hello went out in 0-RTT and the server did not
+    /// refuse it.
+    pub(super) fn early_data_open(&self) -> bool {
+        self.side == Side::Client
+            && self.phase == Phase::Handshaking
+            && matches!(self.zero_rtt, ZeroRtt::Pending | ZeroRtt::Accepted)
+    }
+
+    /// The QUIC handshake of `path` completed. Client: learns the fate of
+    /// its 0-RTT data, and sends the Hello or Join (again) unless 0-RTT
+    /// carried it. Server: a session that began in 0-RTT is confirmed —
+    /// nothing it received was a replay — and what waited for that goes.
+    pub(super) fn on_connected(
+        &mut self,
+        path: PathId,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Violation> {
+        if self.side == Side::Server {
+            return self.on_confirmed(ctx);
+        }
+        if path == PathId::PRIMARY {
+            self.confirmed = true;
+        }
+        if path == PathId::PRIMARY && self.zero_rtt == ZeroRtt::Pending {
+            let accepted = self.main_conn().quic.accepted_0rtt();
+            ctx.events.push_back(Event::ZeroRttSettled {
+                session: self.handle,
+                accepted,
+            });
+            if accepted {
+                self.zero_rtt = ZeroRtt::Accepted;
+                return Ok(());
+            }
+            // The server saw nothing of it, and quinn-proto forgot every
+            // stream opened in 0-RTT: so do we, and start over in 1-RTT.
+            self.zero_rtt = ZeroRtt::Rejected;
+            self.main_conn().forget_streams();
+            self.streams.zero_rtt_rejected();
+            self.send_frame_limit = self.transport.max_frame_payload;
+        }
         let first = if path == PathId::PRIMARY {
-            Body::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                features: SUPPORTED_FEATURES,
-                required_features: self.transport.required_features,
-                limits: Some(self.limits()),
-            })
+            self.hello()
         } else {
             let Some(ticket) = self.client_paths.get(&path) else {
                 return Ok(());
@@ -34,8 +124,49 @@ impl Session {
         Ok(())
     }
 
+    /// Server: the QUIC handshake completed.
+    fn on_confirmed(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        self.confirmed = true;
+        if self.zero_rtt == ZeroRtt::Pending {
+            self.zero_rtt = ZeroRtt::Accepted;
+            ctx.events.push_back(Event::ZeroRttSettled {
+                session: self.handle,
+                accepted: true,
+            });
+        }
+        for body in std::mem::take(&mut self.held) {
+            self.main_conn().send(body);
+        }
+        match self.held_join.take() {
+            Some(join) if self.phase == Phase::Handshaking => self.on_join(*join, ctx),
+            _ => Ok(()),
+        }
+    }
+
+    /// Server: the client's first message. A Join is acted on only once the
+    /// QUIC handshake completed (§12.3): one that came in 0-RTT waits.
+    pub(super) fn on_first(&mut self, body: Body, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
+        if self.held_join.is_some() {
+            return Err(violation("control message before the handshake completed"));
+        }
+        match body {
+            Body::Hello(hello) => self.on_hello(hello, ctx),
+            Body::Join(join) if !self.confirmed => {
+                self.held_join = Some(Box::new(join));
+                Ok(())
+            }
+            Body::Join(join) => self.on_join(join, ctx),
+            _ => Err(violation("control message before the handshake completed")),
+        }
+    }
+
     pub(super) fn on_hello(&mut self, hello: Hello, ctx: &mut Ctx<'_>) -> Result<(), Violation> {
         let limits = negotiate(&hello, self.server_features)?;
+        // quinn-proto drops 1-RTT packets until the handshake completed: a
+        // Hello read before then came in 0-RTT.
+        if !self.confirmed {
+            self.zero_rtt = ZeroRtt::Pending;
+        }
         let id = (ctx.mint_id)();
         let welcome = Body::Welcome(Welcome {
             session_id: Bytes::copy_from_slice(&id.0),
@@ -64,6 +195,9 @@ impl Session {
         let limits = welcome
             .limits
             .ok_or_else(|| violation("welcome without limits"))?;
+        if let Some(remembered) = &self.remembered {
+            remembered.remember(&self.paths[&PathId::PRIMARY].server_name, limits);
+        }
         self.activate(id, limits, ctx)
     }
 

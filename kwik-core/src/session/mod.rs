@@ -55,6 +55,7 @@ use crate::streams::{MAX_STREAMS_PER_DIR, SendState, Streams};
 use crate::token::{self, TokenClaims, TokenKey, TokenVerifier};
 use crate::transfer::{Job, PathView, SharedResource, Transfer, TransferConfig, TransferId};
 use crate::wire::MAX_SERVER_NAME;
+use crate::zero_rtt::{RememberedLimits, ZeroRtt};
 
 /// How long the client batches acknowledgements of delegated streams.
 const ACK_DELAY: Duration = Duration::from_millis(5);
@@ -242,6 +243,22 @@ pub(crate) struct Session {
     clock: Instant,
     /// Primary: the secondaries the application added, by target.
     targets: Vec<Target>,
+    /// Where the session stands with 0-RTT.
+    zero_rtt: ZeroRtt,
+    /// The QUIC handshake of the primary connection completed (the peer
+    /// proved it holds the handshake keys and receives at its address).
+    /// Kept here because a connection closed during its handshake no
+    /// longer says whether it had.
+    pub(crate) confirmed: bool,
+    /// Client: what the client configuration remembers of servers'
+    /// Welcomes (read for early data, written at every Welcome).
+    remembered: Option<RememberedLimits>,
+    /// Primary: path messages (AddPath, RemovePath) held until the
+    /// handshake of a session that began in 0-RTT completes (§12.3).
+    held: Vec<Body>,
+    /// Secondary: a Join that arrived before the handshake completed,
+    /// acted on once it has (§12.3).
+    held_join: Option<Box<msg::Join>>,
 }
 
 /// A token bucket in thousandths of a token, refilled from the time inputs
@@ -383,7 +400,31 @@ impl Session {
             add_flood: 0,
             clock: now,
             targets: Vec::new(),
+            zero_rtt: ZeroRtt::Off,
+            confirmed: false,
+            remembered: None,
+            held: Vec::new(),
+            held_join: None,
         }
+    }
+
+    /// Client: the store of servers' limits this session reads for early
+    /// data and updates at the Welcome.
+    pub(crate) fn set_remembered(&mut self, remembered: RememberedLimits) {
+        self.remembered = Some(remembered);
+    }
+
+    /// Where the session stands with 0-RTT.
+    pub(crate) fn zero_rtt(&self) -> ZeroRtt {
+        self.zero_rtt
+    }
+
+    /// True once both the QUIC handshake and the kwik one (Hello or Join
+    /// accepted) completed. A server session that began in 0-RTT is
+    /// established before its QUIC handshake completes, and stays
+    /// half-open until then (§12.3).
+    pub(crate) fn handshake_complete(&self) -> bool {
+        self.phase == Phase::Active && self.confirmed
     }
 
     pub(super) fn limits(&self) -> Limits {

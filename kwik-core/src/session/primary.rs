@@ -185,7 +185,7 @@ impl Session {
             .insert(path, PathInfo::new(path, address, server_name, now));
         self.add_deadlines
             .insert(path, now + self.primary.add_path_timeout);
-        self.main_conn().send(Body::AddPath(msg::AddPath {
+        self.send_path_message(Body::AddPath(msg::AddPath {
             path_id: path.0,
             expiry_unix: claims.expiry_unix,
             address: claims.address,
@@ -193,6 +193,19 @@ impl Session {
             token: Bytes::from(mac),
         }));
         Ok(path)
+    }
+
+    /// Primary: sends a path message (AddPath, RemovePath) — or, while the
+    /// handshake of a session that began in 0-RTT has not completed, holds
+    /// it until it has (§12.3): no path token leaves for a client that has
+    /// not proven it is live, so a replayed first flight commits no
+    /// secondary. Held messages keep their order.
+    pub(super) fn send_path_message(&mut self, body: Body) {
+        if !self.confirmed {
+            self.held.push(body);
+        } else {
+            self.main_conn().send(body);
+        }
     }
 
     /// Primary asks the client to drop `path` gracefully; a client drops it
@@ -209,8 +222,7 @@ impl Session {
             Role::Primary => {
                 // Removed on purpose: not to be re-added.
                 self.targets.retain(|t| t.current != path);
-                self.main_conn()
-                    .send(Body::RemovePath(msg::RemovePath { path_id: path.0 }));
+                self.send_path_message(Body::RemovePath(msg::RemovePath { path_id: path.0 }));
                 Ok(())
             }
             Role::Client => {
