@@ -325,7 +325,7 @@ async fn three_server_download_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
         report
             .events
             .iter()
-            .all(|e| matches!(e, PathEvent::Added(_))),
+            .all(|e| matches!(e, PathEvent::Added(_) | PathEvent::Health { .. })),
         "{:?}",
         report.events
     );
@@ -645,9 +645,9 @@ async fn verbs_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
         let Err(PathError::Failed { path: failed, .. }) = refused else {
             panic!("a path outside the client's policy: {refused:?}");
         };
-        assert_eq!(session.path_event().await, Ok(PathEvent::Added(path)));
+        assert_eq!(next_path_change(&session).await, Ok(PathEvent::Added(path)));
         assert!(matches!(
-            session.path_event().await,
+            next_path_change(&session).await,
             Ok(PathEvent::Failed { path, .. }) if path == failed
         ));
         assert!(matches!(
@@ -681,7 +681,10 @@ async fn verbs_inner<A: Adapter>(rt: &Arc<dyn Runtime>) {
             waited += Duration::from_millis(5);
         }
         session.remove_path(path).await.expect("remove_path");
-        assert_eq!(session.path_event().await, Ok(PathEvent::Closed(path)));
+        assert_eq!(
+            next_path_change(&session).await,
+            Ok(PathEvent::Closed(path))
+        );
         let states: Vec<_> = session
             .paths(PathFilter::All)
             .into_iter()
@@ -749,14 +752,14 @@ async fn raw_queue_is_bounded<A: Adapter>(rt: &Arc<dyn Runtime>) {
         let incoming = primary_endpoint.accept().await.expect("a client");
         let session = incoming.accept().await.expect("primary session");
         let path = session.add_path(addr, "localhost").await.expect("path");
-        assert_eq!(session.path_event().await, Ok(PathEvent::Added(path)));
+        assert_eq!(next_path_change(&session).await, Ok(PathEvent::Added(path)));
         let message = Bytes::from(vec![7u8; 1000]);
         for _ in 0..crate::shared::MAX_RAW_MESSAGES + 1 {
             if session.send_raw(path, message.clone()).await.is_err() {
                 break;
             }
         }
-        let event = session.path_event().await;
+        let event = next_path_change(&session).await;
         assert!(
             matches!(event, Ok(PathEvent::Dead { path: p, .. }) if p == path),
             "{event:?}"
@@ -775,4 +778,17 @@ async fn raw_queue_is_bounded<A: Adapter>(rt: &Arc<dyn Runtime>) {
     // Closed by the adapter on this side, with KWIK_INTERNAL on the wire.
     assert_eq!(reports[0].close, CloseReason::LocallyClosed, "{reports:?}");
     cluster.primary.wait_idle().await;
+}
+
+/// The session's next path event other than a health grade (grades come
+/// and go with the load on a loopback machine).
+async fn next_path_change<A: Adapter>(
+    session: &Session<A>,
+) -> Result<PathEvent, crate::ConnectionError> {
+    loop {
+        match session.path_event().await {
+            Ok(PathEvent::Health { .. }) => continue,
+            other => return other,
+        }
+    }
 }
