@@ -81,15 +81,33 @@ impl ReconnectPolicy {
     /// The delay before attempt number `attempt` (1 for the first
     /// reconnect), with `unit` in [0, 1) placing it within the jitter.
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
-        let growth = self
-            .multiplier
-            .max(1.0)
-            .powi(attempt.saturating_sub(1).min(64) as i32);
-        let base = self.initial.as_secs_f64() * growth;
+        // NaN anywhere must neither zero the delay (a busy loop) nor reach
+        // `Duration::from_secs_f64` (a panic): NaN multipliers and jitters
+        // count as 1 and 0, 0 × ∞ as 0, and the result saturates.
+        let multiplier = if self.multiplier >= 1.0 {
+            self.multiplier
+        } else {
+            1.0
+        };
+        let growth = multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = if self.initial.is_zero() {
+            0.0
+        } else {
+            self.initial.as_secs_f64() * growth
+        };
         let base = base.min(self.max.as_secs_f64());
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        let factor = 1.0 - jitter + 2.0 * jitter * unit.clamp(0.0, 1.0);
-        Duration::from_secs_f64((base * factor).max(0.0))
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        let unit = if unit.is_nan() {
+            0.5
+        } else {
+            unit.clamp(0.0, 1.0)
+        };
+        let factor = 1.0 - jitter + 2.0 * jitter * unit;
+        Duration::try_from_secs_f64((base * factor).max(0.0)).unwrap_or(Duration::MAX)
     }
 }
 
@@ -241,7 +259,7 @@ impl<A: Adapter> Reconnector<A> {
             .connect(self.addr, &self.server_name, &self.config)
             .map_err(ReconnectError::Connect)?;
         let runtime = self.endpoint.runtime();
-        let mut timer = runtime.new_timer(runtime.now() + self.policy.connect_timeout);
+        let mut timer = runtime.new_timer(later(runtime.now(), self.policy.connect_timeout));
         poll_fn(|cx| {
             if let Poll::Ready(result) = std::pin::Pin::new(&mut connecting).poll(cx) {
                 return Poll::Ready(result.map_err(|ConnectionError(r)| ReconnectError::Final(r)));
@@ -259,7 +277,7 @@ impl<A: Adapter> Reconnector<A> {
         let unit = self.unit();
         let delay = self.policy.delay(self.failures, unit);
         let runtime = self.endpoint.runtime();
-        let mut timer = runtime.new_timer(runtime.now() + delay);
+        let mut timer = runtime.new_timer(later(runtime.now(), delay));
         poll_fn(|cx| timer.poll_elapsed(cx)).await;
     }
 
@@ -271,6 +289,13 @@ impl<A: Adapter> Reconnector<A> {
         let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// `now + d`, saturating a century ahead: a policy may say "no cap" with
+/// `Duration::MAX`, and `Instant + Duration` panics on overflow.
+fn later(now: std::time::Instant, d: Duration) -> std::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -135,6 +135,13 @@ impl Session {
             });
         }
         for body in std::mem::take(&mut self.held) {
+            // The client's time to answer runs from when the AddPath
+            // leaves, not from when it was held.
+            if let Body::AddPath(m) = &body
+                && let Some(deadline) = self.add_deadlines.get_mut(&PathId(m.path_id))
+            {
+                *deadline = ctx.now + self.primary.add_path_timeout;
+            }
             self.main_conn().send(body);
         }
         match self.held_join.take() {

@@ -7,6 +7,13 @@ use super::*;
 impl Session {
     pub(super) fn on_path_status(&mut self, m: msg::PathStatus, ctx: &mut Ctx<'_>) {
         let path = PathId(m.path_id);
+        if path == PathId::PRIMARY {
+            // A PathStatus names a secondary path (§10.8): the primary
+            // connection's state is this side's to judge, first-hand. A
+            // client's word must not mark it Dead (which re-sent the
+            // primary's own outstanding ranges) or overwrite its RTT.
+            return;
+        }
         let state = match msg::PathState::try_from(m.state) {
             // A path is connecting from its AddPath on; the report adds
             // nothing (PROTOCOL.md §10.3).
