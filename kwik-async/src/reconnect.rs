@@ -7,7 +7,10 @@
 //! ([`DisconnectKind`]): silence, resets and refusals are transient and
 //! retried with exponential backoff, each delay drawn at random within
 //! ±[`ReconnectPolicy::jitter`] so that clients that lost the same server
-//! do not come back in step; a protocol violation (by either side), a
+//! do not come back in step (a session that ends within
+//! [`ReconnectPolicy::min_uptime`] of being established counts as a failed
+//! attempt, so a server that accepts and drops at once is backed off too);
+//! a protocol violation (by either side), a
 //! resource-limit close, a ban, a TLS failure or this application's own
 //! close are not retried — the next attempt would end the same way, or
 //! the server asked not to be bothered. A ban only ever follows a
@@ -48,6 +51,11 @@ pub struct ReconnectPolicy {
     /// Reconnect when the server application closed the session (a
     /// graceful restart, say). Off: such a close is final.
     pub after_server_close: bool,
+    /// A session that ended sooner than this after it was established
+    /// counts as a failed attempt: a server that accepts and closes at once
+    /// (shedding load, crash-looping) is backed off like one that refuses,
+    /// instead of being redialled at the initial delay forever.
+    pub min_uptime: Duration,
 }
 
 impl Default for ReconnectPolicy {
@@ -60,6 +68,7 @@ impl Default for ReconnectPolicy {
             max_attempts: 0,
             connect_timeout: Duration::from_secs(10),
             after_server_close: true,
+            min_uptime: Duration::from_secs(5),
         }
     }
 }
@@ -162,8 +171,11 @@ pub struct Reconnector<A> {
     server_name: String,
     config: ClientConfig,
     policy: ReconnectPolicy,
-    /// Failed attempts in a row.
+    /// Failed attempts in a row (sessions shorter than
+    /// [`ReconnectPolicy::min_uptime`] included).
     failures: u32,
+    /// When the latest session was established.
+    connected_at: Option<std::time::Instant>,
     /// Sessions established so far.
     sessions: u64,
     rng: u64,
@@ -190,6 +202,7 @@ impl<A: Adapter> Reconnector<A> {
             config,
             policy,
             failures: 0,
+            connected_at: None,
             sessions: 0,
             rng: u64::from_le_bytes(seed) | 1,
         }
@@ -215,17 +228,16 @@ impl<A: Adapter> Reconnector<A> {
         loop {
             match self.attempt().await {
                 Ok(session) => {
-                    self.failures = 0;
+                    // The count of failures is cleared only once this
+                    // session has lasted (see `reconnect`).
+                    self.connected_at = Some(self.endpoint.runtime().now());
                     self.sessions += 1;
                     return Ok(session);
                 }
                 Err(ReconnectError::Final(reason)) if self.policy.retries(&reason) => {
                     self.failures += 1;
-                    if self.policy.max_attempts != 0 && self.failures >= self.policy.max_attempts {
-                        return Err(ReconnectError::GaveUp {
-                            attempts: self.failures,
-                            last: reason,
-                        });
+                    if let Some(gave_up) = self.give_up(&reason) {
+                        return Err(gave_up);
                     }
                     tracing::debug!(target: kwik_core::log::DRIVER, remote = %self.addr, %reason, attempt = self.failures, "connection attempt failed; retrying");
                     self.back_off().await;
@@ -246,10 +258,32 @@ impl<A: Adapter> Reconnector<A> {
             tracing::debug!(target: kwik_core::log::DRIVER, remote = %self.addr, %reason, "session ended; not reconnecting");
             return Err(ReconnectError::Final(reason.clone()));
         }
-        tracing::debug!(target: kwik_core::log::DRIVER, remote = %self.addr, %reason, "session ended; reconnecting");
+        let now = self.endpoint.runtime().now();
+        let lasted = self
+            .connected_at
+            .take()
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.policy.min_uptime);
+        if lasted {
+            self.failures = 0;
+        }
         self.failures += 1;
+        if let Some(gave_up) = self.give_up(reason) {
+            return Err(gave_up);
+        }
+        tracing::debug!(target: kwik_core::log::DRIVER, remote = %self.addr, %reason, attempt = self.failures, "session ended; reconnecting");
         self.back_off().await;
         self.connect().await
+    }
+
+    /// `GaveUp` once [`ReconnectPolicy::max_attempts`] failures in a row
+    /// are reached.
+    fn give_up(&self, last: &CloseReason) -> Option<ReconnectError> {
+        (self.policy.max_attempts != 0 && self.failures >= self.policy.max_attempts).then(|| {
+            ReconnectError::GaveUp {
+                attempts: self.failures,
+                last: last.clone(),
+            }
+        })
     }
 
     /// One attempt, bounded by the connect timeout.

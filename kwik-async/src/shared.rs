@@ -646,13 +646,20 @@ impl State {
 
     /// The application does not take what a secondary session receives:
     /// close the session rather than grow without bound or drop silently.
+    /// A per-session queue overflowed: the session is closed, once (events
+    /// already queued for it in the same batch find it closing). Logged at
+    /// debug: the peer's traffic caused it (`kwik_core::log`).
     fn overflow(&mut self, session: SessionHandle, reason: &str) {
+        let Some(mut view) = self.endpoint.session(session) else {
+            return;
+        };
+        if view.close_reason().is_some() {
+            return;
+        }
         if let Some(slot) = self.sessions.get(&session) {
-            tracing::warn!(target: kwik_core::log::DRIVER, parent: &slot.span, reason, "closing the session");
+            tracing::debug!(target: kwik_core::log::DRIVER, parent: &slot.span, reason, "queue overflow: closing the session");
         }
-        if let Some(mut view) = self.endpoint.session(session) {
-            view.close_with(ErrorCode::Internal, reason.as_bytes());
-        }
+        view.close_with(ErrorCode::Internal, reason.as_bytes());
     }
 
     fn on_session_closed(

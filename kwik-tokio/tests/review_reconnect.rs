@@ -15,7 +15,6 @@ fn localhost() -> SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: a session that dies right after establishment resets the backoff; a server that closes every session is redialled at the initial delay forever"]
 async fn a_server_that_closes_every_session_at_once_is_backed_off() {
     let (server_config, client_config) = dev::self_signed(["localhost"]);
     let server = Endpoint::server(server_config, localhost()).expect("server");
