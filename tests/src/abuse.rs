@@ -766,6 +766,21 @@ impl Arena {
         a
     }
 
+    /// A kwik server in `role` (reading what it is sent if `read`) and a
+    /// [`HostileClient`] that sends a Hello and, once welcomed, `steps`;
+    /// returned established.
+    pub fn scripted_client(seed: u64, role: ServerRole, read: bool, steps: Vec<Step>) -> Arena {
+        let app = TargetServer::new(Payload::new(seed), role, read);
+        let mut a = Arena::against_server(
+            seed,
+            app,
+            |_| {},
+            move |e: &Ends| HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps),
+        );
+        a.establish(false).unwrap_or_else(|e| panic!("{e}"));
+        a
+    }
+
     /// A kwik server at `addr(1)` running `app` with kwik's default
     /// configuration (adjusted by `tune`; the server also trusts
     /// [`arena_key`] for joins naming it and serves [`DESCRIPTOR`]),

@@ -135,15 +135,7 @@ fn credit(stream: StreamId, max_offset: u64) -> Body {
 /// A kwik server (`role`, reading what it is sent if `read`) and a
 /// [`HostileClient`] that sends a Hello and, once welcomed, `steps`.
 fn server_with(seed: u64, role: ServerRole, read: bool, steps: Vec<Step>) -> Arena {
-    let app = TargetServer::new(Payload::new(seed), role, read);
-    let mut a = Arena::against_server(
-        seed,
-        app,
-        |_| {},
-        move |e: &Ends| HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps),
-    );
-    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
-    a
+    Arena::scripted_client(seed, role, read, steps)
 }
 
 fn server(seed: u64, steps: Vec<Step>) -> Arena {

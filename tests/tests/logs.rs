@@ -9,8 +9,7 @@ use kwik_core::ErrorCode;
 use kwik_core::log::{CONTROL, DATA, DELEGATION, DRIVER, ENDPOINT, PATHS};
 use kwik_core::proto::control::control_message::Body;
 use kwik_core::proto::control::{self as msg};
-use kwik_sim::Payload;
-use kwik_sim::abuse::{Arena, Ends, ServerRole, TargetServer};
+use kwik_sim::abuse::{Arena, ServerRole};
 use kwik_sim::hostile::{HostileClient, Step};
 use kwik_sim::multi::{MultiOptions, MultiSetup, ServerLink, first_server_stream};
 use kwik_sim::wire::control_record;
@@ -163,14 +162,7 @@ fn a_violation_is_logged_once_with_its_code() {
             ..msg::PathStatus::default()
         });
         let steps = vec![Step::Control(control_record(status).into())];
-        let app = TargetServer::new(Payload::new(5), ServerRole::Passive, true);
-        let mut a = Arena::against_server(
-            5,
-            app,
-            |_| {},
-            move |e: &Ends| HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps),
-        );
-        a.establish(false).unwrap_or_else(|e| panic!("{e}"));
+        let mut a = Arena::scripted_client(5, ServerRole::Passive, true, steps);
         let id = a.attacker;
         let _ = a.sim.run_while(Duration::from_secs(3), |sim| {
             sim.node::<HostileClient>(id).ended_at().is_none()

@@ -16,11 +16,9 @@ use kwik_core::{
     CloseReason, Dir, ErrorCode, Event, PathFilter, PathId, PathInfo, PathTarget, Side, StreamId,
     WriteError,
 };
-use kwik_sim::abuse::{
-    Arena, Ends, JOIN_PATH, Outcome, Report, ServerRole, StopWhen, TargetServer,
-};
+use kwik_sim::abuse::{Arena, Ends, JOIN_PATH, Outcome, Report, ServerRole, StopWhen};
 use kwik_sim::alloc::CountingAlloc;
-use kwik_sim::hostile::{HostileClient, HostileSecondary, Injection, Step};
+use kwik_sim::hostile::{HostileSecondary, Injection, Step};
 use kwik_sim::multi::{
     MultiClient, MultiOptions, MultiPrimary, MultiSetup, PayloadResource, SecondaryApp, ServerLink,
     Start,
@@ -49,15 +47,7 @@ fn stop_above(bound: u64) -> StopWhen {
 /// A hostile client (Hello mode) running `steps` against a kwik primary in
 /// `role`, established, baseline taken.
 fn hello_arena(seed: u64, role: ServerRole, steps: Vec<Step>) -> Arena {
-    let app = TargetServer::new(Payload::new(seed), role, false);
-    let mut a = Arena::against_server(
-        seed,
-        app,
-        |_| {},
-        move |e: &Ends| HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps),
-    );
-    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
-    a
+    Arena::scripted_client(seed, role, false, steps)
 }
 
 fn assert_closed_within(a: &Arena, r: &Report, code: ErrorCode, bound: u64, what: &str) {

@@ -7,9 +7,8 @@ use std::time::Duration;
 use kwik_core::proto::control::control_message::Body;
 use kwik_core::proto::control::{self as msg};
 use kwik_core::{PathFilter, PathHealth, PathId, PathInfo};
-use kwik_sim::Payload;
-use kwik_sim::abuse::{Arena, Ends, ServerRole, TargetServer};
-use kwik_sim::hostile::{HostileClient, Step};
+use kwik_sim::abuse::{Arena, ServerRole};
+use kwik_sim::hostile::Step;
 use kwik_sim::multi::{MultiOptions, MultiSetup, ServerLink, first_server_stream};
 use kwik_sim::wire::control_record;
 
@@ -31,14 +30,7 @@ fn status(path_id: u64, state: msg::PathState, health: i32, throughput: u64) -> 
 /// A hostile client against a passive primary, running `steps`; returns
 /// the arena once they ran (the session may or may not have survived).
 fn against_primary(seed: u64, steps: Vec<Step>) -> Arena {
-    let app = TargetServer::new(Payload::new(seed), ServerRole::Passive, false);
-    let mut a = Arena::against_server(
-        seed,
-        app,
-        |_| {},
-        move |e: &Ends| HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps),
-    );
-    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = Arena::scripted_client(seed, ServerRole::Passive, false, steps);
     a.sim.run_for(Duration::from_secs(1));
     a
 }

@@ -159,15 +159,7 @@ fn assert_closed_within(a: &Arena, r: &Report, code: ErrorCode, bound: u64, what
 /// A hostile client (Hello mode) running `steps` against a kwik server in
 /// `role`, established, baseline taken.
 fn hello_arena(seed: u64, role: ServerRole, steps: Vec<Step>) -> Arena {
-    let app = TargetServer::new(Payload::new(seed), role, false);
-    let mut a = Arena::against_server(
-        seed,
-        app,
-        |_| {},
-        move |e: &Ends| HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps),
-    );
-    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
-    a
+    Arena::scripted_client(seed, role, false, steps)
 }
 
 /// The hostile client of `a` was closed with `code` by the target server,
