@@ -179,6 +179,14 @@ impl HealthMeter {
         self.throughput as u64
     }
 
+    /// Whether an interval has passed since the last sample (checked
+    /// before gathering one, which costs a copy of the connection's stats).
+    pub fn due(&self, now: Instant, rtt: Duration) -> bool {
+        self.last
+            .as_ref()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= MIN_INTERVAL.max(rtt))
+    }
+
     /// Takes a new sample if an interval has passed since the last one
     /// (the longer of [`MIN_INTERVAL`] and the RTT); true if it did.
     pub fn sample(&mut self, now: Instant, s: Sample) -> bool {

@@ -19,7 +19,7 @@ impl Session {
         }
         let mut sampled = Vec::new();
         for (path, conn) in &mut self.conns {
-            if !conn.joined || conn.closed {
+            if !conn.joined || conn.closed || !conn.health.due(ctx.now, conn.quic.rtt()) {
                 continue;
             }
             let stats = conn.quic.stats();
