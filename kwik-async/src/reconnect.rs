@@ -26,7 +26,7 @@ use kwik_core::{ClientConfig, CloseReason, DisconnectKind};
 
 use crate::endpoint::Endpoint;
 use crate::error::{ConnectError, ConnectionError};
-use crate::runtime::Adapter;
+use crate::runtime::{Adapter, later, sleep};
 
 use crate::session::Session;
 
@@ -310,9 +310,7 @@ impl<A: Adapter> Reconnector<A> {
     async fn back_off(&mut self) {
         let unit = self.unit();
         let delay = self.policy.delay(self.failures, unit);
-        let runtime = self.endpoint.runtime();
-        let mut timer = runtime.new_timer(later(runtime.now(), delay));
-        poll_fn(|cx| timer.poll_elapsed(cx)).await;
+        sleep(&self.endpoint.runtime(), delay).await;
     }
 
     /// A uniform draw in [0, 1) (xorshift64*).
@@ -323,13 +321,6 @@ impl<A: Adapter> Reconnector<A> {
         let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
-}
-
-/// `now + d`, saturating a century ahead: a policy may say "no cap" with
-/// `Duration::MAX`, and `Instant + Duration` panics on overflow.
-fn later(now: std::time::Instant, d: Duration) -> std::time::Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
-    now.checked_add(d.min(CENTURY)).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -13,13 +13,14 @@
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::DerefMut;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use quinn_udp::UdpSockRef;
 
@@ -107,4 +108,17 @@ pub trait Adapter: Send + Sync + 'static {
     /// # Errors
     /// If no runtime is available in this context.
     fn runtime() -> io::Result<Arc<dyn Runtime>>;
+}
+
+/// `now + d`, saturating a century ahead: a policy may say "no cap" with
+/// `Duration::MAX`, and `Instant + Duration` panics on overflow.
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
+}
+
+/// Sleeps `duration` on `runtime`'s timer.
+pub(crate) async fn sleep(runtime: &Arc<dyn Runtime>, duration: Duration) {
+    let mut timer = runtime.new_timer(later(runtime.now(), duration));
+    poll_fn(|cx| timer.poll_elapsed(cx)).await;
 }

@@ -112,8 +112,7 @@ impl<T> Future for JoinHandle<T> {
 
 /// Sleeps on the runtime's timer.
 pub async fn sleep(runtime: &Arc<dyn Runtime>, duration: Duration) {
-    let mut timer = runtime.new_timer(runtime.now() + duration);
-    poll_fn(|cx| timer.poll_elapsed(cx)).await;
+    crate::runtime::sleep(runtime, duration).await;
 }
 
 /// Runs `task`, panicking with `what` if it takes longer than `limit`.

@@ -194,10 +194,10 @@ impl HealthMeter {
             self.last = Some((now, s));
             return false;
         };
-        let elapsed = now.saturating_duration_since(at);
-        if elapsed < MIN_INTERVAL.max(s.rtt) {
+        if !self.due(now, s.rtt) {
             return false;
         }
+        let elapsed = now.saturating_duration_since(at);
         let sent = s.sent_packets.saturating_sub(prev.sent_packets);
         let lost = s.lost_packets.saturating_sub(prev.lost_packets);
         // An interval weighs by how many packets it saw, up to
