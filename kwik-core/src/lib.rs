@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 
 mod assembler;
+mod candidate;
 mod codec;
 mod config;
 mod conn;
@@ -76,6 +77,7 @@ mod view;
 mod wire;
 mod zero_rtt;
 
+pub use candidate::Candidate;
 pub use config::{
     ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, LossDetection,
     MAX_TIME_THRESHOLD, PRE_HANDSHAKE_WINDOW, PROTOCOL_VERSION, RetryPolicy, SUPPORTED_FEATURES,
