@@ -41,6 +41,9 @@
 //! * `loopback-multi` — real UDP on 127.0.0.1: one session from `--servers`
 //!   servers each capped at `--rate-mbit`, versus one such server
 //!   ([`loopback_multi`]);
+//! * `autoscale` — a primary with automatic scaling and three candidate
+//!   secondaries, under a demand that rises and falls: how soon paths are
+//!   added and removed, goodput against demand, flapping ([`autoscale`]);
 //! * no scenario or `all` — `sim-cpu`, `sim-link` and `mux` in that order
 //!   (the multi-server scenarios run only when named).
 //!
@@ -55,6 +58,7 @@
 
 mod abuse;
 mod aggregate;
+mod autoscale;
 mod chaos;
 mod failover;
 mod handshake_flood;
@@ -90,6 +94,7 @@ scenarios:
   aggregate  one session from N servers on heterogeneous links (N = 2, 4, 8)
   failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
   primary-death  the primary dies mid-transfer: client verdict, secondaries freed
+  autoscale  demand rises and falls: automatic path addition and removal
   abuse      hostile peers vs one session each: peak heap growth and CPU of the attacked endpoint
   handshake-flood  10 000 forged Initials + 100 clients vs one server: heap, admissions
   chaos      seeded random multi-server transfers with loss and faults, judged
@@ -137,6 +142,7 @@ enum Scenario {
     Aggregate,
     Failover,
     PrimaryDeath,
+    Autoscale,
     Abuse,
     HandshakeFlood,
     Chaos,
@@ -266,6 +272,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "aggregate" => Scenario::Aggregate,
                     "failover" => Scenario::Failover,
                     "primary-death" => Scenario::PrimaryDeath,
+                    "autoscale" => Scenario::Autoscale,
                     "abuse" => Scenario::Abuse,
                     "handshake-flood" => Scenario::HandshakeFlood,
                     "chaos" => Scenario::Chaos,
@@ -396,6 +403,10 @@ fn run(args: &Args) -> Result<(), String> {
                 .backlog_ms
                 .map_or(defaults.backlog, Duration::from_millis),
         })?;
+    }
+    if args.scenario == Scenario::Autoscale {
+        autoscale::run(args.seed)?;
+        return Ok(());
     }
     if args.scenario == Scenario::PrimaryDeath {
         primary_death::main()?;

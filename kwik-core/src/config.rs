@@ -519,6 +519,11 @@ pub struct ServerConfig {
     /// backoff, while the session lives (`None`: never; the application
     /// may call `add_path` itself).
     pub path_retry: Option<PathRetry>,
+    /// Primary: add paths from the endpoint's candidates
+    /// ([`KwikEndpoint::set_candidates`](crate::KwikEndpoint::set_candidates))
+    /// to sessions whose demand the live paths do not meet, and remove them
+    /// once idle (see [`crate::scaling`]). `None` (the default): off.
+    pub autoscale: Option<crate::scaling::AutoscaleConfig>,
 }
 
 impl ServerConfig {
@@ -563,6 +568,7 @@ impl ServerConfig {
             max_bans: 4096,
             ban_loopback: false,
             path_retry: Some(PathRetry::default()),
+            autoscale: None,
         })
     }
 }

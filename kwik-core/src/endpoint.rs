@@ -38,6 +38,7 @@ use quinn_proto::{ConnectionHandle, DatagramEvent, EcnCodepoint, VarInt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::candidate::Candidate;
 use crate::config::{ClientConfig, EndpointConfig, ServerConfig, TransportConfig};
 use crate::conn::Conn;
 use crate::defence::{BanList, EndpointClock, EndpointStats, Handshakes};
@@ -47,7 +48,7 @@ use crate::ids::{IncomingId, SessionHandle, SessionId, Side, StreamId};
 use crate::paths::{PathId, PathPolicy};
 use crate::probe_gate::ProbeGate;
 use crate::seeded::{SeededCids, Seeds};
-use crate::session::{Ctx, Phase, PrimarySettings, Request, Session};
+use crate::session::{Ctx, Phase, PrimarySettings, Request, ScalingPool, Session};
 use crate::token::TokenVerifier;
 use crate::transfer::SharedResource;
 use crate::view::{SessionView, StreamView};
@@ -137,6 +138,8 @@ pub struct KwikEndpoint {
     dial_configs: BTreeMap<SessionHandle, ClientConfig>,
     tokens: TokenVerifier,
     resources: BTreeMap<Bytes, SharedResource>,
+    /// Candidates for automatic scaling and the paths it holds.
+    scaling: ScalingPool,
     incoming: BTreeMap<IncomingId, quinn_proto::Incoming>,
     next_session: u64,
     next_incoming: u64,
@@ -210,6 +213,7 @@ impl KwikEndpoint {
             dial_configs: BTreeMap::new(),
             tokens: TokenVerifier::default(),
             resources: BTreeMap::new(),
+            scaling: ScalingPool::default(),
             incoming: BTreeMap::new(),
             next_session: 0,
             next_incoming: 0,
@@ -312,6 +316,7 @@ impl KwikEndpoint {
                 add_path_timeout: Duration::ZERO,
                 auto_reassign: false,
                 path_retry: None,
+                autoscale: None,
             },
             self.now,
         );
@@ -610,6 +615,7 @@ impl KwikEndpoint {
                         add_path_timeout: server.add_path_timeout,
                         auto_reassign: server.auto_reassign,
                         path_retry: server.path_retry.clone(),
+                        autoscale: server.autoscale.clone(),
                     },
                     self.now,
                 );
@@ -764,6 +770,7 @@ impl KwikEndpoint {
                 tokens: &mut self.tokens,
                 server: self.server.as_ref(),
                 resources: &self.resources,
+                scaling: &mut self.scaling,
             };
             let span =
                 tracing::debug_span!(target: crate::log::SPANS, "kwik_session", session = %handle);
@@ -871,6 +878,7 @@ impl KwikEndpoint {
             self.timers.remove(&(at, handle));
         }
         self.handshakes.remove(handle);
+        self.scaling.in_use = self.scaling.in_use.saturating_sub(session.scaled_paths());
         if session.side == Side::Server {
             self.server_sessions -= 1;
         }
@@ -920,6 +928,27 @@ impl KwikEndpoint {
     /// them).
     pub fn serve_resource(&mut self, descriptor: Bytes, resource: SharedResource) {
         self.resources.insert(descriptor, resource);
+    }
+
+    /// Replaces the servers automatic scaling may add as secondary paths
+    /// ([`ServerConfig::autoscale`]); typically what a discovery source
+    /// found. Kept deduplicated by address, in SRV-style preference order
+    /// (lower priority first, then heavier weight, then address), at most
+    /// 1024. Paths already added are not affected. The list should not name
+    /// this server itself.
+    pub fn set_candidates(&mut self, candidates: Vec<Candidate>) {
+        self.scaling.set_candidates(candidates);
+    }
+
+    /// The candidates automatic scaling chooses from, in preference order.
+    pub fn candidates(&self) -> &[Candidate] {
+        &self.scaling.candidates
+    }
+
+    /// Paths automatic scaling holds across all sessions (joining or live;
+    /// a path that ended is counted until its session's next evaluation).
+    pub fn scaled_paths(&self) -> usize {
+        self.scaling.in_use
     }
 
     /// Handles of live sessions, in order.

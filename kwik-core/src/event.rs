@@ -187,6 +187,18 @@ pub enum Event {
         /// The new grade.
         health: PathHealth,
     },
+    /// Primary: automatic scaling ([`ServerConfig::autoscale`](crate::ServerConfig::autoscale))
+    /// decided to add `path` (`added`; [`Event::PathAdded`] or
+    /// [`Event::PathFailed`] follows) or to remove it (`!added`;
+    /// [`Event::PathClosed`] follows).
+    PathScaled {
+        /// The session.
+        session: SessionHandle,
+        /// The path.
+        path: PathId,
+        /// Added (true) or removed (false).
+        added: bool,
+    },
     /// A path was removed gracefully (client and primary).
     PathClosed {
         /// The session.

@@ -68,6 +68,7 @@ pub mod proto;
 #[cfg(feature = "qlog")]
 mod qlog;
 mod ranges;
+pub mod scaling;
 mod seeded;
 mod session;
 mod streams;

@@ -266,6 +266,16 @@ impl Streams {
         }
     }
 
+    /// The per-stream window the peer grants (its initial credit).
+    pub(crate) fn peer_window(&self) -> u64 {
+        self.peer_window
+    }
+
+    /// The credit the peer granted on `id`'s sending half.
+    pub(crate) fn send_credit(&self, id: StreamId) -> Option<u64> {
+        self.map.get(&id)?.send.as_ref().map(|s| s.credit)
+    }
+
     /// True once the peer's limits are known (or remembered).
     pub(crate) fn peer_limits_known(&self) -> bool {
         self.peer_limits_known

@@ -254,6 +254,11 @@ impl Transfer {
         }
     }
 
+    /// Bytes per second `path` delivered of this transfer lately.
+    pub(crate) fn path_rate(&self, path: PathId) -> f64 {
+        self.rate(path)
+    }
+
     fn rate(&self, path: PathId) -> f64 {
         self.loads.get(&path).map_or(0.0, |l| l.rate)
     }

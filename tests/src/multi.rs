@@ -93,6 +93,9 @@ pub struct MultiClient {
     pub closed_at: Option<Instant>,
     /// Don't read (so that data stays buffered).
     pub paused: bool,
+    /// Read no more than this many bytes in all (a paced reader); `None`:
+    /// read everything that arrives.
+    pub read_limit: Option<u64>,
 }
 
 impl MultiClient {
@@ -116,6 +119,7 @@ impl MultiClient {
             path_addrs: BTreeMap::new(),
             closed_at: None,
             paused: false,
+            read_limit: None,
         }
     }
 
@@ -134,7 +138,13 @@ impl MultiClient {
             return;
         };
         loop {
-            match stream.read(usize::MAX) {
+            let allowed = self.read_limit.map_or(usize::MAX, |l| {
+                l.saturating_sub(self.read.values().sum()) as usize
+            });
+            if allowed == 0 {
+                return;
+            }
+            match stream.read(allowed) {
                 Ok(Some(data)) => {
                     let at = self.read.entry(id).or_default();
                     if !self.payload.verify(id, *at, &data) {
@@ -283,9 +293,16 @@ pub struct MultiPrimary {
     pub health: Vec<(Instant, PathId, PathHealth)>,
     /// Server address of every path a path event named.
     pub path_addrs: BTreeMap<PathId, SocketAddr>,
+    /// Automatic scaling's decisions: when, which path, added or removed.
+    pub scaled: Vec<(Instant, PathId, bool)>,
 }
 
 impl MultiPrimary {
+    /// Adds no secondary itself (automatic scaling or the test will).
+    pub fn add_no_paths(&mut self) {
+        self.secondaries.clear();
+    }
+
     /// A primary that will add `secondaries` and serve `resource`.
     pub fn new(secondaries: Vec<SocketAddr>, resource: Arc<PayloadResource>) -> Self {
         Self {
@@ -307,6 +324,7 @@ impl MultiPrimary {
             log: Vec::new(),
             health: Vec::new(),
             path_addrs: BTreeMap::new(),
+            scaled: Vec::new(),
         }
     }
 
@@ -369,6 +387,7 @@ impl App for MultiPrimary {
             Event::TransferComplete { .. } => self.complete_at = Some(now),
             Event::SessionClosed { reason, .. } => self.closed = Some(reason.clone()),
             Event::PathHealth { path, health, .. } => self.health.push((now, *path, *health)),
+            Event::PathScaled { path, added, .. } => self.scaled.push((now, *path, *added)),
             _ => {}
         }
         match event {
@@ -675,6 +694,33 @@ impl MultiSetup {
                 !done(&sim.node::<KwikNode<MultiPrimary>>(id).app)
             })
             .expect("the primary reached the expected state in time")
+    }
+
+    /// Runs until `until` (virtual time since the start) with the client
+    /// application reading the first server stream at a pace: by time `t`
+    /// it has read at most `demanded(t)` bytes (fewer only when they have
+    /// not arrived; then it reads as fast as they come). The reader acts
+    /// every `step`; `each` runs after every step.
+    pub fn run_paced(
+        &mut self,
+        until: Duration,
+        step: Duration,
+        demanded: impl Fn(Duration) -> u64,
+        mut each: impl FnMut(&mut Self, Duration),
+    ) {
+        let stream = first_server_stream();
+        let mut t = self.sim.elapsed();
+        while t < until {
+            t = (t + step).min(until);
+            self.sim.run_until(t);
+            let now = self.sim.now();
+            let node = self.client_node();
+            node.app.read_limit = Some(demanded(t));
+            node.app.drain(&mut node.endpoint, now, stream);
+            let client = self.client;
+            self.sim.touch(client);
+            each(self, t);
+        }
     }
 
     /// The client node (endpoint + app), mutable.

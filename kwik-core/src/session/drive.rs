@@ -77,6 +77,12 @@ impl Session {
         if let Some(t) = self.next_retry() {
             consider(t);
         }
+        if self.role == Role::Primary
+            && self.phase == Phase::Active
+            && let Some(s) = &self.scaler
+        {
+            consider(s.deadline());
+        }
         for (path, cp) in &self.client_paths {
             if let Some(t) = cp.closing {
                 consider(t);
@@ -400,6 +406,7 @@ impl Session {
         self.retry_targets(ctx);
         self.check_liveness(ctx);
         self.check_health(ctx);
+        self.autoscale(ctx);
         if self.role != Role::Client || self.phase == Phase::Closed {
             return;
         }

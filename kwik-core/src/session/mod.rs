@@ -25,8 +25,11 @@ mod handshake;
 mod liveness;
 mod path_health;
 mod primary;
+mod scaling;
 mod secondary;
 mod transfers;
+
+pub(crate) use scaling::ScalingPool;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -111,6 +114,8 @@ pub(crate) struct Ctx<'a> {
     pub server: Option<&'a ServerConfig>,
     /// Secondary: resources served automatically, by descriptor.
     pub resources: &'a BTreeMap<Bytes, SharedResource>,
+    /// Primary: the endpoint's candidates and its count of scaled paths.
+    pub scaling: &'a mut ScalingPool,
 }
 
 /// Counters of one session.
@@ -145,6 +150,8 @@ pub(crate) struct PrimarySettings {
     pub auto_reassign: bool,
     /// Re-adding secondaries whose paths failed or died (`None`: never).
     pub path_retry: Option<PathRetry>,
+    /// Automatic scaling (`None`: off).
+    pub autoscale: Option<crate::scaling::AutoscaleConfig>,
 }
 
 /// Primary: a secondary the application added, followed across retries.
@@ -259,6 +266,8 @@ pub(crate) struct Session {
     /// Secondary: a Join that arrived before the handshake completed,
     /// acted on once it has (§12.3).
     held_join: Option<Box<msg::Join>>,
+    /// Primary: automatic scaling, if configured.
+    scaler: Option<Box<scaling::Scaler>>,
 }
 
 /// A token bucket in thousandths of a token, refilled from the time inputs
@@ -352,6 +361,10 @@ impl Session {
             transport.max_uni_streams,
         );
         let policy_burst = policy.add_path_burst;
+        let scaler = primary
+            .autoscale
+            .clone()
+            .map(|c| Box::new(scaling::Scaler::new(c, now)));
         let mut primary_path = PathInfo::new(PathId::PRIMARY, remote, server_name, now);
         primary_path.primary = true;
         Self {
@@ -405,7 +418,14 @@ impl Session {
             remembered: None,
             held: Vec::new(),
             held_join: None,
+            scaler,
         }
+    }
+
+    /// Paths the session's scaler holds (released from the endpoint's
+    /// count when the session goes away).
+    pub(crate) fn scaled_paths(&self) -> usize {
+        self.scaler.as_ref().map_or(0, |s| s.held())
     }
 
     /// Client: the store of servers' limits this session reads for early
