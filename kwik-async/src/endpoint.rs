@@ -12,7 +12,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kwik_core::{
-    ClientConfig, CloseReason, EndpointStats, IncomingId, ServerConfig, SharedResource, Side,
+    Candidate, ClientConfig, CloseReason, EndpointStats, IncomingId, ServerConfig, SharedResource,
+    Side,
 };
 
 use crate::error::{ConnectError, ConnectionError, RetryError};
@@ -242,6 +243,19 @@ impl<A: Adapter> Endpoint<A> {
     pub fn serve_resource(&self, descriptor: impl Into<Bytes>, resource: SharedResource) {
         let mut state = self.shared().lock();
         state.endpoint.serve_resource(descriptor.into(), resource);
+    }
+
+    /// Primary: replaces the servers automatic scaling
+    /// ([`ServerConfig::autoscale`](kwik_core::ServerConfig::autoscale)) may
+    /// add as secondary paths — typically what a discovery source found.
+    /// This endpoint's own address is left out.
+    pub fn set_candidates(&self, candidates: Vec<Candidate>) {
+        let local = self.shared().local_addr;
+        let candidates = candidates
+            .into_iter()
+            .filter(|c| c.address != local)
+            .collect();
+        self.shared().lock().endpoint.set_candidates(candidates);
     }
 
     /// Replaces the server configuration; `None` stops accepting new

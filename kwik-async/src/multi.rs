@@ -64,6 +64,14 @@ pub enum PathEvent {
         /// The new grade.
         health: PathHealth,
     },
+    /// Primary: automatic scaling decided to add the path (`added`;
+    /// `Added` or `Failed` follows) or to remove it (`Closed` follows).
+    Scaled {
+        /// The path.
+        path: PathId,
+        /// Added (true) or removed (false).
+        added: bool,
+    },
     /// Primary: a path ended while ranges delegated to it with
     /// [`Session::delegate`] were not acknowledged; someone else must write
     /// them. (Ranges of [`Session::serve`] transfers are re-assigned by the

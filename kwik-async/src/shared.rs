@@ -523,6 +523,15 @@ impl State {
                     slot.push_path_event(PathEvent::Health { path, health }, wake);
                 }
             }
+            Event::PathScaled {
+                session,
+                path,
+                added,
+            } => {
+                if let Some(slot) = self.sessions.get_mut(&session) {
+                    slot.push_path_event(PathEvent::Scaled { path, added }, wake);
+                }
+            }
             Event::RangesLost {
                 session,
                 path,
