@@ -89,8 +89,14 @@ pub enum ScalingDecision {
 /// inputs it was given — so that kwik stays reproducible.
 pub trait ScalingPolicy: Send + fmt::Debug {
     /// Called once per [`AutoscaleConfig::evaluation_interval`] while the
-    /// session is established.
+    /// session is established and busy with something: serving a resource,
+    /// or holding paths the scaler added.
     fn evaluate(&mut self, input: &ScalingInput<'_>) -> ScalingDecision;
+
+    /// The session was idle (nothing served, no scaled path) and is busy
+    /// again: evaluations stopped meanwhile, so history kept from before is
+    /// stale. The default does nothing.
+    fn resume(&mut self) {}
 }
 
 /// The default policy: add a path when utilisation stayed at or above
@@ -204,6 +210,10 @@ impl UtilisationPolicy {
 }
 
 impl ScalingPolicy for UtilisationPolicy {
+    fn resume(&mut self) {
+        self.samples.clear();
+    }
+
     fn evaluate(&mut self, input: &ScalingInput<'_>) -> ScalingDecision {
         let now = input.now;
         self.samples.push_back((now, input.utilisation));

@@ -247,3 +247,43 @@ fn a_candidate_that_fails_rests_and_the_next_one_is_taken() {
     let live = run.live_paths();
     assert_eq!(live.len(), 2, "{live:?}");
 }
+
+/// How many distinct deadlines the primary's endpoint sets over `span` of
+/// an idle session (established, nothing served).
+fn idle_wakeups(config: Option<AutoscaleConfig>) -> u32 {
+    use kwik_sim::node::Node;
+    let mut options = MultiOptions::new(15, vec![ServerLink::new(20, 40); 2], 1 << 20);
+    options.tune_server = Box::new(move |i, cfg| {
+        if i == 0 {
+            cfg.autoscale = config.clone();
+        }
+    });
+    let mut s = MultiSetup::new(options, |p| {
+        p.start = Start::Manual;
+        p.add_no_paths();
+    });
+    let pool = s.servers[1..]
+        .iter()
+        .map(|a| Candidate::new(*a, SERVER_NAME))
+        .collect();
+    s.primary_node().endpoint.set_candidates(pool);
+    s.run_until_primary(Duration::from_secs(5), |p| p.session.is_some());
+    s.sim.run_for(Duration::from_secs(1));
+    let start = s.sim.now();
+    let mut wakeups = 0;
+    while let Some(d) = s.primary_node().poll_timeout() {
+        if d.duration_since(start) > Duration::from_secs(20) {
+            break;
+        }
+        s.sim.run_until(d.duration_since(s.sim.start()));
+        wakeups += 1;
+    }
+    wakeups
+}
+
+#[test]
+fn an_idle_session_costs_no_scaling_timers() {
+    let without = idle_wakeups(None);
+    let with = idle_wakeups(Some(AutoscaleConfig::default()));
+    assert_eq!(with, without, "autoscale added wake-ups to an idle session");
+}

@@ -79,9 +79,9 @@ impl Session {
         }
         if self.role == Role::Primary
             && self.phase == Phase::Active
-            && let Some(s) = &self.scaler
+            && let Some(t) = self.scaler.as_ref().and_then(|s| s.deadline())
         {
-            consider(s.deadline());
+            consider(t);
         }
         for (path, cp) in &self.client_paths {
             if let Some(t) = cp.closing {

@@ -66,6 +66,8 @@ pub(super) struct Scaler {
     capacity: BTreeMap<PathId, f64>,
     /// Candidates whose path failed or died, and until when they rest.
     resting: BTreeMap<SocketAddr, Instant>,
+    /// The session was idle at the last look (no timers ran).
+    idle: bool,
 }
 
 impl fmt::Debug for Scaler {
@@ -90,11 +92,13 @@ impl Scaler {
             owned: BTreeSet::new(),
             capacity: BTreeMap::new(),
             resting: BTreeMap::new(),
+            idle: true,
         }
     }
 
-    pub(super) fn deadline(&self) -> Instant {
-        self.next_sample.min(self.next_evaluation)
+    /// The next sample or evaluation, unless the session is idle.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        (!self.idle).then(|| self.next_sample.min(self.next_evaluation))
     }
 
     /// Paths this scaler holds (for the endpoint's count when the session
@@ -115,6 +119,21 @@ impl Session {
             return;
         };
         let now = ctx.now;
+        // An idle session (nothing served, no scaled path) neither samples
+        // nor evaluates: no timer per idle session on a busy server.
+        let idle = self.transfers.is_empty() && scaler.owned.is_empty();
+        if idle || scaler.idle {
+            scaler.next_sample = now + scaler.config.sample_interval;
+            scaler.next_evaluation = now + scaler.config.evaluation_interval;
+            scaler.samples = 0;
+            scaler.busy = 0;
+            if scaler.idle && !idle {
+                scaler.policy.resume();
+            }
+            scaler.idle = idle;
+            self.scaler = Some(scaler);
+            return;
+        }
         if scaler.next_sample <= now {
             scaler.samples += 1;
             if self.paths_busy() {
