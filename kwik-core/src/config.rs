@@ -15,6 +15,7 @@ use quinn_proto::{IdleTimeout, VarInt};
 use crate::ids::Side;
 use crate::paths::{PathPolicy, PathRetry};
 use crate::probe_gate::{GatedFactory, ProbeGate};
+use crate::proposal::{ProposalPolicy, RefuseAll};
 use crate::token::TokenKey;
 use crate::zero_rtt::{EARLY_LANES, RememberedLimits};
 
@@ -519,6 +520,13 @@ pub struct ServerConfig {
     /// backoff, while the session lives (`None`: never; the application
     /// may call `add_path` itself).
     pub path_retry: Option<PathRetry>,
+    /// Primary: which servers a client may propose as paths of its session
+    /// (PROTOCOL.md §13). Default [`RefuseAll`]: a client must not be able
+    /// to make this primary mint path tokens for, and hand work to,
+    /// machines of its choosing. [`ApproveListed`](crate::ApproveListed)
+    /// approves the servers it lists. Approved proposals need a
+    /// [`token_key`](Self::token_key) like any `add_path`.
+    pub proposal_policy: Arc<dyn ProposalPolicy>,
 }
 
 impl ServerConfig {
@@ -563,6 +571,7 @@ impl ServerConfig {
             max_bans: 4096,
             ban_loopback: false,
             path_retry: Some(PathRetry::default()),
+            proposal_policy: Arc::new(RefuseAll),
         })
     }
 }

@@ -64,6 +64,7 @@ mod lanes;
 pub mod log;
 mod paths;
 mod probe_gate;
+mod proposal;
 pub mod proto;
 #[cfg(feature = "qlog")]
 mod qlog;
@@ -96,6 +97,10 @@ pub use ids::{Dir, IncomingId, SessionHandle, SessionId, Side, StreamId};
 pub use paths::{
     MAX_FINAL_PATHS, PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathRetry,
     PathState, PathTarget,
+};
+pub use proposal::{
+    ApproveListed, MAX_OUTSTANDING_PROPOSALS, MAX_PENDING_PROPOSED_PATHS, PROPOSAL_BURST,
+    PROPOSAL_RATE, ProposalContext, ProposalDecision, ProposalId, ProposalPolicy, RefuseAll,
 };
 #[cfg(feature = "qlog")]
 pub use qlog::{QlogSink, QlogTarget};

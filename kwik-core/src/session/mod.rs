@@ -10,7 +10,7 @@
 //! joined with a path token and writes the ranges it is given.
 //!
 //! The rules of each role live in their own module — `handshake`,
-//! `client_paths`, `primary`, `secondary`, `transfers` — beside the checks
+//! `client_paths`, `primary`, `secondary`, `transfers`, `proposals` — beside the checks
 //! that guard them; `drive` ties them together and `app` holds the
 //! application's operations.
 //!
@@ -25,6 +25,7 @@ mod handshake;
 mod liveness;
 mod path_health;
 mod primary;
+mod proposals;
 mod secondary;
 mod transfers;
 
@@ -259,6 +260,8 @@ pub(crate) struct Session {
     /// Secondary: a Join that arrived before the handshake completed,
     /// acted on once it has (§12.3).
     held_join: Option<Box<msg::Join>>,
+    /// Client-proposed paths, both roles' halves (§13).
+    proposals: proposals::Proposals,
 }
 
 /// A token bucket in thousandths of a token, refilled from the time inputs
@@ -405,6 +408,7 @@ impl Session {
             remembered: None,
             held: Vec::new(),
             held_join: None,
+            proposals: proposals::Proposals::new(now),
         }
     }
 
