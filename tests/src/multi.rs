@@ -93,6 +93,9 @@ pub struct MultiClient {
     pub closed_at: Option<Instant>,
     /// Don't read (so that data stays buffered).
     pub paused: bool,
+    /// Answers to this client's path proposals
+    /// ([`Event::PathProposalAnswered`]), in order.
+    pub proposal_answers: Vec<Event>,
 }
 
 impl MultiClient {
@@ -116,6 +119,7 @@ impl MultiClient {
             path_addrs: BTreeMap::new(),
             closed_at: None,
             paused: false,
+            proposal_answers: Vec::new(),
         }
     }
 
@@ -196,6 +200,7 @@ impl App for MultiClient {
                 note_address(ep, *session, *path, &mut self.path_addrs);
             }
             Event::PathHealth { path, health, .. } => self.health.push((now, *path, *health)),
+            Event::PathProposalAnswered { .. } => self.proposal_answers.push(event.clone()),
             _ => {}
         }
     }
@@ -283,6 +288,9 @@ pub struct MultiPrimary {
     pub health: Vec<(Instant, PathId, PathHealth)>,
     /// Server address of every path a path event named.
     pub path_addrs: BTreeMap<PathId, SocketAddr>,
+    /// Proposals clients made and how they were answered
+    /// ([`Event::PathProposed`]), in order.
+    pub proposals: Vec<Event>,
 }
 
 impl MultiPrimary {
@@ -307,7 +315,14 @@ impl MultiPrimary {
             log: Vec::new(),
             health: Vec::new(),
             path_addrs: BTreeMap::new(),
+            proposals: Vec::new(),
         }
+    }
+
+    /// Adds no secondary itself: paths come only from the client's
+    /// proposals (or the test).
+    pub fn add_no_paths(&mut self) {
+        self.secondaries.clear();
     }
 
     /// Opens the stream and starts serving.
@@ -369,6 +384,7 @@ impl App for MultiPrimary {
             Event::TransferComplete { .. } => self.complete_at = Some(now),
             Event::SessionClosed { reason, .. } => self.closed = Some(reason.clone()),
             Event::PathHealth { path, health, .. } => self.health.push((now, *path, *health)),
+            Event::PathProposed { .. } => self.proposals.push(event.clone()),
             _ => {}
         }
         match event {
