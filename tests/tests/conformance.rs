@@ -67,6 +67,8 @@
 //! | 13.1, 3.3 | a proposed server name over 255 bytes is INVALID_FRAME | `s13_1_proposed_server_name_over_255_bytes_is_invalid_frame` |
 //! | 13.1, 3.3 | a proposed address over 64 bytes is INVALID_FRAME | `s13_1_proposed_address_over_64_bytes_is_invalid_frame` |
 //! | 13.1 | a primary may not send its client ProposePath | `s13_1_primary_may_not_send_client_propose_path` |
+//! | 13.1 | a client may not send a secondary ProposePath | `s13_1_client_may_not_send_secondary_propose_path` |
+//! | 13.2 | a secondary may not send its client ProposalAnswer (path closed) | `s13_2_secondary_may_not_send_proposal_answer` |
 //! | 13.2 | a client may not send its primary ProposalAnswer | `s13_2_client_may_not_send_primary_proposal_answer` |
 //! | 13.2 | an answer to no outstanding proposal (a second answer) is INVALID_FRAME | `s13_2_a_second_answer_to_one_proposal_is_invalid_frame` |
 //! | 13.2 | an approval naming a path no AddPath announced is INVALID_FRAME | `s13_2_an_approval_naming_no_add_path_is_invalid_frame` |
@@ -1273,4 +1275,23 @@ fn s13_3_default_policy_refuses_every_proposal() {
             .any(|b| matches!(b, Body::AddPath(_))),
         "no AddPath, no token"
     );
+}
+
+#[test]
+fn s13_1_client_may_not_send_secondary_propose_path() {
+    let body = propose_path(1, "10.0.0.9:4433", SERVER_NAME);
+    let a = Arena::joined_secondary(1312, vec![control(body)]);
+    assert_server_closes(a, ErrorCode::InvalidFrame);
+}
+
+#[test]
+fn s13_2_secondary_may_not_send_proposal_answer() {
+    let body = Body::ProposalAnswer(msg::ProposalAnswer {
+        proposal_id: 1,
+        path_id: 0,
+        error_code: ErrorCode::ProposalRefused.wire(),
+        reason: "no".into(),
+    });
+    let a = client_with_hostile_path(1313, Injection::Control(control_record(body).into()));
+    assert_path_closed(a, ErrorCode::InvalidFrame);
 }
