@@ -16,6 +16,11 @@
 //! acknowledges what arrived, and reports dead paths so that their missing
 //! ranges are re-assigned: no byte is lost, none is delivered twice.
 //!
+//! A client may also propose a server it found itself
+//! ([`SessionView::propose_path`]); the primary approves it only if its
+//! [`ProposalPolicy`] does (by default none, [`RefuseAll`]) and answers with
+//! an ordinary AddPath and token, or a refusal (PROTOCOL.md §13).
+//!
 //! A client that talked to a server before resumes its TLS session, and may
 //! send its Hello and the streams it declares idempotent in 0-RTT
 //! ([`SessionView::start_0rtt`], [`SessionView::open_idempotent`]); a server
