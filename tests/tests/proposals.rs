@@ -23,8 +23,9 @@ use kwik_sim::wire::control_record;
 // ----- a kwik client, a kwik primary, kwik secondaries -----
 
 /// A client, a primary that adds no path itself (`Start::Manual`) and
-/// `links.len() - 1` secondaries the client's policy allows; `policy`
-/// adjusts the primary's configuration.
+/// `secondaries` secondaries (at `addr(2..)`) the client's policy allows,
+/// run until the session is up; `tune` adjusts the primary's
+/// configuration.
 fn setup(seed: u64, secondaries: usize, tune: fn(&mut ServerConfig)) -> MultiSetup {
     let links = vec![ServerLink::new(100, 20); secondaries + 1];
     let mut options = MultiOptions::new(seed, links, 4 << 20);
