@@ -15,6 +15,7 @@ use quinn_proto::{IdleTimeout, VarInt};
 use crate::ids::Side;
 use crate::paths::{PathPolicy, PathRetry};
 use crate::probe_gate::{GatedFactory, ProbeGate};
+use crate::proposal::{ProposalPolicy, RefuseAll};
 use crate::token::TokenKey;
 use crate::zero_rtt::{EARLY_LANES, RememberedLimits};
 
@@ -524,6 +525,13 @@ pub struct ServerConfig {
     /// to sessions whose demand the live paths do not meet, and remove them
     /// once idle (see [`crate::scaling`]). `None` (the default): off.
     pub autoscale: Option<crate::scaling::AutoscaleConfig>,
+    /// Primary: which servers a client may propose as paths of its session
+    /// (PROTOCOL.md §13). Default [`RefuseAll`]: a client must not be able
+    /// to make this primary mint path tokens for, and hand work to,
+    /// machines of its choosing. [`ApproveListed`](crate::ApproveListed)
+    /// approves the servers it lists. Approved proposals need a
+    /// [`token_key`](Self::token_key) like any `add_path`.
+    pub proposal_policy: Arc<dyn ProposalPolicy>,
 }
 
 impl ServerConfig {
@@ -569,6 +577,7 @@ impl ServerConfig {
             ban_loopback: false,
             path_retry: Some(PathRetry::default()),
             autoscale: None,
+            proposal_policy: Arc::new(RefuseAll),
         })
     }
 }

@@ -86,6 +86,9 @@ error_codes! {
     ResourceLimit = 0x0f, "KWIK_RESOURCE_LIMIT";
     /// The peer's address is banned for an earlier protocol violation.
     Banned = 0x10, "KWIK_BANNED";
+    /// The primary refused a path the client proposed (PROTOCOL.md §13);
+    /// carried in a ProposalAnswer, never a close code.
+    ProposalRefused = 0x11, "KWIK_PROPOSAL_REFUSED";
 }
 
 impl ErrorCode {
@@ -258,9 +261,10 @@ impl CloseReason {
             CloseReason::Protocol { code, .. } => match code {
                 ErrorCode::ResourceLimit => DisconnectKind::ResourceLimit,
                 ErrorCode::Banned => DisconnectKind::Banned,
-                ErrorCode::Refused | ErrorCode::VersionMismatch | ErrorCode::FeatureMismatch => {
-                    DisconnectKind::Transport
-                }
+                ErrorCode::Refused
+                | ErrorCode::ProposalRefused
+                | ErrorCode::VersionMismatch
+                | ErrorCode::FeatureMismatch => DisconnectKind::Transport,
                 _ => DisconnectKind::ProtocolViolation,
             },
             CloseReason::Refused => DisconnectKind::Refused,

@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::candidate::Candidate;
 use crate::delegation::Delegation;
 use crate::error::CloseReason;
 use crate::health::PathHealth;
 use crate::ids::{Dir, IncomingId, SessionHandle, SessionId, StreamId};
 use crate::paths::{PathFailure, PathId};
+use crate::proposal::ProposalId;
 use crate::transfer::TransferId;
 
 /// One step of output; drain until [`Output::Timeout`].
@@ -241,6 +243,38 @@ pub enum Event {
         session: SessionHandle,
         /// The message, boundaries kept.
         payload: Bytes,
+    },
+    /// Client: the primary answered a path this client proposed with
+    /// [`SessionView::propose_path`](crate::SessionView::propose_path)
+    /// (PROTOCOL.md §13). Approved, the path is announced by the primary's
+    /// AddPath, and follows as [`Event::PathAdded`] or [`Event::PathFailed`]
+    /// like any other (the client's own path policy judges it); refused,
+    /// the failure carries the primary's code (`KWIK_PROPOSAL_REFUSED`,
+    /// `KWIK_RESOURCE_LIMIT`, …) and reason. A proposal outstanding when
+    /// the session ends is never answered.
+    PathProposalAnswered {
+        /// The session.
+        session: SessionHandle,
+        /// The proposal, as `propose_path` returned it.
+        proposal: ProposalId,
+        /// The path the primary added for it, or why it refused.
+        outcome: Result<PathId, PathFailure>,
+    },
+    /// Primary: a client proposed a server as a path, and was answered
+    /// (PROTOCOL.md §13): approved by the
+    /// [`ProposalPolicy`](crate::ProposalPolicy) and added as `Ok(path)`
+    /// (its [`Event::PathAdded`] or [`Event::PathFailed`] follows), or
+    /// refused with the code and reason the client was given. Proposals
+    /// whose address does not parse are refused without this event.
+    PathProposed {
+        /// The session.
+        session: SessionHandle,
+        /// The client's number for the proposal.
+        proposal: ProposalId,
+        /// The server proposed (no preference, no region).
+        candidate: Candidate,
+        /// The path added for it, or the refusal.
+        outcome: Result<PathId, PathFailure>,
     },
     /// Primary: the client acknowledged every byte of a transfer.
     TransferComplete {

@@ -16,6 +16,11 @@
 //! acknowledges what arrived, and reports dead paths so that their missing
 //! ranges are re-assigned: no byte is lost, none is delivered twice.
 //!
+//! A client may also propose a server it found itself
+//! ([`SessionView::propose_path`]); the primary approves it only if its
+//! [`ProposalPolicy`] does (by default none, [`RefuseAll`]) and answers with
+//! an ordinary AddPath and token, or a refusal (PROTOCOL.md §13).
+//!
 //! A client that talked to a server before resumes its TLS session, and may
 //! send its Hello and the streams it declares idempotent in 0-RTT
 //! ([`SessionView::start_0rtt`], [`SessionView::open_idempotent`]); a server
@@ -64,6 +69,7 @@ mod lanes;
 pub mod log;
 mod paths;
 mod probe_gate;
+mod proposal;
 pub mod proto;
 #[cfg(feature = "qlog")]
 mod qlog;
@@ -97,6 +103,10 @@ pub use ids::{Dir, IncomingId, SessionHandle, SessionId, Side, StreamId};
 pub use paths::{
     MAX_FINAL_PATHS, PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathRetry,
     PathState, PathTarget,
+};
+pub use proposal::{
+    ApproveListed, MAX_OUTSTANDING_PROPOSALS, MAX_PENDING_PROPOSED_PATHS, PROPOSAL_BURST,
+    PROPOSAL_RATE, ProposalContext, ProposalDecision, ProposalId, ProposalPolicy, RefuseAll,
 };
 #[cfg(feature = "qlog")]
 pub use qlog::{QlogSink, QlogTarget};

@@ -406,6 +406,10 @@ pub enum PathError {
     Stopped(u64),
     /// The session is not established or has ended.
     SessionClosed,
+    /// The server cannot be proposed as a path (PROTOCOL.md §13): an
+    /// address that cannot be dialled, a bad server name, or one the
+    /// client's own [`PathPolicy`] would refuse.
+    InvalidCandidate(String),
 }
 
 impl PathError {
@@ -416,6 +420,7 @@ impl PathError {
             PathError::Dead(_) | PathError::NotReady(_) => ErrorCode::PathDead,
             PathError::TooLarge { .. } => ErrorCode::PacketTooLarge,
             PathError::LimitReached { .. } => ErrorCode::ResourceLimit,
+            PathError::InvalidCandidate(_) => ErrorCode::InvalidFrame,
             PathError::WrongRole
             | PathError::Stopped(_)
             | PathError::NoTokenKey

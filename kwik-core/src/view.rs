@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn_proto::VarInt;
 
+use crate::candidate::Candidate;
 use crate::delegation::Delegation;
 use crate::endpoint::WorkQueue;
 use crate::error::{
@@ -22,6 +23,7 @@ use crate::error::{
 use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
 use crate::paths::{PathError, PathFilter, PathId, PathInfo};
+use crate::proposal::ProposalId;
 use crate::session::{Phase, Role, Session, SessionStats};
 use crate::streams::SendState;
 use crate::transfer::{SharedResource, TransferConfig, TransferId};
@@ -170,6 +172,28 @@ impl SessionView<'_> {
         self.mark();
         self.session
             .add_path(self.now, self.unix_now, address, server_name)
+    }
+
+    /// Client: proposes `candidate` — a server this client found itself —
+    /// to the primary as a secondary path (PROTOCOL.md §13). Returns the
+    /// proposal's id at once; [`Event::PathProposalAnswered`] follows with
+    /// the primary's verdict. An approved proposal arrives as an ordinary
+    /// AddPath, judged by this client's [`PathPolicy`](crate::PathPolicy)
+    /// like any other, and its path then joins as usual
+    /// ([`Event::PathAdded`]). Only the address and server name are sent.
+    ///
+    /// # Errors
+    /// [`PathError::WrongRole`] on a server session;
+    /// [`PathError::SessionClosed`] before the session is established or
+    /// after it ended; [`PathError::LimitReached`] while
+    /// [`MAX_OUTSTANDING_PROPOSALS`](crate::MAX_OUTSTANDING_PROPOSALS) are
+    /// unanswered; [`PathError::InvalidCandidate`] for an address that
+    /// cannot be dialled (port 0, unspecified, multicast, broadcast), an
+    /// empty or over-long server name, or a server this client's own path
+    /// policy does not allow.
+    pub fn propose_path(&mut self, candidate: &Candidate) -> Result<ProposalId, PathError> {
+        self.mark();
+        self.session.propose_path(candidate)
     }
 
     /// Removes a secondary path gracefully: data in flight on it drains

@@ -200,6 +200,26 @@ pub(crate) fn check(body: &Body) -> Result<(), Violation> {
         Body::Delegate(m) => delegate(m),
         Body::Ack(m) => ack(m),
         Body::RemovePath(_) | Body::RawRelay(_) | Body::Raw(_) => Ok(()),
+        Body::ProposePath(m) => {
+            if m.proposal_id == 0 {
+                return Err(invalid("ProposePath with proposal id 0"));
+            }
+            length("server name", m.server_name.len(), MAX_SERVER_NAME)?;
+            length("address", m.address.len(), MAX_ADDRESS)
+        }
+        Body::ProposalAnswer(m) => {
+            if m.proposal_id == 0 {
+                return Err(invalid("ProposalAnswer with proposal id 0"));
+            }
+            // Approved names the path it added; refused names none.
+            if (m.error_code == 0) != (m.path_id != 0) {
+                return Err(invalid(format!(
+                    "ProposalAnswer with code {:#x} and path {}",
+                    m.error_code, m.path_id
+                )));
+            }
+            length("reason", m.reason.len(), MAX_REASON)
+        }
     }
 }
 
@@ -223,6 +243,60 @@ mod tests {
             check(&Body::Delegate(overflow)).unwrap_err().code,
             ErrorCode::InvalidFrame
         );
+    }
+
+    #[test]
+    fn proposals_and_answers_are_checked() {
+        use crate::proto::control::{ProposalAnswer, ProposePath};
+        let propose = ProposePath {
+            proposal_id: 1,
+            address: "10.0.0.7:4433".into(),
+            server_name: "n".repeat(MAX_SERVER_NAME),
+        };
+        assert!(check(&Body::ProposePath(propose.clone())).is_ok());
+        let mut zero = propose.clone();
+        zero.proposal_id = 0;
+        assert!(check(&Body::ProposePath(zero)).is_err());
+        let mut long = propose.clone();
+        long.server_name.push('n');
+        assert!(check(&Body::ProposePath(long)).is_err());
+        let mut address = propose;
+        address.address = "1".repeat(MAX_ADDRESS + 1);
+        assert!(check(&Body::ProposePath(address)).is_err());
+        let approved = ProposalAnswer {
+            proposal_id: 1,
+            path_id: 3,
+            error_code: 0,
+            reason: String::new(),
+        };
+        assert!(check(&Body::ProposalAnswer(approved.clone())).is_ok());
+        let refused = ProposalAnswer {
+            path_id: 0,
+            error_code: ErrorCode::ProposalRefused.wire(),
+            reason: "r".repeat(MAX_REASON),
+            ..approved.clone()
+        };
+        assert!(check(&Body::ProposalAnswer(refused.clone())).is_ok());
+        for bad in [
+            ProposalAnswer {
+                path_id: 0,
+                ..approved.clone()
+            },
+            ProposalAnswer {
+                path_id: 3,
+                ..refused.clone()
+            },
+            ProposalAnswer {
+                proposal_id: 0,
+                ..approved
+            },
+            ProposalAnswer {
+                reason: "r".repeat(MAX_REASON + 1),
+                ..refused
+            },
+        ] {
+            assert!(check(&Body::ProposalAnswer(bad)).is_err());
+        }
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct MultiClient {
     /// Read no more than this many bytes in all (a paced reader); `None`:
     /// read everything that arrives.
     pub read_limit: Option<u64>,
+    /// Answers to this client's path proposals
+    /// ([`Event::PathProposalAnswered`]), in order.
+    pub proposal_answers: Vec<Event>,
 }
 
 impl MultiClient {
@@ -120,6 +123,7 @@ impl MultiClient {
             closed_at: None,
             paused: false,
             read_limit: None,
+            proposal_answers: Vec::new(),
         }
     }
 
@@ -206,6 +210,7 @@ impl App for MultiClient {
                 note_address(ep, *session, *path, &mut self.path_addrs);
             }
             Event::PathHealth { path, health, .. } => self.health.push((now, *path, *health)),
+            Event::PathProposalAnswered { .. } => self.proposal_answers.push(event.clone()),
             _ => {}
         }
     }
@@ -295,10 +300,14 @@ pub struct MultiPrimary {
     pub path_addrs: BTreeMap<PathId, SocketAddr>,
     /// Automatic scaling's decisions: when, which path, added or removed.
     pub scaled: Vec<(Instant, PathId, bool)>,
+    /// Proposals clients made and how they were answered
+    /// ([`Event::PathProposed`]), in order.
+    pub proposals: Vec<Event>,
 }
 
 impl MultiPrimary {
-    /// Adds no secondary itself (automatic scaling or the test will).
+    /// Adds no secondary itself: paths come from automatic scaling, the
+    /// client's proposals or the test.
     pub fn add_no_paths(&mut self) {
         self.secondaries.clear();
     }
@@ -325,6 +334,7 @@ impl MultiPrimary {
             health: Vec::new(),
             path_addrs: BTreeMap::new(),
             scaled: Vec::new(),
+            proposals: Vec::new(),
         }
     }
 
@@ -388,6 +398,7 @@ impl App for MultiPrimary {
             Event::SessionClosed { reason, .. } => self.closed = Some(reason.clone()),
             Event::PathHealth { path, health, .. } => self.health.push((now, *path, *health)),
             Event::PathScaled { path, added, .. } => self.scaled.push((now, *path, *added)),
+            Event::PathProposed { .. } => self.proposals.push(event.clone()),
             _ => {}
         }
         match event {

@@ -62,6 +62,19 @@
 //! | 10.10 | a primary may not send its client Ack | `s10_10_primary_may_not_send_client_ack` |
 //! | 10.10 | a primary may not send its client Raw | `s10_10_primary_may_not_send_client_raw` |
 //! | 10.10 | a primary may not send its client PathStatus | `s10_10_primary_may_not_send_client_path_status` |
+//! | 13.1 | a ProposePath id not above the last is INVALID_FRAME | `s13_1_propose_path_id_not_increasing_is_invalid_frame` |
+//! | 13.1, 3.3 | a ProposePath id 0 is INVALID_FRAME | `s13_1_propose_path_id_0_is_invalid_frame` |
+//! | 13.1, 3.3 | a proposed server name over 255 bytes is INVALID_FRAME | `s13_1_proposed_server_name_over_255_bytes_is_invalid_frame` |
+//! | 13.1, 3.3 | a proposed address over 64 bytes is INVALID_FRAME | `s13_1_proposed_address_over_64_bytes_is_invalid_frame` |
+//! | 13.1 | a primary may not send its client ProposePath | `s13_1_primary_may_not_send_client_propose_path` |
+//! | 13.1 | a client may not send a secondary ProposePath | `s13_1_client_may_not_send_secondary_propose_path` |
+//! | 13.2 | a secondary may not send its client ProposalAnswer (path closed) | `s13_2_secondary_may_not_send_proposal_answer` |
+//! | 13.2 | a client may not send its primary ProposalAnswer | `s13_2_client_may_not_send_primary_proposal_answer` |
+//! | 13.2 | an answer to no outstanding proposal (a second answer) is INVALID_FRAME | `s13_2_a_second_answer_to_one_proposal_is_invalid_frame` |
+//! | 13.2 | an approval naming a path no AddPath announced is INVALID_FRAME | `s13_2_an_approval_naming_no_add_path_is_invalid_frame` |
+//! | 13.2 | an approval whose AddPath names another server is INVALID_FRAME | `s13_2_an_approval_whose_add_path_names_another_server_is_invalid_frame` |
+//! | 13.3 | an undialable address or empty name is answered INVALID_FRAME, the session goes on | `s13_3_undialable_proposals_are_answered_invalid_frame` |
+//! | 13.3 | by default every proposal is refused with PROPOSAL_REFUSED, no AddPath | `s13_3_default_policy_refuses_every_proposal` |
 //! | 12.2, 12.3 | a replayed first flight is not confirmed: no second session against single-use tickets | `resume.rs`: `s12_2_a_replayed_first_flight_creates_no_session_and_delivers_nothing` |
 //! | 12.3 | an unconfirmed session stays half-open and dies at the deadline (reusable tickets) | `resume.rs`: `s12_3_a_replay_past_a_reusable_ticket_gets_an_unconfirmed_session_that_dies` |
 //! | 12.3 | no AddPath before the handshake completes | `resume.rs`: `s12_3_a_0rtt_session_sends_no_addpath_before_its_handshake_completes` |
@@ -79,7 +92,10 @@ use bytes::Bytes;
 use kwik_core::proto::common::Limits;
 use kwik_core::proto::control::control_message::Body;
 use kwik_core::proto::control::{self as msg, Delegate, Hello, StreamCredit};
-use kwik_core::{CloseReason, Dir, ErrorCode, PROTOCOL_VERSION, PathTarget, Side, StreamId};
+use kwik_core::{
+    Candidate, CloseReason, Dir, ErrorCode, PROTOCOL_VERSION, PathTarget, ProposalId, Side,
+    StreamId,
+};
 use kwik_sim::abuse::{
     Arena, DESCRIPTOR, Ends, JOIN_PATH, ServerRole, TargetServer, VALID_UNTIL, arena_link,
     genuine_join, valid_ack, window,
@@ -1056,4 +1072,226 @@ fn s10_10_primary_may_not_send_client_path_status() {
     });
     let a = client(1113, vec![PrimaryStep::Control(status)]);
     assert_client_closes(a, ErrorCode::InvalidFrame);
+}
+
+// ====================================================================
+// §13 Client-proposed paths
+// ====================================================================
+
+fn propose_path(id: u64, address: &str, server_name: &str) -> Body {
+    Body::ProposePath(msg::ProposePath {
+        proposal_id: id,
+        address: address.into(),
+        server_name: server_name.into(),
+    })
+}
+
+fn proposal_answers(a: &Arena) -> Vec<msg::ProposalAnswer> {
+    a.hostile()
+        .received()
+        .iter()
+        .filter_map(|b| match b {
+            Body::ProposalAnswer(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn s13_1_propose_path_id_not_increasing_is_invalid_frame() {
+    let first = control(propose_path(2, "10.0.0.9:4433", SERVER_NAME));
+    let again = control(propose_path(2, "10.0.0.9:4433", SERVER_NAME));
+    let a = server(1301, vec![first, again]);
+    assert_server_closes(a, ErrorCode::InvalidFrame);
+}
+
+#[test]
+fn s13_1_propose_path_id_0_is_invalid_frame() {
+    let a = server(
+        1302,
+        vec![control(propose_path(0, "10.0.0.9:4433", SERVER_NAME))],
+    );
+    assert_server_closes(a, ErrorCode::InvalidFrame);
+}
+
+#[test]
+fn s13_1_proposed_server_name_over_255_bytes_is_invalid_frame() {
+    let name = "n".repeat(256);
+    let a = server(1303, vec![control(propose_path(1, "10.0.0.9:4433", &name))]);
+    assert_server_closes(a, ErrorCode::InvalidFrame);
+}
+
+#[test]
+fn s13_1_proposed_address_over_64_bytes_is_invalid_frame() {
+    let address = format!("[{}]:4433", "0".repeat(60));
+    let a = server(1304, vec![control(propose_path(1, &address, SERVER_NAME))]);
+    assert_server_closes(a, ErrorCode::InvalidFrame);
+}
+
+#[test]
+fn s13_1_primary_may_not_send_client_propose_path() {
+    let a = client(
+        1305,
+        vec![PrimaryStep::Control(propose_path(
+            1,
+            "10.0.0.9:4433",
+            SERVER_NAME,
+        ))],
+    );
+    assert_client_closes(a, ErrorCode::InvalidFrame);
+}
+
+#[test]
+fn s13_2_client_may_not_send_primary_proposal_answer() {
+    let answer = Body::ProposalAnswer(msg::ProposalAnswer {
+        proposal_id: 1,
+        path_id: 0,
+        error_code: ErrorCode::ProposalRefused.wire(),
+        reason: "no".into(),
+    });
+    let a = server(1306, vec![control(answer)]);
+    assert_server_closes(a, ErrorCode::InvalidFrame);
+}
+
+/// A kwik client that proposes [`secondary_addr`] (named `server_name`)
+/// once its session is up, to a scripted primary that waits for the
+/// proposal and then runs `steps`.
+fn proposing_client(seed: u64, server_name: &str, steps: Vec<PrimaryStep>) -> Arena {
+    let mut script = vec![PrimaryStep::AwaitReceived(1)];
+    script.extend(steps);
+    let mut a = client(seed, script);
+    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
+    let node = a
+        .sim
+        .node_mut::<kwik_sim::KwikNode<kwik_sim::abuse::TargetClient>>(a.target);
+    let h = node.app.session.expect("connected");
+    let id = node
+        .endpoint
+        .session(h)
+        .expect("live")
+        .propose_path(&Candidate::new(secondary_addr(), server_name))
+        .expect("proposed");
+    assert_eq!(id, ProposalId(1));
+    a
+}
+
+fn refusal(id: u64) -> PrimaryStep {
+    PrimaryStep::Control(Body::ProposalAnswer(msg::ProposalAnswer {
+        proposal_id: id,
+        path_id: 0,
+        error_code: ErrorCode::ProposalRefused.wire(),
+        reason: "no".into(),
+    }))
+}
+
+fn approval(id: u64, path: u64) -> PrimaryStep {
+    PrimaryStep::Control(Body::ProposalAnswer(msg::ProposalAnswer {
+        proposal_id: id,
+        path_id: path,
+        error_code: 0,
+        reason: String::new(),
+    }))
+}
+
+fn assert_client_closes_for(a: Arena, why: &str) {
+    let mut a = a;
+    run_until_primary_ends(&mut a, Duration::from_secs(5));
+    let reason = format!("{:?}", a.client().closed);
+    assert!(reason.contains(why), "closed for {why:?}: {reason}");
+    assert_client_closes(a, ErrorCode::InvalidFrame);
+}
+
+#[test]
+fn s13_2_a_second_answer_to_one_proposal_is_invalid_frame() {
+    let a = proposing_client(1307, SERVER_NAME, vec![refusal(1), refusal(1)]);
+    assert_client_closes_for(a, "not outstanding");
+}
+
+#[test]
+fn s13_2_an_approval_naming_no_add_path_is_invalid_frame() {
+    let a = proposing_client(1308, SERVER_NAME, vec![approval(1, 1)]);
+    assert_client_closes_for(a, "no AddPath named");
+}
+
+#[test]
+fn s13_2_an_approval_whose_add_path_names_another_server_is_invalid_frame() {
+    // The client proposed `other.test`; the AddPath names SERVER_NAME.
+    let a = proposing_client(1309, "other.test", vec![add_secondary(1), approval(1, 1)]);
+    assert_client_closes_for(a, "not the proposed");
+}
+
+#[test]
+fn s13_3_undialable_proposals_are_answered_invalid_frame() {
+    let bad = [
+        ("not-an-address", SERVER_NAME),
+        ("10.0.0.9:0", SERVER_NAME),
+        ("0.0.0.0:4433", SERVER_NAME),
+        ("[::]:4433", SERVER_NAME),
+        ("224.0.0.1:4433", SERVER_NAME),
+        ("255.255.255.255:4433", SERVER_NAME),
+        ("10.0.0.9:4433", ""),
+    ];
+    let steps = bad
+        .iter()
+        .enumerate()
+        .map(|(i, (address, name))| control(propose_path(i as u64 + 1, address, name)))
+        .collect();
+    let mut a = server(1310, steps);
+    assert_server_stays_open(&mut a);
+    let answers = proposal_answers(&a);
+    assert_eq!(answers.len(), bad.len(), "{}", a.context());
+    for (i, m) in answers.iter().enumerate() {
+        assert_eq!(m.proposal_id, i as u64 + 1);
+        assert_eq!(
+            m.error_code,
+            ErrorCode::InvalidFrame.wire(),
+            "{:?}: {m:?}",
+            bad[i]
+        );
+        assert_eq!(m.path_id, 0);
+    }
+}
+
+#[test]
+fn s13_3_default_policy_refuses_every_proposal() {
+    let steps = vec![
+        control(propose_path(1, "10.0.0.9:4433", SERVER_NAME)),
+        control(propose_path(5, "10.0.0.10:4433", "cache.test")),
+    ];
+    let mut a = server(1311, steps);
+    assert_server_stays_open(&mut a);
+    let answers = proposal_answers(&a);
+    let ids: Vec<u64> = answers.iter().map(|m| m.proposal_id).collect();
+    assert_eq!(ids, [1, 5], "each answered once; ids need only grow");
+    for m in &answers {
+        assert_eq!(m.error_code, ErrorCode::ProposalRefused.wire());
+        assert_eq!(m.path_id, 0);
+        assert!(!m.reason.is_empty());
+    }
+    assert!(
+        !a.hostile()
+            .received()
+            .iter()
+            .any(|b| matches!(b, Body::AddPath(_))),
+        "no AddPath, no token"
+    );
+}
+
+#[test]
+fn s13_1_client_may_not_send_secondary_propose_path() {
+    let body = propose_path(1, "10.0.0.9:4433", SERVER_NAME);
+    let a = Arena::joined_secondary(1312, vec![control(body)]);
+    assert_server_closes(a, ErrorCode::InvalidFrame);
+}
+
+#[test]
+fn s13_2_secondary_may_not_send_proposal_answer() {
+    let body = Body::ProposalAnswer(msg::ProposalAnswer {
+        proposal_id: 1,
+        path_id: 0,
+        error_code: ErrorCode::ProposalRefused.wire(),
+        reason: "no".into(),
+    });
+    let a = client_with_hostile_path(1313, Injection::Control(control_record(body).into()));
+    assert_path_closed(a, ErrorCode::InvalidFrame);
 }

@@ -286,6 +286,7 @@ impl Session {
                     Ok(())
                 }
                 Body::Delegate(m) => self.forward_delegate(m, ctx),
+                Body::ProposalAnswer(m) => self.on_proposal_answer(m, ctx),
                 Body::RawRelay(m) => {
                     self.relay_raw(PathId(m.path_id), m.payload, ctx);
                     Ok(())
@@ -297,6 +298,7 @@ impl Session {
                     self.on_path_status(m, ctx);
                     Ok(())
                 }
+                Body::ProposePath(m) => self.on_propose_path(m, ctx),
                 Body::Ack(mut m) => {
                     let stream = StreamId(m.stream_id);
                     // Acks are only for streams this primary delegated or

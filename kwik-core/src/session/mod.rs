@@ -10,7 +10,7 @@
 //! joined with a path token and writes the ranges it is given.
 //!
 //! The rules of each role live in their own module — `handshake`,
-//! `client_paths`, `primary`, `secondary`, `transfers` — beside the checks
+//! `client_paths`, `primary`, `secondary`, `transfers`, `proposals` — beside the checks
 //! that guard them; `drive` ties them together and `app` holds the
 //! application's operations.
 //!
@@ -26,6 +26,7 @@ mod liveness;
 mod path_health;
 mod primary;
 mod scaling;
+mod proposals;
 mod secondary;
 mod transfers;
 
@@ -268,6 +269,8 @@ pub(crate) struct Session {
     held_join: Option<Box<msg::Join>>,
     /// Primary: automatic scaling, if configured.
     scaler: Option<Box<scaling::Scaler>>,
+    /// Client-proposed paths, both roles' halves (§13).
+    proposals: proposals::Proposals,
 }
 
 /// A token bucket in thousandths of a token, refilled from the time inputs
@@ -419,6 +422,7 @@ impl Session {
             held: Vec::new(),
             held_join: None,
             scaler,
+            proposals: proposals::Proposals::new(now),
         }
     }
 

@@ -154,7 +154,7 @@ impl Session {
 
     /// Primary: mints a token for a new path to `address` and sends the
     /// AddPath.
-    fn send_add_path(
+    pub(super) fn send_add_path(
         &mut self,
         now: Instant,
         unix_now: Duration,

@@ -84,7 +84,7 @@ fn arb_string(inp: &mut Input<'_, '_>, max: usize) -> String {
 /// Any control message, its fields read from the harness format: the same
 /// reader builds the messages of the property tests and the hostile peers.
 pub fn arb_body(inp: &mut Input<'_, '_>) -> Body {
-    match inp.byte() % 16 {
+    match inp.byte() % 18 {
         0 => Body::Hello(msg::Hello {
             version: inp.varint() as u32,
             features: inp.varint(),
@@ -178,6 +178,17 @@ pub fn arb_body(inp: &mut Input<'_, '_>) -> Body {
         14 => Body::RawRelay(msg::RawRelay {
             path_id: inp.varint(),
             payload: inp.bytes(2048).into(),
+        }),
+        16 => Body::ProposePath(msg::ProposePath {
+            proposal_id: inp.varint(),
+            address: arb_string(inp, 80),
+            server_name: arb_string(inp, 300),
+        }),
+        17 => Body::ProposalAnswer(msg::ProposalAnswer {
+            proposal_id: inp.varint(),
+            path_id: inp.varint(),
+            error_code: inp.varint(),
+            reason: arb_string(inp, 1100),
         }),
         _ => Body::Raw(msg::Raw {
             payload: inp.bytes(2048).into(),
@@ -304,6 +315,17 @@ pub fn seeds() -> Vec<Seed> {
         }),
         Body::Raw(msg::Raw {
             payload: b"relayed".to_vec().into(),
+        }),
+        Body::ProposePath(msg::ProposePath {
+            proposal_id: 1,
+            address: "10.0.0.2:4433".into(),
+            server_name: crate::setup::SERVER_NAME.into(),
+        }),
+        Body::ProposalAnswer(msg::ProposalAnswer {
+            proposal_id: 1,
+            path_id: 0,
+            error_code: kwik_core::ErrorCode::ProposalRefused.wire(),
+            reason: "not on the primary's list".into(),
         }),
     ];
     let stream = |bodies: &[Body]| -> Vec<u8> {
