@@ -120,7 +120,8 @@ pub struct UtilisationPolicy {
     /// span below `low` (bursts of a slow reader do not reset it).
     pub remove_after: Duration,
     /// Highest utilisation the remaining paths may be predicted to reach
-    /// after a removal (capacity shares from [`ScalingPath::capacity`]).
+    /// after a removal: the idle span's mean scaled by the capacity
+    /// removed (capacities from [`ScalingPath::capacity`]).
     pub headroom: f64,
     samples: VecDeque<(Instant, f64)>,
 }
@@ -160,29 +161,36 @@ impl UtilisationPolicy {
             .is_some_and(|w| !w.is_empty() && w.iter().all(|(_, u)| *u >= self.high))
     }
 
-    fn idle(&self, now: Instant) -> bool {
-        let Some(w) = self.window(now, self.remove_after) else {
-            return false;
-        };
+    /// The mean utilisation of the idle span, if the mean over every
+    /// stretch of a tenth of it stayed below `low` (a sliding window: a
+    /// slow reader's short bursts do not count as busy, a busy stretch of a
+    /// tenth of the span does, wherever it falls).
+    fn idle(&self, now: Instant) -> Option<f64> {
+        let w = self.window(now, self.remove_after)?;
         let slice = self.remove_after / 10;
         if w.is_empty() || slice.is_zero() {
-            return false;
+            return None;
         }
-        (0..10).all(|i| {
-            let (sum, n) = w
-                .iter()
-                .filter(|(t, _)| {
-                    let age = now.saturating_duration_since(*t);
-                    age >= slice * i && age < slice * (i + 1)
-                })
-                .fold((0.0, 0u32), |(s, n), (_, u)| (s + u, n + 1));
-            n > 0 && sum / f64::from(n) < self.low
-        })
+        let (mut from, mut sum) = (0, 0.0);
+        for (to, (t, u)) in w.iter().enumerate() {
+            sum += u;
+            while t.saturating_duration_since(w[from].0) >= slice {
+                sum -= w[from].1;
+                from += 1;
+            }
+            // Judged once a stretch is at least half a tenth long (the
+            // first samples alone would make one burst look like a trend).
+            let long_enough = t.saturating_duration_since(w[0].0) * 2 >= slice;
+            if long_enough && sum / (to + 1 - from) as f64 >= self.low {
+                return None;
+            }
+        }
+        Some(w.iter().map(|(_, u)| u).sum::<f64>() / w.len() as f64)
     }
 
     /// The scaler's paths to remove, least capable first, while the rest
-    /// stays within `headroom`.
-    fn removable(&self, input: &ScalingInput<'_>) -> Vec<PathId> {
+    /// stays within `headroom` at `utilisation`.
+    fn removable(&self, input: &ScalingInput<'_>, utilisation: f64) -> Vec<PathId> {
         let total: f64 = input.paths.iter().map(|p| p.capacity).sum();
         if total <= 0.0 {
             return Vec::new();
@@ -199,7 +207,7 @@ impl UtilisationPolicy {
         let mut out = Vec::new();
         for p in candidates {
             let after = left - p.capacity;
-            if after <= 0.0 || input.utilisation * total / after > self.headroom {
+            if after <= 0.0 || utilisation * total / after > self.headroom {
                 break;
             }
             left = after;
@@ -229,8 +237,8 @@ impl ScalingPolicy for UtilisationPolicy {
             ScalingDecision::Hold
         } else if input.can_add && self.wants_add(now) {
             ScalingDecision::Add
-        } else if self.idle(now) {
-            match self.removable(input) {
+        } else if let Some(mean) = self.idle(now) {
+            match self.removable(input, mean) {
                 r if r.is_empty() => ScalingDecision::Hold,
                 r => ScalingDecision::Remove(r),
             }
@@ -411,10 +419,11 @@ mod tests {
             }
         }
         assert_eq!(decided, Some(60));
-        // Six busy seconds in a row in the minute keep the paths.
+        // Six half-busy seconds in a row in the minute keep the paths (and
+        // add none).
         let mut p = UtilisationPolicy::default();
         for s in 0..70u64 {
-            let u = if (30..36).contains(&s) { 0.9 } else { 0.0 };
+            let u = if (30..36).contains(&s) { 0.5 } else { 0.0 };
             let input = ScalingInput {
                 now: t + Duration::from_secs(s),
                 utilisation: u,

@@ -25,8 +25,8 @@ mod handshake;
 mod liveness;
 mod path_health;
 mod primary;
-mod scaling;
 mod proposals;
+mod scaling;
 mod secondary;
 mod transfers;
 
