@@ -25,9 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::proto::op::ResponseCode;
@@ -80,8 +78,8 @@ impl DnsSrv {
         })
     }
 
-    /// Asks this name server (plain DNS over UDP) instead of the system's,
-    /// and ignores the hosts file.
+    /// Asks this name server (plain DNS: UDP, and TCP when an answer is
+    /// truncated) instead of the system's, and ignores the hosts file.
     pub fn name_server(mut self, addr: SocketAddr) -> Self {
         self.name_server = Some(addr);
         self
@@ -109,7 +107,10 @@ impl DnsSrv {
         let mut builder = match self.name_server {
             Some(addr) => {
                 let mut config = ResolverConfig::new();
-                config.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
+                // UDP, and TCP for answers too large for a datagram.
+                for protocol in [Protocol::Udp, Protocol::Tcp] {
+                    config.add_name_server(NameServerConfig::new(addr, protocol));
+                }
                 let mut builder = Resolver::builder_with_config(config, provider);
                 builder.options_mut().use_hosts_file = ResolveHosts::Never;
                 builder
@@ -125,6 +126,7 @@ impl DnsSrv {
         // around the whole lookup.
         options.timeout = (self.timeout / 2).max(Duration::from_millis(50));
         options.attempts = 2;
+        options.edns0 = true;
         options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         Ok(builder.build())
     }
@@ -140,7 +142,14 @@ impl DnsSrv {
         let mut records: Vec<(u16, u16, u16, Name)> = answer
             .iter()
             .filter(|srv| srv.port() != 0 && !srv.target().is_root())
-            .map(|srv| (srv.priority(), srv.weight(), srv.port(), srv.target().clone()))
+            .map(|srv| {
+                (
+                    srv.priority(),
+                    srv.weight(),
+                    srv.port(),
+                    srv.target().clone(),
+                )
+            })
             .collect();
         records.sort_by(|a, b| {
             (a.0, std::cmp::Reverse(a.1), a.2, key(&a.3)).cmp(&(
@@ -223,11 +232,18 @@ impl DnsSrv {
 
     /// An empty answer for "no such name" and "no such records", the typed
     /// error otherwise.
-    fn absent_or_error<T: Default>(&self, name: &Name, e: ResolveError) -> Result<T, DiscoveryError> {
+    fn absent_or_error<T: Default>(
+        &self,
+        name: &Name,
+        e: ResolveError,
+    ) -> Result<T, DiscoveryError> {
         let name = display(name);
         match e.proto().map(|p| p.kind()) {
             Some(ProtoErrorKind::NoRecordsFound { response_code, .. })
-                if matches!(*response_code, ResponseCode::NXDomain | ResponseCode::NoError) =>
+                if matches!(
+                    *response_code,
+                    ResponseCode::NXDomain | ResponseCode::NoError
+                ) =>
             {
                 Ok(T::default())
             }

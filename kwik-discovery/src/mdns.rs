@@ -98,11 +98,12 @@ impl Mdns {
     }
 
     async fn collect(&self, daemon: &ServiceDaemon) -> Result<Vec<Candidate>, DiscoveryError> {
-        let events = daemon
-            .browse(&self.service_type)
-            .map_err(|e| DiscoveryError::MdnsUnavailable {
-                message: e.to_string(),
-            })?;
+        let events =
+            daemon
+                .browse(&self.service_type)
+                .map_err(|e| DiscoveryError::MdnsUnavailable {
+                    message: e.to_string(),
+                })?;
         // Full name → its candidates; ordered, so the result does not depend
         // on the order of announcements.
         let mut services: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();

@@ -36,7 +36,7 @@ pub enum DiscoverySpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SpecOptions {
-    /// Name server for `srv:` (plain DNS over UDP); the system's if `None`.
+    /// Name server for `srv:` (plain DNS over UDP, TCP for truncated answers); the system's if `None`.
     pub dns_server: Option<SocketAddr>,
     /// Deadline of one `srv:` discovery.
     pub dns_timeout: Duration,
@@ -69,10 +69,14 @@ pub fn parse_spec(spec: &str) -> Result<DiscoverySpec, DiscoveryError> {
     match kind {
         "static" if argument.is_empty() => Err(bad("static: needs a file path")),
         "static" => Ok(DiscoverySpec::Static(PathBuf::from(argument))),
-        "srv" if argument.is_empty() => Err(bad("srv: needs a DNS name such as _kwik._udp.example.com")),
+        "srv" if argument.is_empty() => {
+            Err(bad("srv: needs a DNS name such as _kwik._udp.example.com"))
+        }
         "srv" => Ok(DiscoverySpec::Srv(DnsSrv::new(argument)?.name())),
         "mdns" if argument.is_empty() => Ok(DiscoverySpec::Mdns(DEFAULT_MDNS_SERVICE.into())),
-        "mdns" => Ok(DiscoverySpec::Mdns(Mdns::new(argument)?.service_type().into())),
+        "mdns" => Ok(DiscoverySpec::Mdns(
+            Mdns::new(argument)?.service_type().into(),
+        )),
         _ => Err(bad("unknown kind (expected static, srv or mdns)")),
     }
 }

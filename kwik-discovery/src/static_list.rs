@@ -79,7 +79,10 @@ impl StaticList {
 
     /// Reads and parses a list file (at most 1 MiB), with at most `max`
     /// candidates. Errors name the file and the line.
-    pub fn from_file_with_limit(path: impl AsRef<Path>, max: usize) -> Result<Self, DiscoveryError> {
+    pub fn from_file_with_limit(
+        path: impl AsRef<Path>,
+        max: usize,
+    ) -> Result<Self, DiscoveryError> {
         let path = path.as_ref();
         let read_error = |message: String| DiscoveryError::Read {
             path: path.to_path_buf(),
@@ -157,9 +160,9 @@ fn parse_line(line: &str) -> Result<Option<Candidate>, String> {
     let Some(address) = words.next() else {
         return Ok(None);
     };
-    let address: SocketAddr = address.parse().map_err(|_| {
-        format!("expected an address IP:PORT or [IPv6]:PORT, found {address:?}")
-    })?;
+    let address: SocketAddr = address
+        .parse()
+        .map_err(|_| format!("expected an address IP:PORT or [IPv6]:PORT, found {address:?}"))?;
     if address.port() == 0 {
         return Err(format!("port 0 in {address}"));
     }
@@ -221,7 +224,9 @@ fn check_label(what: &str, value: &str, max: usize) -> Result<(), String> {
         return Err(format!("{what} longer than {max} bytes"));
     }
     if !value.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(format!("{what} {value:?} has characters other than printable ASCII"));
+        return Err(format!(
+            "{what} {value:?} has characters other than printable ASCII"
+        ));
     }
     Ok(())
 }
