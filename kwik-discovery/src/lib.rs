@@ -41,9 +41,9 @@ use std::pin::Pin;
 
 pub use kwik_core::Candidate;
 
-pub use crate::dns::DnsSrv;
+pub use crate::dns::{DEFAULT_DNS_TIMEOUT, DnsSrv};
 pub use crate::error::DiscoveryError;
-pub use crate::mdns::{DEFAULT_MDNS_SERVICE, Mdns};
+pub use crate::mdns::{DEFAULT_BROWSE_TIME, DEFAULT_MDNS_SERVICE, Mdns};
 pub use crate::spec::{DiscoverySpec, SpecOptions, parse_spec};
 pub use crate::static_list::StaticList;
 
