@@ -270,3 +270,133 @@ fn discovery_failures_at_start() {
         "{text}"
     );
 }
+
+/// A DNS server on loopback answering for `example.test.`: the SRV record
+/// `_kwik._udp.example.test. SRV 0 0 PORT s1.example.test.` and
+/// `s1.example.test. A 127.0.0.1`. It runs on `runtime`'s threads until
+/// the returned handle is dropped.
+fn dns_server(
+    runtime: &tokio::runtime::Runtime,
+    port: u16,
+) -> (
+    SocketAddr,
+    hickory_server::ServerFuture<hickory_server::authority::Catalog>,
+) {
+    use hickory_server::ServerFuture;
+    use hickory_server::authority::{Catalog, ZoneType};
+    use hickory_server::proto::rr::rdata::{A, SOA, SRV};
+    use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+    use hickory_server::store::in_memory::InMemoryAuthority;
+
+    let name = |s: &str| Name::from_ascii(s).unwrap();
+    let origin = name("example.test.");
+    let mut zone = InMemoryAuthority::empty(origin.clone(), ZoneType::Primary, false);
+    let records = [
+        (
+            "example.test.",
+            RData::SOA(SOA::new(
+                name("ns.example.test."),
+                name("admin.example.test."),
+                1,
+                3600,
+                600,
+                86400,
+                60,
+            )),
+        ),
+        (
+            "_kwik._udp.example.test.",
+            RData::SRV(SRV::new(0, 0, port, name("s1.example.test."))),
+        ),
+        ("s1.example.test.", RData::A(A([127, 0, 0, 1].into()))),
+    ];
+    for (owner, data) in records {
+        assert!(zone.upsert_mut(Record::from_rdata(name(owner), 60, data), 1));
+    }
+    let mut catalog = Catalog::new();
+    catalog.upsert(LowerName::new(&origin), vec![std::sync::Arc::new(zone)]);
+    runtime.block_on(async move {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let mut server = ServerFuture::new(catalog);
+        server.register_socket(udp);
+        (addr, server)
+    })
+}
+
+#[test]
+fn a_primary_uses_the_secondary_named_by_dns_srv() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("files");
+    std::fs::create_dir(&served).unwrap();
+    let data = pattern(4 << 20);
+    std::fs::write(served.join("f.bin"), &data).unwrap();
+    let key = dir.path().join("kwik.key");
+    let (served_s, key_s) = (served.to_str().unwrap(), key.to_str().unwrap());
+
+    let secondary = free_addr();
+    let (dns, _dns_server) = dns_server(&runtime, secondary.port());
+    let dns = dns.to_string();
+    // The SRV target is the name the secondary's certificate must carry.
+    let _secondary = spawn(
+        &[
+            "serve",
+            "--role",
+            "secondary",
+            "--listen",
+            &secondary.to_string(),
+            "--dir",
+            served_s,
+            "--key",
+            key_s,
+            "--tls-name",
+            "s1.example.test",
+        ],
+        &dir.path().join("secondary.log"),
+    );
+    let primary = free_addr();
+    let primary_log = dir.path().join("primary.log");
+    let _primary = spawn(
+        &[
+            "serve",
+            "--role",
+            "primary",
+            "--listen",
+            &primary.to_string(),
+            "--dir",
+            served_s,
+            "--key",
+            key_s,
+            "--discover",
+            "srv:_kwik._udp.example.test",
+            "--dns-server",
+            &dns,
+        ],
+        &primary_log,
+    );
+    wait_ready(secondary);
+    wait_ready(primary);
+
+    let out_file = dir.path().join("f.out");
+    let out = kwik(&[
+        "get",
+        &format!("kwik://{primary}/f.bin"),
+        "-o",
+        out_file.to_str().unwrap(),
+        "--ca",
+        dir.path().join("kwik-dev-ca.pem").to_str().unwrap(),
+        "--allow",
+        &secondary.to_string(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.contains("\"servers\":2"), "{line}");
+    assert!(std::fs::read(&out_file).unwrap() == data);
+    let log = std::fs::read_to_string(&primary_log).unwrap();
+    assert!(
+        log.contains(&format!("with secondaries [{secondary}=s1.example.test]")),
+        "{log}"
+    );
+}
