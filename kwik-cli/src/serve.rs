@@ -193,11 +193,9 @@ async fn discover(args: &ServeArgs, explicit: Vec<Secondary>) -> Result<Vec<Seco
             }
             Err(e) => return Err(Fail(format!("--discover {spec}: {e}"))),
         };
-        eprintln!(
-            "kwik: {} found {} secondaries",
-            source.describe(),
-            candidates.len()
-        );
+        let n = candidates.len();
+        let noun = if n == 1 { "secondary" } else { "secondaries" };
+        eprintln!("kwik: {} found {n} {noun}", source.describe());
         for candidate in candidates {
             if secondaries.iter().all(|s| s.addr != candidate.address) {
                 secondaries.push(Secondary {

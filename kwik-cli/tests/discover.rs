@@ -164,7 +164,7 @@ fn a_primary_uses_the_secondary_listed_in_a_static_file() {
     assert!(std::fs::read(&out_file).unwrap() == data);
 
     let log = std::fs::read_to_string(&primary_log).unwrap();
-    assert!(log.contains("found 1 secondaries"), "{log}");
+    assert!(log.contains("found 1 secondary"), "{log}");
     assert!(
         log.contains(&format!("with secondaries [{secondary}=127.0.0.1]")),
         "{log}"
