@@ -69,8 +69,9 @@ async fn start_dns() -> TestDns {
         RData::A(A(Ipv4Addr::new(127, 0, 0, 13))),
     );
     add("s3.example.test.", RData::AAAA(AAAA(Ipv6Addr::LOCALHOST)));
-    // A hostile-sized answer: 40 targets of equal priority.
-    for i in 0..40u16 {
+    // A hostile-sized answer: 250 targets of equal priority, too large for
+    // one datagram even with EDNS (the resolver must retry over TCP).
+    for i in 0..250u16 {
         let target = format!("m{i}.example.test.");
         add(
             "_many._udp.example.test.",
@@ -176,8 +177,8 @@ async fn a_large_answer_is_cut_to_the_best_candidates() {
         .discover()
         .await
         .unwrap();
-    // Same priority: the five heaviest weights (39 down to 35).
-    let expected: Vec<Candidate> = (35..40u16)
+    // Same priority: the five heaviest weights (249 down to 245).
+    let expected: Vec<Candidate> = (245..250u16)
         .rev()
         .map(|i| {
             Candidate::new(
