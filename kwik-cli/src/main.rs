@@ -7,6 +7,14 @@
 //! kwik get kwik://127.0.0.1:4433/big.iso -o big.iso --allow 127.0.0.1:4434 --ca kwik-dev-ca.pem
 //! ```
 //!
+//! A primary can also find its secondaries at start-up with `--discover`
+//! (repeatable): `static:FILE` (one `ADDRESS SERVER_NAME [priority=N]
+//! [weight=N] [region=R]` per line), `srv:NAME` (the SRV records of e.g.
+//! `_kwik._udp.example.com`, from the system's resolver or `--dns-server`)
+//! or `mdns:[SERVICE_TYPE]` (a browse of `_kwik._udp.local.` by default).
+//! What it finds is added to every session exactly like `--secondary`
+//! (see `serve.rs` for the merge and failure rules).
+//!
 //! `--metrics 127.0.0.1:9464` on `kwik serve` also serves the server's
 //! metrics at `http://127.0.0.1:9464/metrics` (see `metrics.rs`).
 //!
@@ -127,6 +135,19 @@ pub struct ServeArgs {
     /// certificate is checked for (default: ADDR's host).
     #[arg(long, value_name = "ADDR[=NAME]")]
     pub secondary: Vec<String>,
+    /// Primary: find secondaries at start-up (repeatable): static:FILE,
+    /// srv:NAME (e.g. srv:_kwik._udp.example.com) or mdns:[SERVICE_TYPE].
+    /// Merged with --secondary, one per address (--secondary wins).
+    #[arg(long, value_name = "SPEC")]
+    pub discover: Vec<String>,
+    /// Name server for `--discover srv:NAME`, as IP[:PORT] (port 53 by
+    /// default); the system's resolver configuration otherwise.
+    #[arg(long, value_name = "ADDR")]
+    pub dns_server: Option<String>,
+    /// Seconds one discovery may take (DNS lookups; an mDNS browse lasts
+    /// this long).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    pub discover_timeout: f64,
     /// Certificate chain (PEM) to present instead of a development certificate.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

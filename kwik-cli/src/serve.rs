@@ -6,9 +6,27 @@
 //! secondaries to every session that asks for a file, and serves the file
 //! through kwik's multi-source transfer helper, which splits it over every
 //! live path and re-assigns what a dying one leaves.
+//!
+//! # Discovered secondaries
+//! A primary's `--discover` sources are asked once, at start-up, before
+//! anything else is set up (so a failure is the only line printed). What
+//! they find joins the `--secondary` list: explicit ones first, then each
+//! source's candidates in its order (priority, weight, address), one
+//! secondary per address — an address given twice keeps its first name.
+//! A mistake in the configuration (a malformed SPEC, an unreadable or
+//! malformed list file) always stops the server. A source that cannot
+//! answer (DNS timeout or failure, mDNS unavailable) stops it too when it
+//! is the only way to get secondaries; when `--secondary` names some, the
+//! failure is a warning and the server starts with what it has, because a
+//! DNS outage should not take down a primary that can still serve.
+//! Priorities and weights only order the list: every secondary found is
+//! added to every session, like the explicit ones.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use kwik_discovery::{DiscoverySpec, SpecOptions, parse_spec};
 
 use kwik_tokio::{
     Endpoint, MetricsOptions, ServerConfig, Session, TokenKey, TransferConfig, TransportConfig,
@@ -50,6 +68,23 @@ struct Secondary {
 pub async fn run(args: ServeArgs) -> Result<(), Fail> {
     let dir = Arc::new(ServedDir::open(&args.dir)?);
     let listen = resolve_one(&args.listen)?;
+    let explicit = match args.role {
+        Role::Primary => args
+            .secondary
+            .iter()
+            .map(|s| parse_secondary(s))
+            .collect::<Result<Vec<_>, _>>()?,
+        Role::Secondary => {
+            if !args.secondary.is_empty() {
+                return Err(Fail("--secondary is for primaries".into()));
+            }
+            if !args.discover.is_empty() {
+                return Err(Fail("--discover is for primaries".into()));
+            }
+            Vec::new()
+        }
+    };
+    let secondaries = discover(&args, explicit).await?;
     let token = TokenKey::new(crate::tls::token_key(&args.key)?);
     let dev_ca = args
         .dev_ca
@@ -84,20 +119,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Fail> {
     };
     match args.role {
         Role::Secondary => {
-            if !args.secondary.is_empty() {
-                return Err(Fail("--secondary is for primaries".into()));
-            }
             config.trusted_keys = vec![token];
             let endpoint = bind(config, listen, metrics.as_ref()).await?;
             secondary(endpoint, dir).await
         }
         Role::Primary => {
             config.token_key = Some(token);
-            let secondaries = args
-                .secondary
-                .iter()
-                .map(|s| parse_secondary(s))
-                .collect::<Result<Vec<_>, _>>()?;
             let endpoint = bind(config, listen, metrics.as_ref()).await?;
             primary(endpoint, dir, secondaries).await
         }
@@ -117,6 +144,79 @@ fn parse_secondary(spec: &str) -> Result<Secondary, Fail> {
     Ok(Secondary {
         addr: resolved,
         name: name.unwrap_or_else(|| host.to_string()),
+    })
+}
+
+/// `explicit` followed by what `--discover` finds, one per address (see
+/// the module docs for the rules).
+async fn discover(args: &ServeArgs, explicit: Vec<Secondary>) -> Result<Vec<Secondary>, Fail> {
+    let specs = args
+        .discover
+        .iter()
+        .map(|spec| {
+            parse_spec(spec)
+                .map(|parsed| (spec, parsed))
+                .map_err(|e| Fail(format!("--discover: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut options = SpecOptions::default();
+    if let Some(server) = &args.dns_server {
+        if !specs
+            .iter()
+            .any(|(_, parsed)| matches!(parsed, DiscoverySpec::Srv(_)))
+        {
+            return Err(Fail("--dns-server is for --discover srv:NAME".into()));
+        }
+        options.dns_server = Some(parse_dns_server(server)?);
+    }
+    let timeout = args.discover_timeout;
+    if !(timeout > 0.0 && timeout <= 600.0) {
+        return Err(Fail(format!(
+            "--discover-timeout must be between 0 and 600 seconds, not {timeout}"
+        )));
+    }
+    options.dns_timeout = Duration::from_secs_f64(timeout);
+    options.mdns_browse = Duration::from_secs_f64(timeout);
+    let mut secondaries = explicit;
+    let may_fail = !secondaries.is_empty();
+    for (spec, parsed) in specs {
+        let source = parsed
+            .build(&options)
+            .map_err(|e| Fail(format!("--discover {spec}: {e}")))?;
+        let candidates = match source.discover().await {
+            Ok(candidates) => candidates,
+            Err(e) if may_fail => {
+                eprintln!(
+                    "kwik: warning: --discover {spec}: {e}; starting with the other secondaries"
+                );
+                continue;
+            }
+            Err(e) => return Err(Fail(format!("--discover {spec}: {e}"))),
+        };
+        let n = candidates.len();
+        let noun = if n == 1 { "secondary" } else { "secondaries" };
+        eprintln!("kwik: {} found {n} {noun}", source.describe());
+        for candidate in candidates {
+            if secondaries.iter().all(|s| s.addr != candidate.address) {
+                secondaries.push(Secondary {
+                    addr: candidate.address,
+                    name: candidate.server_name,
+                });
+            }
+        }
+    }
+    Ok(secondaries)
+}
+
+/// `IP[:PORT]`, port 53 by default.
+fn parse_dns_server(text: &str) -> Result<SocketAddr, Fail> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    text.parse().map_err(|_| {
+        Fail(format!(
+            "--dns-server: expected IP or IP:PORT, found {text:?}"
+        ))
     })
 }
 
