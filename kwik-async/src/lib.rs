@@ -88,12 +88,14 @@ pub use throttle::rate_limited;
 
 pub use bytes::Bytes;
 pub use kwik_core::Side;
+pub use kwik_core::scaling;
 pub use kwik_core::{
-    ALPN, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl, Delegation,
-    DelegationId, Dir, DisconnectKind, EndpointStats, ErrorCode, PathFailure, PathFilter,
-    PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget, Resource, RetryPolicy, Role,
-    ServerConfig, SessionHandle, SessionId, SessionStats, SessionsClosed, SharedResource, StreamId,
-    TokenKey, TransferConfig, TransferId, TransportConfig, ZeroRtt,
+    ALPN, ApproveListed, Candidate, ClientConfig, CloseError, CloseReason, ConfigError,
+    CongestionControl, Delegation, DelegationId, Dir, DisconnectKind, EndpointStats, ErrorCode,
+    PathFailure, PathFilter, PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget,
+    ProposalContext, ProposalDecision, ProposalId, ProposalPolicy, RefuseAll, Resource,
+    RetryPolicy, Role, ServerConfig, SessionHandle, SessionId, SessionStats, SessionsClosed,
+    SharedResource, StreamId, TokenKey, TransferConfig, TransferId, TransportConfig, ZeroRtt,
 };
 #[cfg(feature = "qlog")]
 pub use kwik_core::{QlogSink, QlogTarget};

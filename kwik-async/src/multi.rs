@@ -23,8 +23,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kwik_core::{
-    CloseReason, Delegation, PathFailure, PathFilter, PathHealth, PathId, PathInfo, Role,
-    SharedResource, StreamId, TransferConfig, TransferId,
+    Candidate, CloseReason, Delegation, PathFailure, PathFilter, PathHealth, PathId, PathInfo,
+    ProposalId, Role, SharedResource, StreamId, TransferConfig, TransferId,
 };
 
 use crate::error::{ConnectionError, WriteError};
@@ -72,6 +72,26 @@ pub enum PathEvent {
         /// Added (true) or removed (false).
         added: bool,
     },
+    /// Client: the primary answered a proposal of
+    /// [`Session::propose_path`] with the path it added for it, or why it
+    /// refused.
+    ProposalAnswered {
+        /// The proposal.
+        proposal: ProposalId,
+        /// The path added, or the refusal.
+        outcome: Result<PathId, PathFailure>,
+    },
+    /// Primary: the client proposed `candidate` and was answered (approved
+    /// by the [`ProposalPolicy`](kwik_core::ProposalPolicy) with the path
+    /// added, or refused).
+    Proposed {
+        /// The client's number for the proposal.
+        proposal: ProposalId,
+        /// The server proposed.
+        candidate: Candidate,
+        /// The path added, or the refusal.
+        outcome: Result<PathId, PathFailure>,
+    },
     /// Primary: a path ended while ranges delegated to it with
     /// [`Session::delegate`] were not acknowledged; someone else must write
     /// them. (Ranges of [`Session::serve`] transfers are re-assigned by the
@@ -117,6 +137,18 @@ pub enum PathError {
     NoTokenKey,
     /// The client stopped reading the stream, with this code.
     Stopped(u64),
+    /// A configured limit is reached (delegations outstanding, proposals
+    /// unanswered); retry once some of what counts against it has settled.
+    LimitReached {
+        /// The limit.
+        limit: usize,
+    },
+    /// A proposed server that cannot be a path: an address that cannot be
+    /// dialled, a bad server name, or one the client's own
+    /// [`PathPolicy`](kwik_core::PathPolicy) refuses.
+    InvalidCandidate(String),
+    /// The range is inverted or reaches past 2^62.
+    OutOfRange,
     /// The session has ended.
     SessionClosed(CloseReason),
 }
@@ -154,6 +186,9 @@ fn path_error(
         kwik_core::PathError::TooLarge { size, limit } => PathError::TooLarge { size, limit },
         kwik_core::PathError::NoTokenKey => PathError::NoTokenKey,
         kwik_core::PathError::Stopped(code) => PathError::Stopped(code),
+        kwik_core::PathError::LimitReached { limit } => PathError::LimitReached { limit },
+        kwik_core::PathError::InvalidCandidate(why) => PathError::InvalidCandidate(why),
+        kwik_core::PathError::OutOfRange => PathError::OutOfRange,
         _ => PathError::SessionClosed(
             state
                 .session_closed(handle)
@@ -393,6 +428,20 @@ impl<A> Session<A> {
             path,
         };
         poll_fn(|cx| inner.poll_path_outcome(cx, path)).await
+    }
+
+    /// Client: proposes a server it found itself as a path of this session
+    /// (PROTOCOL.md §13). The primary's policy decides; the answer arrives
+    /// as [`PathEvent::ProposalAnswered`], and an approved path then joins
+    /// like any other ([`PathEvent::Added`] or [`PathEvent::Failed`]).
+    ///
+    /// # Errors
+    /// On a server session ([`PathError::WrongRole`]), with too many
+    /// proposals unanswered ([`PathError::LimitReached`]), for a candidate
+    /// that cannot be a path ([`PathError::InvalidCandidate`]), or once the
+    /// session ended.
+    pub fn propose_path(&self, candidate: &Candidate) -> Result<ProposalId, PathError> {
+        self.inner().path_call(|view| view.propose_path(candidate))
     }
 
     /// Removes a secondary path gracefully and waits until it is gone: data

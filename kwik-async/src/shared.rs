@@ -523,6 +523,31 @@ impl State {
                     slot.push_path_event(PathEvent::Health { path, health }, wake);
                 }
             }
+            Event::PathProposalAnswered {
+                session,
+                proposal,
+                outcome,
+            } => {
+                if let Some(slot) = self.sessions.get_mut(&session) {
+                    let event = PathEvent::ProposalAnswered { proposal, outcome };
+                    slot.push_path_event(event, wake);
+                }
+            }
+            Event::PathProposed {
+                session,
+                proposal,
+                candidate,
+                outcome,
+            } => {
+                if let Some(slot) = self.sessions.get_mut(&session) {
+                    let event = PathEvent::Proposed {
+                        proposal,
+                        candidate,
+                        outcome,
+                    };
+                    slot.push_path_event(event, wake);
+                }
+            }
             Event::PathScaled {
                 session,
                 path,
