@@ -90,10 +90,10 @@ pub use bytes::Bytes;
 pub use kwik_core::Side;
 pub use kwik_core::{
     ALPN, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl, Delegation,
-    DelegationId, Dir, DisconnectKind, EndpointStats, ErrorCode, PathFailure, PathFilter,
-    PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget, Resource, RetryPolicy, Role,
-    ServerConfig, SessionHandle, SessionId, SessionStats, SessionsClosed, SharedResource, StreamId,
-    TokenKey, TransferConfig, TransferId, TransportConfig, ZeroRtt,
+    DelegationId, Dir, DisconnectKind, EndpointStats, ErrorCode, MAX_STREAM_PRIORITY, PathFailure,
+    PathFilter, PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget, Resource,
+    RetryPolicy, Role, ServerConfig, SessionHandle, SessionId, SessionStats, SessionsClosed,
+    SharedResource, StreamId, TokenKey, TransferConfig, TransferId, TransportConfig, ZeroRtt,
 };
 #[cfg(feature = "qlog")]
 pub use kwik_core::{QlogSink, QlogTarget};

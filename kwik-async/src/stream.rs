@@ -232,7 +232,8 @@ impl SendStream {
     /// Sets the stream's sending priority: among the session's streams,
     /// data of higher priority is sent first; equal priorities share
     /// fairly; the default is 0 (as quinn's `SendStream::set_priority`).
-    /// Values above [`kwik_core::MAX_STREAM_PRIORITY`] are clamped to it.
+    /// Values above [`MAX_STREAM_PRIORITY`](crate::MAX_STREAM_PRIORITY) are
+    /// clamped to it.
     /// The stream moves to a real QUIC stream of its new priority with its
     /// next record, and [`Session::serve`](crate::Session::serve) and the
     /// delegations of the stream honour it too (see

@@ -18,6 +18,12 @@
 //! paths finish together. The client keeps the first copy of any byte and
 //! drops identical later ones.
 //!
+//! Several transfers of one session are scheduled by their streams'
+//! priorities (PROTOCOL.md §14): higher first, and a transfer only gives a
+//! path what the transfers of higher priority leave of that path's budget,
+//! so a path's capacity goes to the most important stream first. Transfers
+//! of equal priority do not limit each other.
+//!
 //! The scheduler is a pure function of what it is told (acknowledged ranges,
 //! path rates and RTTs, time), so it is unit-tested without a network.
 

@@ -39,11 +39,11 @@ pub use kwik_async::Side;
 pub use kwik_async::{
     ALPN, Bytes, ClientConfig, CloseError, CloseReason, ConfigError, CongestionControl,
     ConnectError, ConnectionError, Delegation, DelegationId, DisconnectKind, EndpointStats,
-    ErrorCode, MetricsOptions, PathError, PathEvent, PathFailure, PathFilter, PathHealth, PathId,
-    PathInfo, PathPolicy, PathState, PathTarget, ReadError, ReadToEndError, ReconnectError,
-    ReconnectPolicy, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
-    SessionsClosed, SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer,
-    TransferConfig, TransferId, TransportConfig, WriteError, ZeroRtt, ZeroRttAccepted,
+    ErrorCode, MAX_STREAM_PRIORITY, MetricsOptions, PathError, PathEvent, PathFailure, PathFilter,
+    PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget, ReadError, ReadToEndError,
+    ReconnectError, ReconnectPolicy, Resource, RetryPolicy, Role, ServerConfig, SessionId,
+    SessionStats, SessionsClosed, SharedResource, StoppedError, StreamError, StreamId, TokenKey,
+    Transfer, TransferConfig, TransferId, TransportConfig, WriteError, ZeroRtt, ZeroRttAccepted,
     client_config, client_config_trusting, dev, metrics, prometheus_client, rustls, server_config,
 };
 #[cfg(feature = "qlog")]

@@ -7,6 +7,10 @@
 //! so a client cannot grow the table by naming fresh stream ids, and the
 //! number of outstanding delegations is bounded
 //! ([`TransportConfig::max_delegations`]).
+//!
+//! A delegation carries the stream's priority on the primary (§14): it
+//! becomes the stream's priority here, so the ranges go out on a lane of
+//! that priority and queued jobs are written in priority order.
 
 use super::*;
 
