@@ -1,18 +1,21 @@
 //! Stream priorities (PROTOCOL.md §14) in the simulator: a high-priority
 //! message overtakes bulk data queued before it, streams of different
 //! priority never share a lane, a delegation carries the priority to the
-//! secondary which writes the range at it, and equal priorities behave
+//! secondary which writes the range at it, the multi-source scheduler
+//! serves the higher-priority transfer first, and equal priorities behave
 //! exactly as before.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kwik_core::{
-    ClientConfig, Dir, Event, KwikEndpoint, MAX_STREAM_PRIORITY, SessionHandle, StreamError,
-    StreamId, WriteError,
+    ClientConfig, Dir, Event, KwikEndpoint, MAX_STREAM_PRIORITY, SessionHandle, Side, StreamError,
+    StreamId, TransferConfig, WriteError,
 };
 use kwik_sim::multi::{
-    DESCRIPTOR, MultiOptions, MultiSetup, SecondaryApp, ServerLink, Start, first_server_stream,
+    DESCRIPTOR, MultiOptions, MultiSetup, PayloadResource, SecondaryApp, ServerLink, Start,
+    first_server_stream,
 };
 use kwik_sim::setup::{SERVER_NAME, addr, configs, dev_cert, endpoint};
 use kwik_sim::{App, BulkServer, KwikNode, LinkConfig, NodeId, Payload, Sim, Trace};
@@ -412,4 +415,97 @@ fn delegated_behind_bulk(priority: i32) -> ((i32, Result<i32, StreamError>), u64
     s.run_until_client(Duration::from_secs(30), |c| c.finished.contains(&bulk));
     assert_eq!(s.client().corrupt, 0);
     ((d.priority, on_stream), bulk_then, done - delegated_at)
+}
+
+const SERVED: u64 = 16 << 20;
+
+/// The primary serves two 16 MiB resources at once, on two streams, from
+/// itself and one secondary (50 Mbit/s each); the second stream at
+/// `second_priority`, the first at 0. Returns when the client had each.
+fn two_transfers(second_priority: i32) -> (Duration, Duration) {
+    let links = vec![ServerLink::new(50, 20), ServerLink::new(50, 20)];
+    let mut s = MultiSetup::new(MultiOptions::new(75, links, SERVED), |p| {
+        p.start = Start::Manual
+    });
+    let second = StreamId::new(Side::Server, Dir::Uni, 1);
+    let other = Arc::new(PayloadResource::new(Payload::new(75), second, SERVED));
+    s.sim
+        .node_mut::<KwikNode<SecondaryApp>>(s.secondaries[0])
+        .endpoint
+        .serve_resource(Bytes::from_static(b"resource-2"), other.clone());
+    s.run_until_primary(Duration::from_secs(10), |p| !p.added.is_empty());
+    let node = s.primary_node();
+    let h = node.app.session.unwrap();
+    let first_resource = Arc::new(PayloadResource::new(
+        Payload::new(75),
+        first_server_stream(),
+        SERVED,
+    ));
+    let mut view = node.endpoint.session(h).unwrap();
+    let first = view.open(Dir::Uni).unwrap();
+    let opened = view.open(Dir::Uni).unwrap();
+    assert_eq!((first, opened), (first_server_stream(), second));
+    view.stream(second)
+        .unwrap()
+        .set_priority(second_priority)
+        .unwrap();
+    let mut config = TransferConfig::default();
+    config.min_chunk = 256 << 10;
+    view.serve(
+        first,
+        first_resource,
+        Bytes::from_static(DESCRIPTOR),
+        config.clone(),
+    )
+    .expect("serve");
+    view.serve(second, other, Bytes::from_static(b"resource-2"), config)
+        .expect("serve");
+    s.sim.touch(s.primary);
+    let start = s.sim.elapsed();
+    // When the client had each stream whole: the earlier one first.
+    let mut done = [None; 2];
+    for _ in 0..2 {
+        let at = s.run_until_client(Duration::from_secs(60), |c| {
+            [first, second]
+                .iter()
+                .zip(done)
+                .any(|(id, d)| d.is_none() && c.finished.contains(id))
+        }) - start;
+        for (i, id) in [first, second].iter().enumerate() {
+            if done[i].is_none() && s.client().finished.contains(id) {
+                done[i] = Some(at);
+            }
+        }
+    }
+    let [Some(first_done), Some(second_done)] = done else {
+        panic!("both streams end: {done:?}");
+    };
+    let c = s.client();
+    assert_eq!(c.corrupt, 0, "every byte identical");
+    assert_eq!(c.read.get(&first).copied(), Some(SERVED));
+    assert_eq!(c.read.get(&second).copied(), Some(SERVED));
+    (first_done, second_done)
+}
+
+#[test]
+fn the_paths_serve_the_higher_priority_transfer_first() {
+    // At equal priority the two transfers share the paths and end together.
+    let (a, b) = two_transfers(0);
+    let (early, late) = (a.min(b), a.max(b));
+    assert!(
+        early.as_secs_f64() > 0.8 * late.as_secs_f64(),
+        "equal priorities: {a:?} and {b:?}"
+    );
+    // The second stream at priority 5 gets the paths' budgets first (from
+    // the primary and the secondary alike) and ends well before the first,
+    // which still ends no later than the pair did.
+    let (low, high) = two_transfers(5);
+    assert!(
+        high.as_secs_f64() < 0.65 * low.as_secs_f64(),
+        "priority 5 at {high:?}, priority 0 at {low:?}"
+    );
+    assert!(
+        low.as_secs_f64() < 1.15 * late.as_secs_f64(),
+        "{low:?} vs {late:?}"
+    );
 }
