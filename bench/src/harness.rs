@@ -101,7 +101,7 @@ pub fn bulk_transport(cc: Cc, max_frame: Option<u64>) -> TransportConfig {
 
 /// A simulation with one link configuration on both directions between the
 /// client and the server; traces keep no lines (only the digest).
-fn new_sim(seed: u64, link: &LinkConfig) -> Sim {
+pub fn new_sim(seed: u64, link: &LinkConfig) -> Sim {
     let mut sim = Sim::new(seed);
     sim.set_path(client_addr(), server_addr(), link.clone());
     sim.trace_mut().set_keep_lines(false);

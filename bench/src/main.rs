@@ -1,7 +1,7 @@
 //! kwik's benchmarks, run in the deterministic virtual-time simulator.
 //!
 //! ```text
-//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|aggregate|failover|primary-death|abuse|handshake-flood|chaos|sessions|resume|all] [flags]
+//! cargo run --release --bin kwik-bench -- [sim-cpu|sim-link|mux|priority|aggregate|failover|primary-death|abuse|handshake-flood|chaos|sessions|resume|all] [flags]
 //! ```
 //!
 //! * `sim-cpu` — CPU cost: wall-clock throughput of one kwik session versus
@@ -11,6 +11,9 @@
 //!   ([`sim_link`]);
 //! * `mux` — 16 concurrent logical streams under 2 % loss with 1, 4 and 8
 //!   logical streams per real QUIC stream ([`mux`]);
+//! * `priority` — a 1 KiB message every 50 ms beside a bulk stream that
+//!   fills a 100 Mbit/s, 40 ms RTT link: message latency and bulk
+//!   efficiency without and with stream priorities ([`priority`]);
 //! * `aggregate` — one session served by 2, 4 and 8 servers over
 //!   heterogeneous links: goodput against the sum of the links
 //!   ([`aggregate`]);
@@ -68,6 +71,7 @@ mod loopback_multi;
 mod multi_harness;
 mod mux;
 mod primary_death;
+mod priority;
 mod report;
 mod resume;
 mod sessions;
@@ -91,6 +95,7 @@ scenarios:
   sim-link   goodput over 100 Mbit/s, 40 ms RTT at 0 % and 1 % loss, Cubic and BBR
   mux        16 x 4 MiB streams at 2 % loss with 1, 4 and 8 streams per lane
   all        the three above, in order (default)
+  priority   1 KiB messages beside a bulk stream: latency without and with priorities
   aggregate  one session from N servers on heterogeneous links (N = 2, 4, 8)
   failover   4 servers, one secondary dies at 40 %: stall, losses, duplicates
   primary-death  the primary dies mid-transfer: client verdict, secondaries freed
@@ -106,8 +111,8 @@ scenarios:
 flags:
   --mib N    payload size in MiB (sim-cpu: 256, sim-link: 128, failover: 512)
   --reps N   repetitions per contender in sim-cpu and resume, odd (default 5)
-  --cc NAME  congestion controller: bbr or cubic (mux: bbr, aggregate and
-             failover: cubic by default)
+  --cc NAME  congestion controller: bbr or cubic (mux: bbr, aggregate,
+             failover and priority: cubic by default)
   --servers N  aggregate: only N servers (2..=8; default runs 2, 4 and 8)
   --secs N   aggregate: resource sized for N s at full capacity (default 40)
   --verbose  aggregate: per-path rates every second of virtual time
@@ -139,6 +144,7 @@ enum Scenario {
     SimCpu,
     SimLink,
     Mux,
+    Priority,
     Aggregate,
     Failover,
     PrimaryDeath,
@@ -269,6 +275,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     "sim-cpu" => Scenario::SimCpu,
                     "sim-link" => Scenario::SimLink,
                     "mux" => Scenario::Mux,
+                    "priority" => Scenario::Priority,
                     "aggregate" => Scenario::Aggregate,
                     "failover" => Scenario::Failover,
                     "primary-death" => Scenario::PrimaryDeath,
@@ -376,6 +383,12 @@ fn run(args: &Args) -> Result<(), String> {
             cc: args.cc.unwrap_or(mux::Options::default().cc),
             seed: args.seed,
             max_frame,
+        })?;
+    }
+    if args.scenario == Scenario::Priority {
+        priority::main(&priority::Options {
+            cc: args.cc.unwrap_or(priority::Options::default().cc),
+            seed: args.seed,
         })?;
     }
     if args.scenario == Scenario::Aggregate {
@@ -553,6 +566,8 @@ mod tests {
             ),
             (Scenario::Chaos, 20, 5, 0.02, Some("7"), 2)
         );
+        let a = parse("priority --cc bbr").unwrap().unwrap();
+        assert_eq!((a.scenario, a.cc), (Scenario::Priority, Some(Cc::Bbr)));
         let a = parse("resume --reps 7").unwrap().unwrap();
         assert_eq!((a.scenario, a.reps), (Scenario::Resume, 7));
         assert!(parse("--help").unwrap().is_none());

@@ -92,10 +92,11 @@ pub use kwik_core::scaling;
 pub use kwik_core::{
     ALPN, ApproveListed, Candidate, ClientConfig, CloseError, CloseReason, ConfigError,
     CongestionControl, Delegation, DelegationId, Dir, DisconnectKind, EndpointStats, ErrorCode,
-    PathFailure, PathFilter, PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget,
-    ProposalContext, ProposalDecision, ProposalId, ProposalPolicy, RefuseAll, Resource,
-    RetryPolicy, Role, ServerConfig, SessionHandle, SessionId, SessionStats, SessionsClosed,
-    SharedResource, StreamId, TokenKey, TransferConfig, TransferId, TransportConfig, ZeroRtt,
+    MAX_STREAM_PRIORITY, PathFailure, PathFilter, PathHealth, PathId, PathInfo, PathPolicy,
+    PathState, PathTarget, ProposalContext, ProposalDecision, ProposalId, ProposalPolicy,
+    RefuseAll, Resource, RetryPolicy, Role, ServerConfig, SessionHandle, SessionId, SessionStats,
+    SessionsClosed, SharedResource, StreamId, TokenKey, TransferConfig, TransferId,
+    TransportConfig, ZeroRtt,
 };
 #[cfg(feature = "qlog")]
 pub use kwik_core::{QlogSink, QlogTarget};

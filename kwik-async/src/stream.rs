@@ -229,6 +229,38 @@ impl SendStream {
         result
     }
 
+    /// Sets the stream's sending priority: among the session's streams,
+    /// data of higher priority is sent first; equal priorities share
+    /// fairly; the default is 0 (as quinn's `SendStream::set_priority`).
+    /// Values above [`MAX_STREAM_PRIORITY`](crate::MAX_STREAM_PRIORITY) are
+    /// clamped to it.
+    /// The stream moves to a real QUIC stream of its new priority with its
+    /// next record, and [`Session::serve`](crate::Session::serve) and the
+    /// delegations of the stream honour it too (see
+    /// [`StreamView::set_priority`]). A hint to the sender only: what the
+    /// peer reads is the same whatever the priority.
+    ///
+    /// # Errors
+    /// If the stream was finished and has been released, was stopped and
+    /// released, or the session ended.
+    pub fn set_priority(&self, priority: i32) -> Result<(), StreamError> {
+        self.stream_call(|view| view.set_priority(priority))
+    }
+
+    /// The stream's sending priority (0 unless
+    /// [`set_priority`](Self::set_priority) changed it).
+    ///
+    /// # Errors
+    /// As [`set_priority`](Self::set_priority).
+    pub fn priority(&self) -> Result<i32, StreamError> {
+        let mut priority = 0;
+        self.stream_call(|view| {
+            priority = view.priority()?;
+            Ok(())
+        })?;
+        Ok(priority)
+    }
+
     fn stream_call(
         &self,
         call: impl FnOnce(&mut StreamView<'_>) -> Result<(), kwik_core::StreamError>,

@@ -356,8 +356,14 @@ async fn first_session<A: Adapter>(
         e.await;
     }
 
-    // Unidirectional both ways.
+    // Unidirectional both ways, this way at a priority of its own (a
+    // sender-side hint: the bytes are the same).
     let mut uni = session.open_uni().await.expect("open_uni");
+    assert_eq!(uni.priority(), Ok(0));
+    uni.set_priority(3).expect("set_priority");
+    assert_eq!(uni.priority(), Ok(3));
+    uni.set_priority(i32::MAX).expect("set_priority");
+    assert_eq!(uni.priority(), Ok(crate::MAX_STREAM_PRIORITY));
     let data = pattern(100, 70_000);
     uni.write_all(b"U").await.expect("write");
     uni.write_all(&data).await.expect("write");

@@ -39,6 +39,11 @@ pub struct Delegation {
     /// hedge for a stalled one): write it ahead of other queued data
     /// ([`SessionView::write_at_urgent`](crate::SessionView::write_at_urgent)).
     pub urgent: bool,
+    /// The stream's priority on the primary when the range was delegated
+    /// (higher first, default 0; PROTOCOL.md §14). A secondary writes the
+    /// range on a lane of this priority: kwik sets it as the stream's
+    /// priority there before the application hears of the delegation.
+    pub priority: i32,
 }
 
 /// The bytes (and the FIN) of one stream that one writer may send: on the
@@ -130,27 +135,14 @@ impl Ledger {
         self.received.remove(&stream);
     }
 
-    pub(crate) fn add(
-        &mut self,
-        path: PathId,
-        stream: StreamId,
-        range: Range<u64>,
-        fin: bool,
-        descriptor: Bytes,
-        urgent: bool,
-    ) -> Delegation {
+    /// Records the delegation `make` builds with the next id, and starts
+    /// tracking its stream.
+    pub(crate) fn add(&mut self, make: impl FnOnce(DelegationId) -> Delegation) -> Delegation {
         let id = DelegationId(self.next_id);
         self.next_id += 1;
-        let d = Delegation {
-            id,
-            path,
-            stream,
-            range,
-            fin,
-            descriptor,
-            urgent,
-        };
-        self.track(stream);
+        let d = make(id);
+        debug_assert_eq!(d.id, id);
+        self.track(d.stream);
         self.delegations.insert(id, d.clone());
         d
     }
@@ -257,8 +249,20 @@ mod tests {
     fn a_dead_path_owes_exactly_its_unacknowledged_ranges() {
         let s = StreamId(3);
         let mut l = Ledger::default();
-        let a = l.add(PathId(1), s, 0..100, false, Bytes::new(), false);
-        let b = l.add(PathId(2), s, 100..200, true, Bytes::new(), false);
+        let delegation = |path: u64, range: Range<u64>, fin: bool| {
+            move |id| Delegation {
+                id,
+                path: PathId(path),
+                stream: s,
+                range,
+                fin,
+                descriptor: Bytes::new(),
+                urgent: false,
+                priority: 0,
+            }
+        };
+        let a = l.add(delegation(1, 0..100, false));
+        let b = l.add(delegation(2, 100..200, true));
         let done = l.on_ack(s, 50, std::iter::once(120..150));
         assert!(done.is_empty());
         let lost = l.take_path(PathId(2));

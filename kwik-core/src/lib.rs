@@ -100,6 +100,7 @@ pub use error::{
 pub use event::{Event, Output, Transmit};
 pub use health::PathHealth;
 pub use ids::{Dir, IncomingId, SessionHandle, SessionId, Side, StreamId};
+pub use lanes::MAX_STREAM_PRIORITY;
 pub use paths::{
     MAX_FINAL_PATHS, PathError, PathFailure, PathFilter, PathId, PathInfo, PathPolicy, PathRetry,
     PathState, PathTarget,

@@ -66,6 +66,10 @@ pub(crate) struct SendHalf {
     /// below the final size) had reached it: nothing the application sent
     /// was lost, so finishing the stream succeeds (§5.3).
     pub stop_delivered: bool,
+    /// Sending priority (higher first; already clamped, see
+    /// `lanes::clamp_priority`): which lanes it may share, and the
+    /// order of its writes, jobs and transfers (PROTOCOL.md §14).
+    pub priority: i32,
 }
 
 impl SendHalf {
@@ -86,6 +90,7 @@ impl SendHalf {
             final_size: None,
             high: 0,
             stop_delivered: false,
+            priority: 0,
         }
     }
 }
@@ -315,6 +320,11 @@ impl Streams {
 
     pub(crate) fn send_state(&self, id: StreamId) -> Option<SendState> {
         Some(self.map.get(&id)?.send.as_ref()?.state)
+    }
+
+    /// The sending priority of `id` (`None` if this side has no sending half).
+    pub(crate) fn priority(&self, id: StreamId) -> Option<i32> {
+        Some(self.map.get(&id)?.send.as_ref()?.priority)
     }
 
     pub(crate) fn send_mut(&mut self, id: StreamId) -> Option<&mut SendHalf> {

@@ -18,6 +18,12 @@
 //! paths finish together. The client keeps the first copy of any byte and
 //! drops identical later ones.
 //!
+//! Several transfers of one session are scheduled by their streams'
+//! priorities (PROTOCOL.md §14): higher first, and a transfer only gives a
+//! path what the transfers of higher priority leave of that path's budget,
+//! so a path's capacity goes to the most important stream first. Transfers
+//! of equal priority do not limit each other.
+//!
 //! The scheduler is a pure function of what it is told (acknowledged ranges,
 //! path rates and RTTs, time), so it is unit-tested without a network.
 
@@ -328,14 +334,23 @@ impl Transfer {
         });
     }
 
+    /// Bytes `path` still owes of this transfer.
+    pub(crate) fn owed_on(&self, path: PathId, received: &RangeSet) -> u64 {
+        self.loads.get(&path).map_or(0, |l| l.owed(received))
+    }
+
     /// Updates rate estimates and returns the new assignments due now.
     /// `paths` are the live paths (the primary included), `received` what
-    /// the client acknowledged of the stream.
+    /// the client acknowledged of the stream, `taken` what transfers of
+    /// higher priority owe on each path: that much of the path's budget is
+    /// theirs, and this transfer gets only the rest. (Lost and hedged
+    /// ranges go out whatever the budgets.)
     pub(crate) fn schedule(
         &mut self,
         now: Instant,
         paths: &[PathView],
         received: &RangeSet,
+        taken: &BTreeMap<PathId, u64>,
     ) -> Vec<Assign> {
         for p in paths.iter().filter(|p| !self.excluded.contains(&p.id)) {
             let load = self.loads.entry(p.id).or_default();
@@ -394,7 +409,9 @@ impl Transfer {
             self.assign(&mut out, best, range, now, false, true);
         }
         for p in order {
-            let budget = self.budget(p.id);
+            let budget = self
+                .budget(p.id)
+                .saturating_sub(taken.get(&p.id).copied().unwrap_or(0));
             let chunk = self.chunk_for(p.id);
             loop {
                 let owed = self.loads.get(&p.id).map_or(0, |l| l.owed(received));
@@ -583,6 +600,9 @@ pub(crate) struct Job {
     pub resource: SharedResource,
     /// Written ahead of other queued data (on the urgent lane).
     pub urgent: bool,
+    /// The stream's priority: among jobs equally urgent, higher ones are
+    /// written first.
+    pub priority: i32,
 }
 
 #[cfg(test)]
@@ -603,6 +623,11 @@ mod tests {
         Transfer::new(StreamId(3), Bytes::new(), resource(len), config)
     }
 
+    /// Nothing taken by transfers of higher priority.
+    fn none() -> BTreeMap<PathId, u64> {
+        BTreeMap::new()
+    }
+
     fn view(id: u64, rtt_ms: u64) -> PathView {
         PathView {
             id: PathId(id),
@@ -619,7 +644,12 @@ mod tests {
         let mut fins = 0;
         let mut received = RangeSet::new();
         for step in 0..50 {
-            for a in t.schedule(now + Duration::from_millis(step * 60), &paths, &received) {
+            for a in t.schedule(
+                now + Duration::from_millis(step * 60),
+                &paths,
+                &received,
+                &none(),
+            ) {
                 assert!(
                     !got.contains(a.range.clone()) || a.range.is_empty(),
                     "{a:?} twice"
@@ -638,7 +668,12 @@ mod tests {
     fn bounded_outstanding_per_path() {
         let mut t = transfer(1_000_000);
         let received = RangeSet::new();
-        let out = t.schedule(Instant::now(), &[view(0, 10), view(1, 10)], &received);
+        let out = t.schedule(
+            Instant::now(),
+            &[view(0, 10), view(1, 10)],
+            &received,
+            &none(),
+        );
         for p in [0, 1] {
             let owed: u64 = out
                 .iter()
@@ -654,7 +689,7 @@ mod tests {
         let mut t = transfer(10_000);
         let now = Instant::now();
         let mut received = RangeSet::new();
-        let out = t.schedule(now, &[view(0, 10), view(1, 10)], &received);
+        let out = t.schedule(now, &[view(0, 10), view(1, 10)], &received, &none());
         let of_1: Vec<Range<u64>> = out
             .iter()
             .filter(|a| a.path == PathId(1))
@@ -669,7 +704,12 @@ mod tests {
                 received.insert(a.range.clone());
             }
         }
-        let next = t.schedule(now + Duration::from_millis(100), &[view(0, 10)], &received);
+        let next = t.schedule(
+            now + Duration::from_millis(100),
+            &[view(0, 10)],
+            &received,
+            &none(),
+        );
         assert_eq!(
             next[0].range.start,
             of_1[0].start + 50,
@@ -683,14 +723,19 @@ mod tests {
         let start = Instant::now();
         let mut received = RangeSet::new();
         let paths = [view(0, 10), view(1, 10)];
-        let first = t.schedule(start, &paths, &received);
+        let first = t.schedule(start, &paths, &received, &none());
         // The primary delivers everything it got; path 1 delivers nothing.
         for a in first.iter().filter(|a| a.path == PathId::PRIMARY) {
             received.insert(a.range.clone());
         }
         t.loads.get_mut(&PathId::PRIMARY).unwrap().rate = 10_000.0;
         t.loads.get_mut(&PathId(1)).unwrap().rate = 10.0;
-        let later = t.schedule(start + Duration::from_millis(200), &paths, &received);
+        let later = t.schedule(
+            start + Duration::from_millis(200),
+            &paths,
+            &received,
+            &none(),
+        );
         let copies: Vec<&Assign> = later.iter().filter(|a| a.path == PathId::PRIMARY).collect();
         let owed_by_1: Vec<Range<u64>> = first
             .iter()
@@ -709,7 +754,7 @@ mod tests {
         let now = Instant::now();
         let received = RangeSet::new();
         let paths = [view(0, 10), view(1, 10), view(2, 10)];
-        let first = t.schedule(now, &paths, &received);
+        let first = t.schedule(now, &paths, &received, &none());
         let of_2: Vec<Range<u64>> = first
             .iter()
             .filter(|a| a.path == PathId(2))
@@ -718,7 +763,12 @@ mod tests {
         assert!(!of_2.is_empty());
         // Path 2 dies; every other path is at its budget (nothing delivered).
         t.path_lost(PathId(2), &received);
-        let next = t.schedule(now + Duration::from_millis(10), &paths[..2], &received);
+        let next = t.schedule(
+            now + Duration::from_millis(10),
+            &paths[..2],
+            &received,
+            &none(),
+        );
         let redone: Vec<&Assign> = next.iter().filter(|a| a.urgent).collect();
         let covered: u64 = redone.iter().map(|a| a.range.end - a.range.start).sum();
         let lost: u64 = of_2.iter().map(|r| r.end - r.start).sum();
@@ -732,7 +782,7 @@ mod tests {
         let start = Instant::now();
         let mut received = RangeSet::new();
         let paths = [view(0, 20), view(1, 40)];
-        let first = t.schedule(start, &paths, &received);
+        let first = t.schedule(start, &paths, &received, &none());
         // Everything below path 1's lowest range arrived: path 1 owes the
         // frontier, and delivers nothing.
         let owed_by_1: Vec<Range<u64>> = first
@@ -743,17 +793,57 @@ mod tests {
         let low = owed_by_1.iter().map(|r| r.start).min().unwrap();
         received.insert(0..low);
         // Not overdue yet: no hedge.
-        let soon = t.schedule(start + Duration::from_millis(30), &paths, &received);
+        let soon = t.schedule(
+            start + Duration::from_millis(30),
+            &paths,
+            &received,
+            &none(),
+        );
         assert!(soon.iter().all(|a| !a.urgent), "{soon:?}");
         // Overdue by path 1's own round trip (40 ms → 40 + 25 + 10 ms).
-        let late = t.schedule(start + Duration::from_millis(80), &paths, &received);
+        let late = t.schedule(
+            start + Duration::from_millis(80),
+            &paths,
+            &received,
+            &none(),
+        );
         let hedges: Vec<&Assign> = late.iter().filter(|a| a.urgent).collect();
         assert_eq!(hedges.len(), 1, "{late:?}");
         assert_eq!(hedges[0].path, PathId::PRIMARY);
         assert_eq!(hedges[0].range.start, low);
         assert!(t.duplicated > 0);
         // Hedged once per frontier while the hedge is young.
-        let again = t.schedule(start + Duration::from_millis(90), &paths, &received);
+        let again = t.schedule(
+            start + Duration::from_millis(90),
+            &paths,
+            &received,
+            &none(),
+        );
         assert!(again.iter().all(|a| !a.urgent), "{again:?}");
+    }
+
+    #[test]
+    fn a_path_budget_goes_to_higher_priorities_first() {
+        let paths = [view(0, 10), view(1, 10)];
+        let received = RangeSet::new();
+        let now = Instant::now();
+        // Alone, a transfer fills each path up to its budget.
+        let mut alone = transfer(1_000_000);
+        let out = alone.schedule(now, &paths, &received, &none());
+        let owed = |t: &Transfer, p: u64| t.owed_on(PathId(p), &received);
+        assert!(owed(&alone, 0) > 0 && owed(&alone, 1) > 0, "{out:?}");
+        // Below a transfer of higher priority that owes a path its whole
+        // budget, it gets nothing new there, and the rest elsewhere.
+        let mut low = transfer(1_000_000);
+        let taken = BTreeMap::from([(PathId(0), owed(&alone, 0))]);
+        let out = low.schedule(now, &paths, &received, &taken);
+        assert!(out.iter().all(|a| a.path == PathId(1)), "{out:?}");
+        assert_eq!(owed(&low, 1), owed(&alone, 1));
+        // What is left of a budget is still given.
+        let mut partial = transfer(1_000_000);
+        let taken = BTreeMap::from([(PathId(0), 150)]);
+        partial.schedule(now, &paths, &received, &taken);
+        let left = owed(&partial, 0);
+        assert!(left > 0 && left + 150 <= owed(&alone, 0) + 100, "{left}");
     }
 }

@@ -383,6 +383,42 @@ impl<'a> StreamView<'a> {
         }))
     }
 
+    /// Sets the sending priority of this stream, as QUIC implementations
+    /// do: among this session's streams, data of higher priority is sent
+    /// first; equal priorities share fairly. The default is 0. Values above
+    /// [`MAX_STREAM_PRIORITY`](crate::MAX_STREAM_PRIORITY) are clamped to
+    /// it (the two values above belong to kwik's control stream and urgent
+    /// lane).
+    ///
+    /// Priority is honoured when a lane is chosen (a stream shares a real
+    /// QUIC stream only with streams of its own priority, and that QUIC
+    /// stream carries the priority), when waiting writers are woken and
+    /// queued ranges are written, and by
+    /// [`SessionView::serve`] (transfers of higher priority get the paths'
+    /// budgets first; delegations carry the priority to the secondary). It
+    /// is a sender-side hint: the bytes delivered are the same whatever it
+    /// is (PROTOCOL.md §14). A stream whose priority changes moves to a lane
+    /// of the new priority with its next record.
+    ///
+    /// # Errors
+    /// [`StreamError::ClosedStream`] if this side has no sending half of the
+    /// stream (or it is released); [`StreamError::SessionClosed`],
+    /// [`StreamError::ZeroRttRejected`] as for the other operations.
+    pub fn set_priority(&mut self, priority: i32) -> Result<(), StreamError> {
+        self.mark();
+        self.session.set_priority(self.id, priority)
+    }
+
+    /// The sending priority of this stream (0 unless
+    /// [`set_priority`](Self::set_priority) changed it; on a secondary, the
+    /// priority its delegations carried).
+    ///
+    /// # Errors
+    /// As [`set_priority`](Self::set_priority).
+    pub fn priority(&self) -> Result<i32, StreamError> {
+        self.session.priority(self.id)
+    }
+
     /// Where the sending half stands (`None` if this side has none, or it
     /// is released), without changing anything.
     pub fn send_state(&self) -> Option<SendState> {

@@ -51,14 +51,14 @@ pub use kwik_async::Side;
 pub use kwik_async::{
     ALPN, ApproveListed, Bytes, Candidate, ClientConfig, CloseError, CloseReason, ConfigError,
     CongestionControl, ConnectError, ConnectionError, Delegation, DelegationId, DisconnectKind,
-    EndpointStats, ErrorCode, MetricsOptions, PathError, PathEvent, PathFailure, PathFilter,
-    PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget, ProposalContext,
-    ProposalDecision, ProposalId, ProposalPolicy, ReadError, ReadToEndError, ReconnectError,
-    ReconnectPolicy, RefuseAll, Resource, RetryPolicy, Role, ServerConfig, SessionId, SessionStats,
-    SessionsClosed, SharedResource, StoppedError, StreamError, StreamId, TokenKey, Transfer,
-    TransferConfig, TransferId, TransportConfig, WriteError, ZeroRtt, ZeroRttAccepted,
-    client_config, client_config_trusting, dev, metrics, prometheus_client, rustls, scaling,
-    server_config,
+    EndpointStats, ErrorCode, MAX_STREAM_PRIORITY, MetricsOptions, PathError, PathEvent,
+    PathFailure, PathFilter, PathHealth, PathId, PathInfo, PathPolicy, PathState, PathTarget,
+    ProposalContext, ProposalDecision, ProposalId, ProposalPolicy, ReadError, ReadToEndError,
+    ReconnectError, ReconnectPolicy, RefuseAll, Resource, RetryPolicy, Role, ServerConfig,
+    SessionId, SessionStats, SessionsClosed, SharedResource, StoppedError, StreamError, StreamId,
+    TokenKey, Transfer, TransferConfig, TransferId, TransportConfig, WriteError, ZeroRtt,
+    ZeroRttAccepted, client_config, client_config_trusting, dev, metrics, prometheus_client,
+    rustls, scaling, server_config,
 };
 #[cfg(feature = "qlog")]
 pub use kwik_async::{QlogSink, QlogTarget};

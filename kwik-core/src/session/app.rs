@@ -125,7 +125,7 @@ impl Session {
         };
         let lane = match urgent_lane.or(send.lane) {
             Some(lane) => lane,
-            None => match conn.lanes.assign(&mut conn.quic, stream) {
+            None => match conn.lanes.assign(&mut conn.quic, stream, send.priority) {
                 Some(lane) => {
                     send.lane = Some(lane);
                     lane
@@ -224,7 +224,7 @@ impl Session {
             .expect("the primary connection lives as long as the session");
         let lane = match send.lane {
             Some(lane) => lane,
-            None => match conn.lanes.assign(&mut conn.quic, stream) {
+            None => match conn.lanes.assign(&mut conn.quic, stream, send.priority) {
                 Some(lane) => {
                     send.lane = Some(lane);
                     lane
@@ -244,6 +244,77 @@ impl Session {
             let released = self.streams.fin_written(stream);
             if let Some(lane) = released.lane {
                 self.main_conn().lanes.release(lane);
+            }
+        }
+    }
+
+    /// The sending priority of `stream`.
+    pub(crate) fn priority(&self, stream: StreamId) -> Result<i32, StreamError> {
+        if let Some(reason) = self.closed_error() {
+            return Err(StreamError::SessionClosed(reason));
+        }
+        if self.streams.was_rejected(stream) {
+            return Err(StreamError::ZeroRttRejected);
+        }
+        self.streams
+            .priority(stream)
+            .ok_or(StreamError::ClosedStream)
+    }
+
+    /// Sets the sending priority of `stream` (clamped to
+    /// [`MAX_STREAM_PRIORITY`](crate::MAX_STREAM_PRIORITY)).
+    pub(crate) fn set_priority(
+        &mut self,
+        stream: StreamId,
+        priority: i32,
+    ) -> Result<(), StreamError> {
+        if let Some(reason) = self.closed_error() {
+            return Err(StreamError::SessionClosed(reason));
+        }
+        if self.streams.was_rejected(stream) {
+            return Err(StreamError::ZeroRttRejected);
+        }
+        if self.streams.send_mut(stream).is_none() {
+            return Err(StreamError::ClosedStream);
+        }
+        self.reprioritize(stream, priority);
+        Ok(())
+    }
+
+    /// Gives `stream` (which has a sending half) the priority `priority`:
+    /// its queued jobs move in the queue, and if it holds a lane of another
+    /// priority it leaves it, taking a lane of the new priority with its
+    /// next record (the record it started stays whole on the old lane; see
+    /// [`crate::lanes`]). A stream that waited to write is woken to write
+    /// there.
+    pub(super) fn reprioritize(&mut self, stream: StreamId, priority: i32) {
+        let priority = clamp_priority(priority);
+        let Some(send) = self.streams.send_mut(stream) else {
+            return;
+        };
+        if send.priority == priority {
+            return;
+        }
+        send.priority = priority;
+        let moves = matches!(send.state, SendState::Open | SendState::FinPending);
+        let wake = send.want_writable || send.state == SendState::FinPending;
+        let old = send.lane.filter(|_| moves);
+        if old.is_some() {
+            send.lane = None;
+        }
+        let mut touched = false;
+        for job in self.jobs.iter_mut().filter(|j| j.stream == stream) {
+            job.priority = priority;
+            touched = true;
+        }
+        if touched {
+            self.sort_jobs();
+        }
+        if let Some(lane) = old {
+            let lanes = &mut self.main_conn().lanes;
+            lanes.release(lane);
+            if wake {
+                lanes.wake_soon(stream);
             }
         }
     }

@@ -30,6 +30,15 @@ impl Session {
                 }
             }
         }
+        // Writers whose lanes took more, that waited for a lane and may take
+        // one now, or left their lane for another priority: all at once, so
+        // that the highest priorities hear of it first.
+        let woken: Vec<StreamId> = self
+            .conns
+            .values_mut()
+            .flat_map(|c| c.lanes.take_wakes())
+            .collect();
+        self.wake_writers(woken, ctx);
         self.on_timers(ctx);
         self.run_transfers(ctx);
         self.pump_jobs();
@@ -144,13 +153,13 @@ impl Session {
                 if conn.is_control(id) {
                     conn.flush_control();
                 } else {
-                    let woken = conn.lanes.on_writable(&mut conn.quic, id);
-                    self.wake_writers(woken, ctx);
+                    // Woken once every event is digested, all lanes' writers
+                    // together, by priority (see `drive`).
+                    conn.lanes.on_writable(&mut conn.quic, id);
                 }
             }
             StreamEvent::Available { dir: QDir::Uni } => {
-                let woken = conn.lanes.on_lane_available();
-                self.wake_writers(woken, ctx);
+                conn.lanes.on_lane_available();
             }
             StreamEvent::Stopped { id, .. } => {
                 return Err(violation(format!("peer stopped QUIC stream {id}")));
@@ -225,8 +234,14 @@ impl Session {
     }
 
     /// Logical streams that waited on a lane: finish pending FINs, announce
-    /// writability to the rest.
-    pub(super) fn wake_writers(&mut self, woken: Vec<StreamId>, ctx: &mut Ctx<'_>) {
+    /// writability to the rest — higher priorities first (in the order they
+    /// waited among equals), so that the application hears of them, and
+    /// writes them, first.
+    pub(super) fn wake_writers(&mut self, mut woken: Vec<StreamId>, ctx: &mut Ctx<'_>) {
+        if woken.len() > 1 {
+            let streams = &self.streams;
+            woken.sort_by_key(|s| std::cmp::Reverse(streams.priority(*s).unwrap_or(0)));
+        }
         for stream in woken {
             let Some(send) = self.streams.send_mut(stream) else {
                 continue;

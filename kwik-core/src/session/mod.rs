@@ -49,7 +49,7 @@ use crate::error::{
 };
 use crate::event::Event;
 use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
-use crate::lanes::LaneBlocked;
+use crate::lanes::{LaneBlocked, clamp_priority};
 use crate::paths::{
     MAX_FINAL_PATHS, PathError, PathFailure, PathId, PathInfo, PathPolicy, PathRetry, PathState,
 };

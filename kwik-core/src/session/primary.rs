@@ -278,13 +278,21 @@ impl Session {
             // The client may now report the stream complete (§5.3).
             send.final_size = Some(range.end);
         }
+        let priority = send.priority;
         if let Some(info) = self.paths.get_mut(&path) {
             info.delegated_bytes += range.end - range.start;
         }
-        let d = self
-            .ledger
-            .add(path, stream, range.clone(), fin, descriptor.clone(), urgent);
-        tracing::trace!(target: crate::log::DELEGATION, session = %self.handle, %path, %stream, ?range, fin, urgent, "delegate");
+        let d = self.ledger.add(|id| Delegation {
+            id,
+            path,
+            stream,
+            range: range.clone(),
+            fin,
+            descriptor: descriptor.clone(),
+            urgent,
+            priority,
+        });
+        tracing::trace!(target: crate::log::DELEGATION, session = %self.handle, %path, %stream, ?range, fin, urgent, priority, "delegate");
         self.main_conn().send(Body::Delegate(msg::Delegate {
             path_id: path.0,
             delegation_id: d.id.0,
@@ -295,6 +303,7 @@ impl Session {
             descriptor,
             credit: 0,
             urgent,
+            priority,
         }));
         Ok(d)
     }

@@ -7,6 +7,10 @@
 //! so a client cannot grow the table by naming fresh stream ids, and the
 //! number of outstanding delegations is bounded
 //! ([`TransportConfig::max_delegations`]).
+//!
+//! A delegation carries the stream's priority on the primary (§14): it
+//! becomes the stream's priority here, so the ranges go out on a lane of
+//! that priority and queued jobs are written in priority order.
 
 use super::*;
 
@@ -42,13 +46,17 @@ impl Session {
         }
         // `wire::check` bounded the range when the message was decoded.
         let range = m.offset..m.offset + m.length;
-        tracing::trace!(target: crate::log::DELEGATION, session = %self.handle, %stream, ?range, fin = m.fin, urgent = m.urgent, "delegated");
+        tracing::trace!(target: crate::log::DELEGATION, session = %self.handle, %stream, ?range, fin = m.fin, urgent = m.urgent, priority = m.priority, "delegated");
         self.serving
             .entry(stream)
             .or_default()
             .allow(range.clone(), m.fin);
         let half = self.streams.source_half(stream);
         half.credit = half.credit.max(m.credit);
+        // The stream's priority on the primary, at which its ranges are
+        // written here (on a lane of that priority, jobs in that order).
+        let priority = clamp_priority(m.priority);
+        self.reprioritize(stream, priority);
         if let Some(resource) = ctx.resources.get(&m.descriptor) {
             // A range still queued here (a hedge, or a re-assignment, of
             // work this path already holds): written once; if now urgent,
@@ -67,6 +75,7 @@ impl Session {
                         fin,
                         resource: job.resource.clone(),
                         urgent,
+                        priority,
                     };
                     let at_end = range.end == job.range.end;
                     let mut rest = Vec::new();
@@ -88,6 +97,7 @@ impl Session {
                 fin: m.fin,
                 resource: resource.clone(),
                 urgent: m.urgent,
+                priority,
             });
             return Ok(());
         }
@@ -101,6 +111,7 @@ impl Session {
                 fin: m.fin,
                 descriptor: m.descriptor,
                 urgent: m.urgent,
+                priority,
             },
         });
         Ok(())

@@ -23,34 +23,63 @@ impl Session {
                     rtt: p.rtt,
                 }),
         );
+        // Higher priorities first (by id among equals), and a path's budget
+        // goes to them first: a transfer may only give a path what the
+        // transfers of higher priority leave of its budget (§14). Equal
+        // priorities do not limit each other.
+        let mut order: Vec<(i32, TransferId)> = self
+            .transfers
+            .iter()
+            .map(|(id, t)| (self.streams.priority(t.stream).unwrap_or(0), *id))
+            .collect();
+        order.sort_by_key(|&(priority, id)| (std::cmp::Reverse(priority), id));
+        let mut above: BTreeMap<PathId, u64> = BTreeMap::new();
+        let mut level: BTreeMap<PathId, u64> = BTreeMap::new();
+        let mut level_priority = None;
         let mut work = Vec::new();
         let mut finished = Vec::new();
         let mut abandoned = Vec::new();
-        for (id, t) in &mut self.transfers {
+        for (priority, id) in order {
+            if level_priority != Some(priority) {
+                for (path, owed) in std::mem::take(&mut level) {
+                    *above.entry(path).or_default() += owed;
+                }
+                level_priority = Some(priority);
+            }
+            let t = self.transfers.get_mut(&id).expect("listed");
             let received = self.ledger.received(t.stream).cloned().unwrap_or_default();
             match self.streams.send_state(t.stream) {
                 // The client stopped reading: nothing more is written or
                 // delegated (the stop reached every source, §10.4).
                 Some(SendState::Stopped(_)) => {
-                    abandoned.push(*id);
+                    abandoned.push(id);
                     continue;
                 }
                 // StreamComplete releases the send half: the client has it all.
                 None => {
-                    finished.push((*id, t.stream));
+                    finished.push((id, t.stream));
                     continue;
                 }
                 Some(_) if t.complete(&received) => {
-                    finished.push((*id, t.stream));
+                    finished.push((id, t.stream));
                     continue;
                 }
                 Some(_) => {}
             }
-            for assign in t.schedule(ctx.now, &live, &received) {
-                work.push((t.stream, t.descriptor.clone(), t.resource.clone(), assign));
+            for assign in t.schedule(ctx.now, &live, &received, &above) {
+                work.push((
+                    t.stream,
+                    t.descriptor.clone(),
+                    t.resource.clone(),
+                    priority,
+                    assign,
+                ));
+            }
+            for p in &live {
+                *level.entry(p.id).or_default() += t.owed_on(p.id, &received);
             }
         }
-        for (stream, descriptor, resource, a) in work {
+        for (stream, descriptor, resource, priority, a) in work {
             let own = a.path == PathId::PRIMARY
                 // The path went away since scheduling: serve it here.
                 || self
@@ -63,6 +92,7 @@ impl Session {
                     fin: a.fin,
                     resource,
                     urgent: a.urgent,
+                    priority,
                 });
             }
         }
@@ -80,15 +110,20 @@ impl Session {
         }
     }
 
-    /// Queues a job: urgent ones ahead of the others (in arrival order among
-    /// themselves), so that pumping serves them first.
+    /// Queues a job behind every job at least as urgent and of at least its
+    /// priority: urgent ones first, then by priority (higher first), in
+    /// arrival order among equals, so that pumping serves them in that
+    /// order.
     pub(super) fn push_job(&mut self, job: Job) {
-        if job.urgent {
-            let at = self.jobs.partition_point(|j| j.urgent);
-            self.jobs.insert(at, job);
-        } else {
-            self.jobs.push(job);
-        }
+        let key = job_key(&job);
+        let at = self.jobs.partition_point(|j| job_key(j) <= key);
+        self.jobs.insert(at, job);
+    }
+
+    /// Restores the job order after priorities changed (stable: arrival
+    /// order among equals is kept).
+    pub(super) fn sort_jobs(&mut self) {
+        self.jobs.sort_by_key(job_key);
     }
 
     /// Writes what the jobs owe, as far as credit and lanes allow.
@@ -122,8 +157,12 @@ impl Session {
                 }
             }
         });
+        let added = !self.jobs.is_empty();
         jobs.append(&mut self.jobs);
         self.jobs = jobs;
+        if added {
+            self.sort_jobs();
+        }
         if self.role == Role::Secondary {
             // A range this server cannot serve goes back to the primary
             // (§10.4), which re-assigns it, rather than wait for a hedge.
@@ -162,6 +201,7 @@ impl Session {
                 fin: true,
                 resource: resource.clone(),
                 urgent: false,
+                priority: self.streams.priority(stream).unwrap_or(0),
             });
             self.transfers
                 .insert(id, Transfer::new(stream, descriptor, resource, config));
@@ -178,4 +218,12 @@ impl Session {
             .insert(id, Transfer::new(stream, descriptor, resource, config));
         Ok(id)
     }
+}
+
+/// A job's place in the queue: urgent first, then higher priority first.
+fn job_key(job: &Job) -> (std::cmp::Reverse<bool>, std::cmp::Reverse<i32>) {
+    (
+        std::cmp::Reverse(job.urgent),
+        std::cmp::Reverse(job.priority),
+    )
 }

@@ -160,6 +160,8 @@ pub fn arb_body(inp: &mut Input<'_, '_>) -> Body {
             descriptor: inp.bytes(64).into(),
             credit: inp.varint(),
             urgent: inp.byte() & 1 == 1,
+            // Any i32, kwik's own priorities included (clamped on use).
+            priority: inp.varint() as i32,
         }),
         13 => {
             let n = inp.upto(70) as usize;
@@ -307,6 +309,7 @@ pub fn seeds() -> Vec<Seed> {
             descriptor: b"resource-1".to_vec().into(),
             credit: 2 << 20,
             urgent: false,
+            priority: 3,
         }),
         Body::Ack(crate::abuse::valid_ack(kwik_core::StreamId(3), 4096, 8)),
         Body::RawRelay(msg::RawRelay {
