@@ -148,6 +148,12 @@ pub struct ServeArgs {
     /// this long).
     #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
     pub discover_timeout: f64,
+    /// Primary: instead of adding every secondary to every session, add
+    /// them (from --secondary and --discover) to a session only while its
+    /// demand exceeds what its paths deliver, and remove them once idle
+    /// (kwik's automatic scaling, default policy).
+    #[arg(long)]
+    pub autoscale: bool,
     /// Certificate chain (PEM) to present instead of a development certificate.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

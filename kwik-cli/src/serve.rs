@@ -21,6 +21,12 @@
 //! DNS outage should not take down a primary that can still serve.
 //! Priorities and weights only order the list: every secondary found is
 //! added to every session, like the explicit ones.
+//!
+//! # Automatic scaling
+//! With `--autoscale` the list is the endpoint's pool of candidates
+//! instead: a session gets secondaries from it, in the list's order, only
+//! while it reads faster than its paths deliver, and gives them back once
+//! they idle (see `kwik_core::scaling`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Once};
@@ -28,9 +34,10 @@ use std::time::Duration;
 
 use kwik_discovery::{DiscoverySpec, SpecOptions, parse_spec};
 
+use kwik_tokio::scaling::AutoscaleConfig;
 use kwik_tokio::{
-    Endpoint, MetricsOptions, ServerConfig, Session, TokenKey, TransferConfig, TransportConfig,
-    server_config,
+    Candidate, Endpoint, MetricsOptions, ServerConfig, Session, TokenKey, TransferConfig,
+    TransportConfig, server_config,
 };
 
 use crate::files::{Lookup, ServedDir};
@@ -81,6 +88,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Fail> {
             if !args.discover.is_empty() {
                 return Err(Fail("--discover is for primaries".into()));
             }
+            if args.autoscale {
+                return Err(Fail("--autoscale is for primaries".into()));
+            }
             Vec::new()
         }
     };
@@ -122,6 +132,19 @@ pub async fn run(args: ServeArgs) -> Result<(), Fail> {
             config.trusted_keys = vec![token];
             let endpoint = bind(config, listen, metrics.as_ref()).await?;
             secondary(endpoint, dir).await
+        }
+        Role::Primary if args.autoscale => {
+            config.token_key = Some(token);
+            config.autoscale = Some(AutoscaleConfig::default());
+            let endpoint = bind(config, listen, metrics.as_ref()).await?;
+            eprintln!("kwik: autoscaling over [{}]", describe(&secondaries));
+            endpoint.set_candidates(
+                secondaries
+                    .iter()
+                    .map(|s| Candidate::new(s.addr, s.name.clone()))
+                    .collect(),
+            );
+            primary(endpoint, dir, Vec::new()).await
         }
         Role::Primary => {
             config.token_key = Some(token);
@@ -302,11 +325,7 @@ async fn primary(
         "kwik: primary on {} serving {} with secondaries [{}]",
         endpoint.local_addr(),
         dir.root().display(),
-        secondaries
-            .iter()
-            .map(|s| format!("{}={}", s.addr, s.name))
-            .collect::<Vec<_>>()
-            .join(", ")
+        describe(&secondaries)
     );
     let secondaries = Arc::new(secondaries);
     while let Some(incoming) = endpoint.accept().await {
@@ -427,6 +446,15 @@ async fn lookup(
 
 /// Asks the client to join every secondary; outcomes are logged (the
 /// transfer helper uses whichever paths become live, whenever they do).
+/// `ADDR=NAME, …` for the log.
+fn describe(secondaries: &[Secondary]) -> String {
+    secondaries
+        .iter()
+        .map(|s| format!("{}={}", s.addr, s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn add_paths(session: &Session, secondaries: &[Secondary]) {
     for secondary in secondaries {
         let (session, secondary) = (session.clone(), secondary.clone());
