@@ -70,6 +70,7 @@ mod qlog;
 mod ranges;
 mod seeded;
 mod session;
+mod state;
 mod streams;
 mod token;
 mod transfer;
@@ -101,6 +102,7 @@ pub use paths::{
 pub use qlog::{QlogSink, QlogTarget};
 pub use ranges::RangeSet;
 pub use session::{Role, SessionStats};
+pub use state::{MAX_HISTORY, SessionInfo, SessionState};
 pub use streams::SendState;
 pub use token::TokenKey;
 pub use transfer::{Resource, SharedResource, TransferConfig, TransferId};
