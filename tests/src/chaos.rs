@@ -1190,16 +1190,26 @@ fn run_inner(sc: &Scenario, options: &RunOptions) -> RunResult {
         heap_peak,
         started,
     );
-    let (violations, observed) = check_states(&mut s, sc);
+    let (violations, observed) = settle_states(&mut s, sc.idle_timeout + Duration::from_secs(10));
     r.state_violations = violations;
     r.observed = observed;
     r
 }
 
-/// Holds every node to the state machines (see the module docs): what
-/// they reported and hold now, then — every server back up, the client's
-/// session closed — that every session drains `Closed`.
-fn check_states(s: &mut MultiSetup, sc: &Scenario) -> (Vec<String>, Observed) {
+/// Holds every node of `s` to the state machines (see the module docs):
+/// what they reported and hold now, then — every server back up, the
+/// client's session closed — that every session drains `Closed` within
+/// `limit` of virtual time. Returns the violations and the transitions
+/// seen.
+pub fn settle_states(s: &mut MultiSetup, limit: Duration) -> (Vec<String>, Observed) {
+    // Whatever was done to an endpoint from outside is drained first.
+    let nodes = [s.client, s.primary]
+        .into_iter()
+        .chain(s.secondaries.iter().copied());
+    for id in nodes.collect::<Vec<_>>() {
+        s.sim.touch(id);
+    }
+    let _ = s.sim.run_while(Duration::ZERO, |_| false);
     fn each<T>(
         s: &mut MultiSetup,
         mut f: impl FnMut(&str, &mut KwikEndpoint, &StateLog) -> T,
@@ -1258,11 +1268,7 @@ fn check_states(s: &mut MultiSetup, sc: &Scenario) -> (Vec<String>, Observed) {
                     .is_empty()
             })
     };
-    let _ = s
-        .sim
-        .run_while(sc.idle_timeout + Duration::from_secs(10), |sim| {
-            undrained(sim)
-        });
+    let _ = s.sim.run_while(limit, |sim| undrained(sim));
     let mut observed = Observed::default();
     let end: Vec<Vec<String>> = each(s, |name, _, log| {
         observed.add(log);
