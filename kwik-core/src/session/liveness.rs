@@ -142,17 +142,16 @@ impl Session {
                 };
                 self.set_path_state(path, PathState::Dead, Some(failure), ctx);
             }
-            (Role::Client | Role::Secondary, path, Verdict::Degraded) => {
+            (Role::Client | Role::Secondary, path, Verdict::Degraded)
                 if self
                     .paths
                     .get(&path)
-                    .is_some_and(|p| p.state == PathState::Active)
-                {
-                    self.set_path_state(path, PathState::Degraded, None, ctx);
-                    if path == PathId::PRIMARY {
-                        // The connection this session cannot do without.
-                        self.set_state(SessionState::Degraded, ctx.now, ctx.events);
-                    }
+                    .is_some_and(|p| p.state == PathState::Active) =>
+            {
+                self.set_path_state(path, PathState::Degraded, None, ctx);
+                if path == PathId::PRIMARY {
+                    // The connection this session cannot do without.
+                    self.set_state(SessionState::Degraded, ctx.now, ctx.events);
                 }
             }
             (Role::Client | Role::Secondary, path, Verdict::Alive) => self.revive(path, ctx),
