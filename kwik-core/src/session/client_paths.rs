@@ -159,7 +159,9 @@ impl Session {
         if !info.set_state(session, state, now, events) {
             return;
         }
+        // Path 0 moves with its session, whose own log line tells of it.
         match &failure {
+            _ if path == PathId::PRIMARY => {}
             Some(f) => {
                 tracing::debug!(target: crate::log::PATHS, session = %self.handle, role = ?self.role, %path, ?state, code = %f.code, reason = %f.reason, "path state")
             }

@@ -435,7 +435,11 @@ impl Session {
     /// it): the session and its primary connection are handshaking.
     pub(crate) fn start(&mut self, now: Instant, events: &mut VecDeque<Event>) {
         self.set_state(SessionState::Handshaking, now, events);
-        self.set_path_state_at(PathId::PRIMARY, PathState::Handshaking, None, now, events);
+        // Nothing to settle or report for path 0 yet (and nothing to log:
+        // the session's own start says it).
+        if let Some(info) = self.paths.get_mut(&PathId::PRIMARY) {
+            info.set_state(self.handle, PathState::Handshaking, now, events);
+        }
     }
 
     /// Moves the session to `next` (PROTOCOL.md §15.1) — the one place its
