@@ -816,7 +816,7 @@ mod tests {
         assert_eq!(path_sessions, 4);
         // The aggregates still cover every session.
         assert_eq!(value(&s, "kwik_sessions", "role=\"client\""), Some(30.0));
-        assert_eq!(value(&s, "kwik_paths", "state=\"connecting\""), Some(30.0));
+        assert_eq!(value(&s, "kwik_paths", "state=\"handshaking\""), Some(30.0));
 
         // The number of series does not grow with the number of sessions.
         let mut more = endpoint_with_sessions(60);
