@@ -12,19 +12,29 @@
 //!   every session ends `Closed`. (One row, a path closed while still
 //!   `Initializing`, needs a replayed 0-RTT session: the resume tests make
 //!   it.)
+//! * A primary takes a client's PathStatus only through legal transitions
+//!   (PROTOCOL.md §15.3): skipped states are passed through, reports the
+//!   table cannot lead to are ignored, and none of it panics or closes the
+//!   session.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kwik_core::{Dir, PathId, PathPolicy, PathState, PathTarget, SessionState};
+use kwik_core::proto::control::control_message::Body;
+use kwik_core::proto::control::{self as msg};
+use kwik_core::{Dir, PathId, PathPolicy, PathState, PathTarget, SessionState, TokenKey};
+use kwik_sim::Payload;
+use kwik_sim::abuse::{Arena, ServerRole, TargetServer};
 use kwik_sim::chaos::{Fault, FaultKind, LinkSpec, RunOptions, Scenario, run, settle_states};
+use kwik_sim::hostile::{HostileClient, Step};
 use kwik_sim::kwik_node::KwikNode;
 use kwik_sim::multi::{
     DESCRIPTOR, MultiClient, MultiOptions, MultiPrimary, MultiSetup, SecondaryApp, ServerLink,
     Start,
 };
 use kwik_sim::states::{Observed, protocol_table};
+use kwik_sim::wire::control_record;
 
 const PROTOCOL: &str = include_str!("../../PROTOCOL.md");
 
@@ -389,5 +399,86 @@ fn every_transition_of_the_tables_happens() {
     assert!(
         missing.is_empty(),
         "transitions of PROTOCOL.md §15 no scenario made: {missing:#?}"
+    );
+}
+
+/// A PathStatus naming `path` in wire state `state`.
+fn status(path: u64, state: i32) -> Step {
+    let body = Body::PathStatus(msg::PathStatus {
+        path_id: path,
+        state,
+        ..msg::PathStatus::default()
+    });
+    Step::Control(control_record(body).into())
+}
+
+#[test]
+fn a_primary_routes_a_clients_reports_through_legal_transitions_only() {
+    use msg::PathState as W;
+    // Skipped states, states back to the start, a closing path reported
+    // degraded, an ended path reported again, an unknown state.
+    let reports = [
+        W::Degraded as i32,
+        W::Handshaking as i32,
+        W::Initializing as i32,
+        W::Active as i32,
+        W::Closing as i32,
+        W::Degraded as i32,
+        W::Active as i32,
+        W::Closed as i32,
+        W::Dead as i32,
+        W::Active as i32,
+        99,
+    ];
+    let mut steps = vec![Step::Sleep(Duration::from_millis(300))];
+    steps.extend(reports.iter().map(|s| status(1, *s)));
+    let seed = 61;
+    let mut a = Arena::against_server(
+        seed,
+        TargetServer::new(Payload::new(seed), ServerRole::Passive, false),
+        |c| c.token_key = Some(TokenKey::new([61; 32])),
+        move |e| HostileClient::scripted(e.hostile, e.target, e.seed, &e.cert, steps),
+    );
+    a.establish(false).unwrap_or_else(|e| panic!("{e}"));
+    let target = a.target;
+    let node = a.sim.node_mut::<KwikNode<TargetServer>>(target);
+    let h = node.endpoint.sessions().next().expect("a session");
+    let path = node
+        .endpoint
+        .session(h)
+        .expect("live")
+        .add_path(kwik_sim::setup::addr(9), kwik_sim::setup::SERVER_NAME)
+        .expect("add_path");
+    assert_eq!(path, PathId(1));
+    a.sim.touch(target);
+    a.sim.run_for(Duration::from_secs(2));
+    let node = a.sim.node_mut::<KwikNode<TargetServer>>(target);
+    let log = node.states.clone();
+    assert!(log.violations().is_empty(), "{:?}", log.violations());
+    assert!(
+        kwik_sim::states::check_endpoint(&mut node.endpoint, &log).is_empty(),
+        "{log:?}"
+    );
+    use PathState::*;
+    assert_eq!(
+        log.paths[&(h, path)],
+        vec![
+            (Initializing, Handshaking),
+            // DEGRADED, through ACTIVE; HANDSHAKING and INITIALIZING ignored.
+            (Handshaking, Active),
+            (Active, Degraded),
+            (Degraded, Active),
+            // CLOSING; DEGRADED and ACTIVE for a closing path ignored.
+            (Active, Closing),
+            (Closing, Closed),
+            // DEAD, ACTIVE and 99 for a closed path ignored.
+        ],
+        "{:?}",
+        log.paths
+    );
+    // Nothing of it was a violation: the session lives on.
+    assert_eq!(
+        node.endpoint.session(h).map(|v| v.state()),
+        Some(SessionState::Active)
     );
 }
