@@ -417,7 +417,14 @@ async fn secondary_dies_inner<A: Adapter>(rt: &Arc<dyn Runtime>, death: Death) {
         )),
         "{paths:?}"
     );
+    let info = session.info().expect("the session is live");
+    assert_eq!(
+        info.history.first().map(|h| h.1),
+        Some(kwik_core::SessionState::Initializing)
+    );
+    assert_eq!(info.state, session.state());
     session.close(0, b"done").expect("close");
+    assert!(session.state().is_closing(), "{:?}", session.state());
     drop(session);
 
     let report = primary.await;
