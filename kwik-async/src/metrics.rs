@@ -241,14 +241,7 @@ const ROLES: [Role; 4] = [
     Role::Undecided,
 ];
 
-const STATES: [PathState; 6] = [
-    PathState::Connecting,
-    PathState::Active,
-    PathState::Degraded,
-    PathState::Dead,
-    PathState::Closed,
-    PathState::Failed,
-];
+const STATES: [PathState; 8] = PathState::ALL;
 
 fn role_label(role: Role) -> &'static str {
     match role {
@@ -261,9 +254,11 @@ fn role_label(role: Role) -> &'static str {
 
 fn state_label(state: PathState) -> &'static str {
     match state {
-        PathState::Connecting => "connecting",
+        PathState::Initializing => "initializing",
+        PathState::Handshaking => "handshaking",
         PathState::Active => "active",
         PathState::Degraded => "degraded",
+        PathState::Closing => "closing",
         PathState::Dead => "dead",
         PathState::Closed => "closed",
         PathState::Failed => "failed",
@@ -821,7 +816,7 @@ mod tests {
         assert_eq!(path_sessions, 4);
         // The aggregates still cover every session.
         assert_eq!(value(&s, "kwik_sessions", "role=\"client\""), Some(30.0));
-        assert_eq!(value(&s, "kwik_paths", "state=\"connecting\""), Some(30.0));
+        assert_eq!(value(&s, "kwik_paths", "state=\"handshaking\""), Some(30.0));
 
         // The number of series does not grow with the number of sessions.
         let mut more = endpoint_with_sessions(60);

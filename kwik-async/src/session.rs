@@ -322,6 +322,26 @@ impl<A> Session<A> {
         self.inner.shared.lock().session_closed(self.inner.handle)
     }
 
+    /// Where the session stands (PROTOCOL.md §15.1): `Closed` once it has
+    /// drained.
+    pub fn state(&self) -> kwik_core::SessionState {
+        let mut state = self.inner.shared.lock();
+        state
+            .endpoint
+            .session(self.inner.handle)
+            .map_or(kwik_core::SessionState::Closed, |view| view.state())
+    }
+
+    /// The session's state with its history, while the endpoint holds it
+    /// (`None` once it has drained).
+    pub fn info(&self) -> Option<kwik_core::SessionInfo> {
+        let mut state = self.inner.shared.lock();
+        state
+            .endpoint
+            .session(self.inner.handle)
+            .map(|view| view.info())
+    }
+
     /// Counters (as they were at the end, once the session has ended).
     pub fn stats(&self) -> SessionStats {
         let mut state = self.inner.shared.lock();

@@ -434,6 +434,7 @@ impl KwikEndpoint {
 
     fn insert_session(&mut self, mut session: Session) {
         let handle = session.handle;
+        session.start(self.now, &mut self.events);
         self.dirty.push(&mut session.queued_drive, handle);
         self.sessions.insert(handle, session);
     }
@@ -738,6 +739,12 @@ impl KwikEndpoint {
             let mut local = VecDeque::new();
             let code = VarInt::from_u64(ErrorCode::ResourceLimit.wire()).expect("small");
             session.close(self.now, code, HANDSHAKE_TIMEOUT_REASON, &mut local);
+            // Its transitions stand; the close's own SessionClosed does not.
+            self.events.extend(
+                local
+                    .into_iter()
+                    .filter(|e| matches!(e, Event::SessionState { .. } | Event::PathState { .. })),
+            );
             session.close_reason = Some(CloseReason::TimedOut);
             self.events.push_back(Event::SessionClosed {
                 session: handle,
@@ -894,6 +901,8 @@ impl KwikEndpoint {
                 reason: crate::CloseReason::EndpointClosed,
             });
         }
+        let mut session = session;
+        session.end(self.now, &mut self.events);
         self.events.push_back(Event::SessionDrained {
             session: handle,
             stats: session.stats(),

@@ -15,8 +15,9 @@ use crate::delegation::Delegation;
 use crate::error::CloseReason;
 use crate::health::PathHealth;
 use crate::ids::{Dir, IncomingId, SessionHandle, SessionId, StreamId};
-use crate::paths::{PathFailure, PathId};
+use crate::paths::{PathFailure, PathId, PathState};
 use crate::proposal::ProposalId;
+use crate::state::SessionState;
 use crate::transfer::TransferId;
 
 /// One step of output; drain until [`Output::Timeout`].
@@ -86,7 +87,9 @@ pub enum Event {
         /// Whether the server took the 0-RTT data.
         accepted: bool,
     },
-    /// The session ended; no further events name it except `SessionDrained`.
+    /// The session ended; no further events name it except `SessionDrained`
+    /// and the state transitions of the session and its paths to their
+    /// end ([`Event::SessionState`], [`Event::PathState`]).
     SessionClosed {
         /// The session.
         session: SessionHandle,
@@ -153,6 +156,36 @@ pub enum Event {
         stream: StreamId,
         /// The peer's code.
         code: u64,
+    },
+    /// The session moved from one state to another (every role; PROTOCOL.md
+    /// §15.1). Emitted exactly once per transition, beside the specific
+    /// events (`SessionEstablished`, `SessionClosed`, `SessionDrained`):
+    /// each `from` is the previous event's `to`, the first `from` is
+    /// [`SessionState::Initializing`] and the last `to`
+    /// [`SessionState::Closed`], just before `SessionDrained`.
+    SessionState {
+        /// The session.
+        session: SessionHandle,
+        /// The state it left.
+        from: SessionState,
+        /// The state it entered.
+        to: SessionState,
+    },
+    /// A path moved from one state to another (client and primary for every
+    /// path, secondary for its connection to the client, path 0;
+    /// PROTOCOL.md §15.2). Emitted exactly once per transition, beside the
+    /// specific events (`PathAdded`, `PathFailed`, `PathDead`,
+    /// `PathClosed`): each `from` is the previous event's `to` for that
+    /// path, the first `from` is [`PathState::Initializing`].
+    PathState {
+        /// The session.
+        session: SessionHandle,
+        /// The path.
+        path: PathId,
+        /// The state it left.
+        from: PathState,
+        /// The state it entered.
+        to: PathState,
     },
     /// A secondary path joined (client and primary).
     PathAdded {

@@ -77,6 +77,7 @@ mod ranges;
 pub mod scaling;
 mod seeded;
 mod session;
+mod state;
 mod streams;
 mod token;
 mod transfer;
@@ -113,6 +114,7 @@ pub use proposal::{
 pub use qlog::{QlogSink, QlogTarget};
 pub use ranges::RangeSet;
 pub use session::{Role, SessionStats};
+pub use state::{MAX_HISTORY, SessionInfo, SessionState};
 pub use streams::SendState;
 pub use token::TokenKey;
 pub use transfer::{Resource, SharedResource, TransferConfig, TransferId};

@@ -6,12 +6,16 @@
 //! primary keep a [`PathInfo`] per path (the primary from the client's
 //! reports), so either can list active, dead and all paths.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::error::ErrorCode;
+use crate::event::Event;
 use crate::health::PathHealth;
+use crate::ids::SessionHandle;
+use crate::state::Machine;
 
 /// Identity of a path within a session, assigned by the primary (0 is the
 /// primary connection itself).
@@ -29,20 +33,30 @@ impl fmt::Display for PathId {
     }
 }
 
-/// Where a path stands. Transitions: Connecting → Active ⇄ Degraded →
-/// Dead | Closed, or Connecting → Failed.
+/// Where a path stands. Transitions (PROTOCOL.md §15.2): Initializing →
+/// Handshaking → Active ⇄ Degraded → Closing → Closed, with Failed for a
+/// path that never joined, Dead for one that died, and Closed for every
+/// path of a session that ends. Dead, Closed and Failed are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PathState {
-    /// Being dialled and joined.
-    Connecting,
+    /// Created, not dialled yet: the client checking an AddPath against its
+    /// policy; the primary holding an AddPath until the handshake of a
+    /// session that began in 0-RTT completes.
+    Initializing,
+    /// Being dialled and joined (QUIC handshake, Join, Joined); the
+    /// primary connection during the session's handshake.
+    Handshaking,
     /// Joined and healthy.
     Active,
-    /// Joined, but nothing heard for a while (more than a third of the dead
-    /// timeout).
+    /// Joined, but nothing heard for a while (past the degraded threshold,
+    /// half the dead timeout).
     Degraded,
+    /// Being removed gracefully: it takes no new work, what it was given
+    /// drains, then it closes.
+    Closing,
     /// Declared dead (silent for the dead timeout, or its connection failed).
     Dead,
-    /// Removed gracefully.
+    /// Removed gracefully, or closed with its session.
     Closed,
     /// Never became active (refused by policy, token refused, dial failed,
     /// timed out).
@@ -50,17 +64,72 @@ pub enum PathState {
 }
 
 impl PathState {
-    /// True for Active and Degraded.
+    /// Every state, in order.
+    pub const ALL: [PathState; 8] = [
+        PathState::Initializing,
+        PathState::Handshaking,
+        PathState::Active,
+        PathState::Degraded,
+        PathState::Closing,
+        PathState::Dead,
+        PathState::Closed,
+        PathState::Failed,
+    ];
+
+    /// True for Active and Degraded: joined and taking work. A Closing
+    /// path still delivers what it holds but is not live.
     pub fn is_live(self) -> bool {
         matches!(self, PathState::Active | PathState::Degraded)
     }
 
-    /// True once the path can never carry data again.
+    /// True once the path can never carry data again (Dead, Closed,
+    /// Failed). A Closing path is not final.
     pub fn is_final(self) -> bool {
         matches!(
             self,
             PathState::Dead | PathState::Closed | PathState::Failed
         )
+    }
+
+    /// True if the table of PROTOCOL.md §15.2 allows moving from `self` to
+    /// `next` (never to the same state, never out of a final one).
+    pub fn may_become(self, next: PathState) -> bool {
+        use PathState::*;
+        matches!(
+            (self, next),
+            (Initializing, Handshaking | Failed | Closed)
+                | (Handshaking, Active | Closing | Failed | Closed)
+                | (Active, Degraded | Closing | Dead | Closed)
+                | (Degraded, Active | Closing | Dead | Closed)
+                | (Closing, Closed | Dead | Failed)
+        )
+    }
+
+    /// The shortest chain of legal transitions from `self` to `target`
+    /// (ending with `target`; empty if already there), or `None` if the
+    /// table does not lead there.
+    pub fn route_to(self, target: PathState) -> Option<Vec<PathState>> {
+        crate::state::route(&PathState::ALL, PathState::may_become, self, target)
+    }
+
+    /// Its name, as PROTOCOL.md writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathState::Initializing => "Initializing",
+            PathState::Handshaking => "Handshaking",
+            PathState::Active => "Active",
+            PathState::Degraded => "Degraded",
+            PathState::Closing => "Closing",
+            PathState::Dead => "Dead",
+            PathState::Closed => "Closed",
+            PathState::Failed => "Failed",
+        }
+    }
+}
+
+impl fmt::Display for PathState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -83,9 +152,6 @@ impl fmt::Display for PathFailure {
 /// older ones are forgotten.
 pub const MAX_FINAL_PATHS: usize = 64;
 
-/// Most state transitions a path's history keeps (the first is kept always).
-const MAX_HISTORY: usize = 64;
-
 /// Everything known about one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathInfo {
@@ -97,9 +163,12 @@ pub struct PathInfo {
     pub server_name: String,
     /// True for the primary connection.
     pub primary: bool,
-    /// Current state.
+    /// Current state (changed only through the one checked transition,
+    /// PROTOCOL.md §15).
     pub state: PathState,
-    /// Every state it has been in, with when.
+    /// Every state it has been in, with when (at most
+    /// [`MAX_HISTORY`](crate::MAX_HISTORY) entries: the first, then the
+    /// newest).
     pub history: Vec<(Instant, PathState)>,
     /// When it was created.
     pub created: Instant,
@@ -144,8 +213,8 @@ impl PathInfo {
             address,
             server_name: server_name.to_string(),
             primary: id == PathId::PRIMARY,
-            state: PathState::Connecting,
-            history: vec![(now, PathState::Connecting)],
+            state: PathState::Initializing,
+            history: vec![(now, PathState::Initializing)],
             created: now,
             last_active: now,
             rtt: Duration::ZERO,
@@ -168,18 +237,39 @@ impl PathInfo {
         !self.primary && self.state == PathState::Active && self.health != PathHealth::Critical
     }
 
-    /// Moves to `state`, recording the transition; false if already there
-    /// or if the path already reached a final state.
-    pub(crate) fn set_state(&mut self, state: PathState, now: Instant) -> bool {
-        if self.state == state || self.state.is_final() {
+    /// Moves to `next` — the one place a path's state changes: checks the
+    /// transition against [`PathState::may_become`] (a debug build panics
+    /// on an illegal one), records it in the history and emits
+    /// [`Event::PathState`]. False if it did not move: already there, or
+    /// already final (both routine: a session's end closes every path that
+    /// is left).
+    pub(crate) fn set_state(
+        &mut self,
+        session: SessionHandle,
+        next: PathState,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) -> bool {
+        if self.state == next || self.state.is_final() {
             return false;
         }
-        self.state = state;
-        if self.history.len() >= MAX_HISTORY {
-            // Keep the creation; forget the oldest transitions after it.
-            self.history.remove(1);
-        }
-        self.history.push((now, state));
+        let mut machine = Machine {
+            state: self.state,
+            history: std::mem::take(&mut self.history),
+        };
+        let what = format!("{session} {}: {} -> {next}", self.id, self.state);
+        let moved = machine.step(next, now, PathState::may_become, &what);
+        self.state = machine.state;
+        self.history = machine.history;
+        let Some(from) = moved else {
+            return false;
+        };
+        events.push_back(Event::PathState {
+            session,
+            path: self.id,
+            from,
+            to: next,
+        });
         true
     }
 }
@@ -455,10 +545,87 @@ mod tests {
     #[test]
     fn final_states_stick() {
         let now = Instant::now();
+        let mut ev = VecDeque::new();
+        let h = SessionHandle(1);
         let mut info = PathInfo::new(PathId(1), "10.0.0.9:1".parse().unwrap(), "n", now);
-        assert!(info.set_state(PathState::Active, now));
-        assert!(info.set_state(PathState::Dead, now));
-        assert!(!info.set_state(PathState::Active, now));
-        assert_eq!(info.history.len(), 3);
+        assert!(info.set_state(h, PathState::Handshaking, now, &mut ev));
+        assert!(info.set_state(h, PathState::Active, now, &mut ev));
+        assert!(info.set_state(h, PathState::Dead, now, &mut ev));
+        assert!(!info.set_state(h, PathState::Active, now, &mut ev));
+        assert!(!info.set_state(h, PathState::Closed, now, &mut ev));
+        assert_eq!(info.history.len(), 4);
+        assert_eq!(ev.len(), 3);
+        assert_eq!(
+            ev[2],
+            Event::PathState {
+                session: h,
+                path: PathId(1),
+                from: PathState::Active,
+                to: PathState::Dead
+            }
+        );
+    }
+
+    #[test]
+    fn the_path_table() {
+        use PathState::*;
+        for s in PathState::ALL {
+            assert!(!s.may_become(s), "{s} to itself");
+            assert!(!s.may_become(Initializing), "{s} back to the start");
+            if s.is_final() {
+                for t in PathState::ALL {
+                    assert!(!s.may_become(t), "{s} is final");
+                }
+            } else {
+                // Whatever the state, the session's end closes the path.
+                assert!(s.may_become(Closed), "{s}");
+            }
+        }
+        // Only a joined path can die; one that never joined fails.
+        for s in [Initializing, Handshaking] {
+            assert!(!s.may_become(Dead), "{s}");
+            assert!(s.may_become(Failed), "{s}");
+        }
+        for s in [Active, Degraded] {
+            assert!(!s.may_become(Failed), "{s}");
+            assert!(s.may_become(Dead) && s.may_become(Closing), "{s}");
+        }
+        // Closing never goes back to work.
+        for t in [Handshaking, Active, Degraded] {
+            assert!(!Closing.may_become(t), "{t}");
+        }
+        assert!(
+            !Initializing.may_become(Active),
+            "joins through Handshaking"
+        );
+        assert!(!Handshaking.may_become(Degraded), "degrades once Active");
+    }
+
+    #[test]
+    fn reports_that_skip_states_are_routed_through_legal_steps() {
+        use PathState::*;
+        assert_eq!(Handshaking.route_to(Active), Some(vec![Active]));
+        assert_eq!(
+            Initializing.route_to(Degraded),
+            Some(vec![Handshaking, Active, Degraded])
+        );
+        assert_eq!(Handshaking.route_to(Dead), Some(vec![Active, Dead]));
+        assert_eq!(Active.route_to(Closed), Some(vec![Closed]));
+        assert_eq!(Closed.route_to(Active), None);
+        assert_eq!(Active.route_to(Handshaking), None);
+        assert_eq!(Closing.route_to(Degraded), None);
+        assert_eq!(Active.route_to(Active), Some(vec![]));
+        for from in PathState::ALL {
+            for to in PathState::ALL {
+                if let Some(chain) = from.route_to(to) {
+                    let mut at = from;
+                    for s in chain {
+                        assert!(at.may_become(s), "{from} -> {to}: {at} -> {s}");
+                        at = s;
+                    }
+                    assert_eq!(at, to);
+                }
+            }
+        }
     }
 }

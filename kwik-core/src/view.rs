@@ -25,6 +25,7 @@ use crate::ids::{Dir, SessionHandle, SessionId, Side, StreamId};
 use crate::paths::{PathError, PathFilter, PathId, PathInfo};
 use crate::proposal::ProposalId;
 use crate::session::{Phase, Role, Session, SessionStats};
+use crate::state::{SessionInfo, SessionState};
 use crate::streams::SendState;
 use crate::transfer::{SharedResource, TransferConfig, TransferId};
 use crate::zero_rtt::ZeroRtt;
@@ -159,6 +160,17 @@ impl SessionView<'_> {
         self.session.role
     }
 
+    /// Where the session stands (PROTOCOL.md §15.1).
+    pub fn state(&self) -> SessionState {
+        self.session.state()
+    }
+
+    /// The session's state with its history (bounded like
+    /// [`PathInfo::history`]).
+    pub fn info(&self) -> SessionInfo {
+        self.session.info()
+    }
+
     // ----- multi-server -----
 
     /// Primary: asks the client to join the secondary server at `address`
@@ -171,7 +183,7 @@ impl SessionView<'_> {
     ) -> Result<PathId, PathError> {
         self.mark();
         self.session
-            .add_path(self.now, self.unix_now, address, server_name)
+            .add_path(self.now, self.unix_now, address, server_name, self.events)
     }
 
     /// Client: proposes `candidate` — a server this client found itself —
@@ -196,12 +208,13 @@ impl SessionView<'_> {
         self.session.propose_path(candidate)
     }
 
-    /// Removes a secondary path gracefully: data in flight on it drains
-    /// first, then its connection closes ([`Event::PathClosed`]). On the
+    /// Removes a secondary path gracefully: it is Closing at once (no new
+    /// work), data in flight on it drains, then its connection closes
+    /// ([`Event::PathClosed`]). On the
     /// primary this asks the client; on the client it tells the primary.
     pub fn remove_path(&mut self, path: PathId) -> Result<(), PathError> {
         self.mark();
-        self.session.remove_path(path, self.now)
+        self.session.remove_path(path, self.now, self.events)
     }
 
     /// Paths of this session (client and primary), in id order.

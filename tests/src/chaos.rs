@@ -46,6 +46,15 @@
 //! dying, goodput against capacity, the client's heap peak against a bound,
 //! and whether a primary-dead error came within a bounded time.
 //!
+//! **State machines** (PROTOCOL.md §15): once the outcome is decided, every
+//! node's recorded `SessionState` / `PathState` events and every live
+//! session's and path's history are checked against the tables
+//! ([`crate::states`]); then every server is brought back up, the client
+//! closes its session, and the run goes on (at most the idle timeout plus
+//! ten seconds) until every session of every node drained, which must
+//! leave each of them `Closed` and each of their paths ended. Any
+//! departure is a violation of the run.
+//!
 //! **Goodput against capacity** of a delivered run is
 //! `resource bits / Σ_servers rate × (time the server was reachable during
 //! [0, T])`, with `T` the moment the application read the last byte,
@@ -73,7 +82,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use kwik_core::{CongestionControl, Event, PathFilter, PathId};
+use kwik_core::{CongestionControl, Event, KwikEndpoint, PathFilter, PathId};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -81,9 +90,11 @@ use crate::alloc::{METERS, Meter};
 use crate::kwik_node::KwikNode;
 use crate::link::{LinkConfig, LinkStats};
 use crate::multi::{
-    MultiClient, MultiOptions, MultiSetup, SecondaryApp, ServerLink, Start, first_server_stream,
+    MultiClient, MultiOptions, MultiPrimary, MultiSetup, SecondaryApp, ServerLink, Start,
+    first_server_stream,
 };
 use crate::sim::StallReason;
+use crate::states::{Observed, StateLog, check_endpoint};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -792,6 +803,12 @@ pub struct RunResult {
     pub digest: u64,
     /// Wall-clock time of the run.
     pub wall: Duration,
+    /// What the state machines' events and histories showed that the
+    /// tables of PROTOCOL.md §15 forbid, or sessions that did not end
+    /// `Closed`.
+    pub state_violations: Vec<String>,
+    /// The distinct transitions every node reported.
+    pub observed: Observed,
 }
 
 impl RunResult {
@@ -812,6 +829,11 @@ impl RunResult {
         if let Some(late) = &self.late_error {
             v.push(late.clone());
         }
+        v.extend(
+            self.state_violations
+                .iter()
+                .map(|s| format!("state machine: {s}")),
+        );
         if let Some(peak) = self.heap_peak
             && peak > self.heap_bound
         {
@@ -952,6 +974,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> RunResult {
                 downlinks: Vec::new(),
                 digest: 0,
                 wall: started.elapsed(),
+                state_violations: Vec::new(),
+                observed: Observed::default(),
             }
         }
     }
@@ -1155,7 +1179,7 @@ fn run_inner(sc: &Scenario, options: &RunOptions) -> RunResult {
         .zip(baseline)
         .map(|(l, base)| (l.0.peak() - base).max(0) as u64);
     drop(lease);
-    finish(
+    let mut r = finish(
         &mut s,
         sc,
         options,
@@ -1165,7 +1189,101 @@ fn run_inner(sc: &Scenario, options: &RunOptions) -> RunResult {
         &armed,
         heap_peak,
         started,
-    )
+    );
+    let (violations, observed) = settle_states(&mut s, sc.idle_timeout + Duration::from_secs(10));
+    r.state_violations = violations;
+    r.observed = observed;
+    r
+}
+
+/// Holds every node of `s` to the state machines (see the module docs):
+/// what they reported and hold now, then — every server back up, the
+/// client's session closed — that every session drains `Closed` within
+/// `limit` of virtual time. Returns the violations and the transitions
+/// seen.
+pub fn settle_states(s: &mut MultiSetup, limit: Duration) -> (Vec<String>, Observed) {
+    // Whatever was done to an endpoint from outside is drained first.
+    let nodes = [s.client, s.primary]
+        .into_iter()
+        .chain(s.secondaries.iter().copied());
+    for id in nodes.collect::<Vec<_>>() {
+        s.sim.touch(id);
+    }
+    let _ = s.sim.run_while(Duration::ZERO, |_| false);
+    fn each<T>(
+        s: &mut MultiSetup,
+        mut f: impl FnMut(&str, &mut KwikEndpoint, &StateLog) -> T,
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        let node = s.sim.node_mut::<KwikNode<MultiClient>>(s.client);
+        out.push(f("client", &mut node.endpoint, &node.states));
+        let node = s.sim.node_mut::<KwikNode<MultiPrimary>>(s.primary);
+        out.push(f("primary", &mut node.endpoint, &node.states));
+        for (i, id) in s.secondaries.clone().into_iter().enumerate() {
+            let node = s.sim.node_mut::<KwikNode<SecondaryApp>>(id);
+            out.push(f(
+                &format!("secondary {}", i + 1),
+                &mut node.endpoint,
+                &node.states,
+            ));
+        }
+        out
+    }
+    let mut violations: Vec<String> = each(s, |name, ep, log| {
+        let mut v = log.violations();
+        v.extend(check_endpoint(ep, log));
+        v.into_iter()
+            .map(|x| format!("{name}: {x}"))
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    for a in s.servers.clone() {
+        s.sim.set_down(a, false);
+    }
+    let client = s.client;
+    let node = s.sim.node_mut::<KwikNode<MultiClient>>(client);
+    if let Some(h) = node.app.session
+        && let Some(mut view) = node.endpoint.session(h)
+    {
+        let _ = view.close(0, b"chaos: done");
+    }
+    s.sim.touch(client);
+    let (primary, secondaries) = (s.primary, s.secondaries.clone());
+    let undrained = |sim: &crate::sim::Sim| {
+        !sim.node::<KwikNode<MultiClient>>(client)
+            .states
+            .undrained()
+            .is_empty()
+            || !sim
+                .node::<KwikNode<MultiPrimary>>(primary)
+                .states
+                .undrained()
+                .is_empty()
+            || secondaries.iter().any(|id| {
+                !sim.node::<KwikNode<SecondaryApp>>(*id)
+                    .states
+                    .undrained()
+                    .is_empty()
+            })
+    };
+    let _ = s.sim.run_while(limit, |sim| undrained(sim));
+    let mut observed = Observed::default();
+    let end: Vec<Vec<String>> = each(s, |name, _, log| {
+        observed.add(log);
+        let mut v = log.violations();
+        v.extend(
+            log.undrained()
+                .into_iter()
+                .map(|h| format!("{h} did not end Closed")),
+        );
+        v.into_iter().map(|x| format!("{name}: {x}")).collect()
+    });
+    violations.extend(end.into_iter().flatten());
+    violations.sort();
+    violations.dedup();
+    (violations, observed)
 }
 
 fn since(s: &MultiSetup, t: Instant) -> Duration {
@@ -1404,6 +1522,8 @@ fn finish(
             .collect(),
         digest: s.sim.trace().digest(),
         wall: started.elapsed(),
+        state_violations: Vec::new(),
+        observed: Observed::default(),
     }
 }
 

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use kwik_core::{Event, KwikEndpoint, Output};
 
 use crate::node::{Node, Transmit};
+use crate::states::StateLog;
 use crate::trace::Trace;
 
 /// Application logic running on a [`KwikNode`].
@@ -52,6 +53,8 @@ pub struct KwikNode<A: App> {
     deadline: Option<Instant>,
     /// Record every event in the trace (on by default).
     pub trace_events: bool,
+    /// Every state transition the endpoint reported (always kept).
+    pub states: StateLog,
 }
 
 impl<A: App> KwikNode<A> {
@@ -65,6 +68,7 @@ impl<A: App> KwikNode<A> {
             spare: Vec::new(),
             deadline: None,
             trace_events: true,
+            states: StateLog::default(),
         }
     }
 
@@ -91,6 +95,7 @@ impl<A: App> KwikNode<A> {
                     if self.trace_events {
                         trace.record(now, format_args!("{event:?}"));
                     }
+                    self.states.record(&event);
                     self.app.on_event(&mut self.endpoint, now, &event, trace);
                 }
                 Output::Timeout(deadline) => {

@@ -61,6 +61,7 @@ pub mod seeding;
 pub mod setup;
 pub mod sim;
 pub mod spoof;
+pub mod states;
 pub mod trace;
 pub mod wire;
 

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kwik_core::proto::control as msg;
 use kwik_core::{
-    ALPN, CloseReason, Dir, ErrorCode, Event, KwikEndpoint, PathId, ReadError, RetryPolicy,
-    ServerConfig, Side, StreamId, TokenKey, WriteError, ZeroRtt,
+    ALPN, CloseReason, Dir, ErrorCode, Event, KwikEndpoint, PathId, PathState, ReadError,
+    RetryPolicy, ServerConfig, Side, StreamId, TokenKey, WriteError, ZeroRtt,
 };
 use kwik_sim::abuse::{JOIN_SESSION, VALID_UNTIL, arena_endpoint};
 use kwik_sim::hostile::{HostileClient, Misbehaviour, join_request};
@@ -310,7 +310,14 @@ fn s12_3_a_replay_past_a_reusable_ticket_gets_an_unconfirmed_session_that_dies()
     server.auto_accept = true;
     server.early_data = true;
     server.handshake_timeout = Duration::from_secs(2);
+    // The primary asks every session to join a secondary: the replayed
+    // session's AddPath is held (§12.3), its path never dialled.
+    server.token_key = Some(TokenKey::new([7; 32]));
     let mut net = ResumeNet::with_server(seed, RTT, cert, server);
+    net.sim
+        .node_mut::<KwikNode<kwik_sim::resume::Responder>>(net.server)
+        .app
+        .add_path = Some(addr(50));
     let warm = net.client.clone();
     net.exchange(&warm, Mode::Full, b"GET /warm-up", LINGER);
     let (id, at, flight) = captured_exchange(&mut net, b"GET /idempotent");
@@ -331,6 +338,7 @@ fn s12_3_a_replay_past_a_reusable_ticket_gets_an_unconfirmed_session_that_dies()
     assert_eq!(copies.len(), 2, "the genuine request and one replayed copy");
     let replayed = copies[1];
     assert_ne!(replayed.session, genuine);
+    let replayed_session = replayed.session;
     assert_eq!(replayed.zero_rtt, ZeroRtt::Pending, "delivered unconfirmed");
     assert!(
         !server.settled.iter().any(|(s, ..)| *s == replayed.session),
@@ -343,6 +351,26 @@ fn s12_3_a_replay_past_a_reusable_ticket_gets_an_unconfirmed_session_that_dies()
     let stats = net.server_endpoint().stats();
     assert_eq!((stats.sessions, stats.half_open), (0, 0), "{stats:?}");
     assert_eq!(stats.handshakes_timed_out, 1);
+    // PROTOCOL.md §15: its held path went from Initializing straight to
+    // Closed with the session, which closed from Active and drained.
+    let states = &net
+        .sim
+        .node::<KwikNode<kwik_sim::resume::Responder>>(net.server)
+        .states;
+    assert!(states.violations().is_empty(), "{:?}", states.violations());
+    assert!(states.undrained().is_empty());
+    let held: Vec<_> = states
+        .paths
+        .iter()
+        .filter(|((session, path), _)| *session == replayed_session && path.0 > 0)
+        .map(|(_, steps)| steps.clone())
+        .collect();
+    assert_eq!(
+        held,
+        vec![vec![(PathState::Initializing, PathState::Closed)]],
+        "{:?}",
+        states.paths
+    );
 }
 
 #[test]

@@ -411,12 +411,20 @@ async fn secondary_dies_inner<A: Adapter>(rt: &Arc<dyn Runtime>, death: Death) {
     assert_eq!(paths[1].1, PathState::Active, "{paths:?}");
     assert_eq!(paths[2].1, PathState::Dead, "{paths:?}");
     assert!(
-        paths[3..]
-            .iter()
-            .all(|(_, state, _)| matches!(state, PathState::Connecting | PathState::Failed)),
+        paths[3..].iter().all(|(_, state, _)| matches!(
+            state,
+            PathState::Initializing | PathState::Handshaking | PathState::Failed
+        )),
         "{paths:?}"
     );
+    let info = session.info().expect("the session is live");
+    assert_eq!(
+        info.history.first().map(|h| h.1),
+        Some(kwik_core::SessionState::Initializing)
+    );
+    assert_eq!(info.state, session.state());
     session.close(0, b"done").expect("close");
+    assert!(session.state().is_closing(), "{:?}", session.state());
     drop(session);
 
     let report = primary.await;

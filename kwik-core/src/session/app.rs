@@ -391,7 +391,9 @@ impl Session {
         let info = self.paths.get(&path).ok_or(PathError::NotFound(path))?;
         match info.state {
             PathState::Active | PathState::Degraded => Ok(()),
-            PathState::Connecting => Err(PathError::NotReady(path)),
+            PathState::Initializing | PathState::Handshaking => Err(PathError::NotReady(path)),
+            // Being removed: it only drains what it holds.
+            PathState::Closing => Err(PathError::Dead(path)),
             PathState::Dead | PathState::Closed | PathState::Failed => Err(PathError::Dead(path)),
         }
     }

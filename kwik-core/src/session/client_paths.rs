@@ -118,6 +118,7 @@ impl Session {
             address: address.expect("checked"),
             server_name: m.server_name,
         });
+        self.set_path_state(path, PathState::Handshaking, None, ctx);
         Ok(())
     }
 
@@ -128,7 +129,7 @@ impl Session {
     }
 
     /// Records a path's new state (both roles), tells the primary (client),
-    /// emits the event, and settles what the path owed.
+    /// emits the events, and settles what the path owed.
     pub(super) fn set_path_state(
         &mut self,
         path: PathId,
@@ -136,13 +137,31 @@ impl Session {
         failure: Option<PathFailure>,
         ctx: &mut Ctx<'_>,
     ) {
+        self.set_path_state_at(path, state, failure, ctx.now, ctx.events);
+    }
+
+    /// [`set_path_state`](Self::set_path_state) with only what it needs
+    /// (application operations have no [`Ctx`]). The state itself changes
+    /// in [`PathInfo::set_state`], which checks the transition.
+    pub(super) fn set_path_state_at(
+        &mut self,
+        path: PathId,
+        state: PathState,
+        failure: Option<PathFailure>,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) {
+        let session = self.handle;
         let Some(info) = self.paths.get_mut(&path) else {
             return;
         };
-        if !info.set_state(state, ctx.now) {
+        let from = info.state;
+        if !info.set_state(session, state, now, events) {
             return;
         }
+        // Path 0 moves with its session, whose own log line tells of it.
         match &failure {
+            _ if path == PathId::PRIMARY => {}
             Some(f) => {
                 tracing::debug!(target: crate::log::PATHS, session = %self.handle, role = ?self.role, %path, ?state, code = %f.code, reason = %f.reason, "path state")
             }
@@ -153,9 +172,10 @@ impl Session {
         if failure.is_some() {
             info.failure = failure.clone();
         }
-        let session = self.handle;
         let event = match state {
-            PathState::Active if !info.history.iter().any(|(_, s)| *s == PathState::Degraded) => {
+            // Path 0 is the session's own connection: SessionEstablished
+            // tells of it.
+            PathState::Active if from == PathState::Handshaking && path != PathId::PRIMARY => {
                 Some(Event::PathAdded { session, path })
             }
             PathState::Failed => Some(Event::PathFailed {
@@ -177,8 +197,8 @@ impl Session {
             PathState::Closed => Some(Event::PathClosed { session, path }),
             _ => None,
         };
-        ctx.events.extend(event);
-        if self.role == Role::Client {
+        events.extend(event);
+        if self.role == Role::Client && path != PathId::PRIMARY {
             if state.is_final() {
                 // The primary must know what arrived before it learns what is lost.
                 self.send_acks();
@@ -191,20 +211,24 @@ impl Session {
                         .as_ref()
                         .map_or("path closed", |f| f.reason.as_str());
                     conn.close_soon(
-                        ctx.now,
+                        now,
                         VarInt::from_u64(code).expect("small"),
                         truncate(reason),
                     );
                 }
             }
-            self.report_path(path);
+            // The primary counts a path as handshaking from its AddPath on
+            // (§10.3): only what follows is reported.
+            if !matches!(state, PathState::Initializing | PathState::Handshaking) {
+                self.report_path(path);
+            }
         }
         if self.role == Role::Primary {
-            self.follow_target(path, state, ctx.now);
+            self.follow_target(path, state, now);
         }
         if self.role == Role::Primary && state.is_final() {
             // What the client reported must count before what is lost.
-            self.apply_acks(ctx.now);
+            self.apply_acks(now);
             self.add_deadlines.remove(&path);
             for t in self.transfers.values_mut() {
                 let received = self.ledger.received(t.stream).cloned().unwrap_or_default();
@@ -213,7 +237,7 @@ impl Session {
             let lost = self.ledger.take_path(path);
             if !lost.is_empty() {
                 tracing::debug!(target: crate::log::DELEGATION, session = %self.handle, %path, ranges = lost.len(), "ranges lost with the path");
-                ctx.events.push_back(Event::RangesLost {
+                events.push_back(Event::RangesLost {
                     session,
                     path,
                     ranges: lost.clone(),
@@ -315,15 +339,29 @@ impl Session {
         self.set_path_state(path, state, Some(failure), ctx);
     }
 
-    /// Client: removal of `path` requested (by the primary or locally).
-    pub(super) fn begin_remove(&mut self, path: PathId, now: Instant) {
+    /// Client: removal of `path` requested (by the primary or locally):
+    /// the path is Closing, takes no new delegation, and closes once what
+    /// it was given arrived or a grace period passed.
+    pub(super) fn begin_remove(
+        &mut self,
+        path: PathId,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) {
         let rtt = self
             .conns
             .get(&path)
             .map_or(Duration::ZERO, |c| c.quic.rtt());
         let grace = (self.policy.dead_after(rtt) * 10).max(Duration::from_secs(1));
-        if let Some(cp) = self.client_paths.get_mut(&path) {
-            cp.closing.get_or_insert(now + grace);
+        let Some(cp) = self.client_paths.get_mut(&path) else {
+            return;
+        };
+        cp.closing.get_or_insert(now + grace);
+        if matches!(
+            self.paths.get(&path).map(|p| p.state),
+            Some(PathState::Handshaking | PathState::Active | PathState::Degraded)
+        ) {
+            self.set_path_state_at(path, PathState::Closing, None, now, events);
         }
     }
 
@@ -389,7 +427,12 @@ impl Session {
                 code: ErrorCode::PacketTooLarge,
                 reason: format!("a {size}-byte message for a server that accepts {limit}"),
             };
-            self.set_path_state(path, PathState::Dead, Some(failure), ctx);
+            let state = if self.conns.get(&path).is_some_and(|c| c.joined) {
+                PathState::Dead
+            } else {
+                PathState::Failed
+            };
+            self.set_path_state(path, state, Some(failure), ctx);
             return false;
         }
         match self.conns.get_mut(&path) {

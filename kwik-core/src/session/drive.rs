@@ -297,7 +297,7 @@ impl Session {
             Role::Client => match body {
                 Body::AddPath(m) => self.on_add_path(m, ctx),
                 Body::RemovePath(m) => {
-                    self.begin_remove(PathId(m.path_id), ctx.now);
+                    self.begin_remove(PathId(m.path_id), ctx.now, ctx.events);
                     Ok(())
                 }
                 Body::Delegate(m) => self.forward_delegate(m, ctx),
@@ -555,10 +555,8 @@ impl Session {
         for conn in self.conns.values_mut() {
             conn.close_soon(ctx.now, code, reason.clone());
         }
-        let now = ctx.now;
-        for info in self.paths.values_mut() {
-            info.set_state(PathState::Closed, now);
-        }
+        self.set_state(SessionState::Closing, ctx.now, ctx.events);
+        self.close_paths(ctx.now, ctx.events);
         self.client_paths.clear();
         self.add_deadlines.clear();
     }
@@ -585,9 +583,8 @@ impl Session {
         for conn in self.conns.values_mut() {
             conn.close_soon(now, code, reason.clone());
         }
-        for info in self.paths.values_mut() {
-            info.set_state(PathState::Closed, now);
-        }
+        self.set_state(SessionState::Closing, now, events);
+        self.close_paths(now, events);
     }
 }
 

@@ -137,12 +137,24 @@ impl Session {
         for body in std::mem::take(&mut self.held) {
             // The client's time to answer runs from when the AddPath
             // leaves, not from when it was held.
-            if let Body::AddPath(m) = &body
-                && let Some(deadline) = self.add_deadlines.get_mut(&PathId(m.path_id))
+            let added = match &body {
+                Body::AddPath(m) => Some(PathId(m.path_id)),
+                _ => None,
+            };
+            if let Some(path) = added
+                && let Some(deadline) = self.add_deadlines.get_mut(&path)
             {
                 *deadline = ctx.now + self.primary.add_path_timeout;
             }
             self.main_conn().send(body);
+            if let Some(path) = added
+                && self
+                    .paths
+                    .get(&path)
+                    .is_some_and(|p| p.state == PathState::Initializing)
+            {
+                self.set_path_state(path, PathState::Handshaking, None, ctx);
+            }
         }
         match self.held_join.take() {
             Some(join) if self.phase == Phase::Handshaking => self.on_join(*join, ctx),
@@ -285,10 +297,8 @@ impl Session {
                 VarInt::from_u64(window.min(VarInt::MAX.into_inner())).expect("clamped"),
             );
         }
-        let now = ctx.now;
-        if let Some(p) = self.paths.get_mut(&PathId::PRIMARY) {
-            p.set_state(PathState::Active, now);
-        }
+        self.set_state(SessionState::Active, ctx.now, ctx.events);
+        self.set_path_state(PathId::PRIMARY, PathState::Active, None, ctx);
         if self.role != Role::Secondary {
             ctx.events.push_back(Event::SessionEstablished {
                 session: self.handle,

@@ -76,7 +76,18 @@ impl Session {
     /// Sends the probes that are due and acts on the verdicts.
     pub(super) fn check_liveness(&mut self, ctx: &mut Ctx<'_>) {
         let now = ctx.now;
-        for path in self.watched(now) {
+        let watched = self.watched(now);
+        if self.state() == SessionState::Degraded
+            && !watched.contains(&PathId::PRIMARY)
+            && self
+                .conns
+                .get(&PathId::PRIMARY)
+                .is_some_and(|c| c.probes == 0)
+        {
+            // No longer watched because it answered the probes: heard again.
+            self.revive(PathId::PRIMARY, ctx);
+        }
+        for path in watched {
             let policy = &self.policy;
             let Some(conn) = self.conns.get_mut(&path) else {
                 continue;
@@ -131,19 +142,35 @@ impl Session {
                 };
                 self.set_path_state(path, PathState::Dead, Some(failure), ctx);
             }
-            (Role::Client, path, Verdict::Degraded) if path != PathId::PRIMARY => {
-                self.set_path_state(path, PathState::Degraded, None, ctx);
-            }
-            (Role::Client, path, Verdict::Alive)
-                if path != PathId::PRIMARY
-                    && self
-                        .paths
-                        .get(&path)
-                        .is_some_and(|p| p.state == PathState::Degraded) =>
+            (Role::Client | Role::Secondary, path, Verdict::Degraded)
+                if self
+                    .paths
+                    .get(&path)
+                    .is_some_and(|p| p.state == PathState::Active) =>
             {
-                self.set_path_state(path, PathState::Active, None, ctx);
+                self.set_path_state(path, PathState::Degraded, None, ctx);
+                if path == PathId::PRIMARY {
+                    // The connection this session cannot do without.
+                    self.set_state(SessionState::Degraded, ctx.now, ctx.events);
+                }
             }
+            (Role::Client | Role::Secondary, path, Verdict::Alive) => self.revive(path, ctx),
             _ => {}
+        }
+    }
+
+    /// A degraded path was heard again: Active, and so is the session if
+    /// it was its primary connection.
+    fn revive(&mut self, path: PathId, ctx: &mut Ctx<'_>) {
+        if self
+            .paths
+            .get(&path)
+            .is_some_and(|p| p.state == PathState::Degraded)
+        {
+            self.set_path_state(path, PathState::Active, None, ctx);
+        }
+        if path == PathId::PRIMARY && self.state() == SessionState::Degraded {
+            self.set_state(SessionState::Active, ctx.now, ctx.events);
         }
     }
 

@@ -55,6 +55,7 @@ use crate::paths::{
 };
 use crate::proto::common::Limits;
 use crate::proto::control::{self as msg, Hello, Welcome, control_message::Body};
+use crate::state::{Machine, SessionInfo, SessionState, set_session_state};
 use crate::streams::{MAX_STREAMS_PER_DIR, SendState, Streams};
 use crate::token::{self, TokenClaims, TokenKey, TokenVerifier};
 use crate::transfer::{Job, PathView, SharedResource, Transfer, TransferConfig, TransferId};
@@ -271,6 +272,9 @@ pub(crate) struct Session {
     scaler: Option<Box<scaling::Scaler>>,
     /// Client-proposed paths, both roles' halves (§13).
     proposals: proposals::Proposals,
+    /// The observable state machine (PROTOCOL.md §15.1); changed only by
+    /// [`Session::set_state`].
+    state: Machine<SessionState>,
 }
 
 /// A token bucket in thousandths of a token, refilled from the time inputs
@@ -331,15 +335,33 @@ pub(super) fn violation(reason: impl Into<String>) -> Violation {
     Violation::new(ErrorCode::InvalidFrame, reason)
 }
 
+/// The wire form of a path state (PROTOCOL.md §10.3, §15.3).
 pub(super) fn wire_state(state: PathState) -> msg::PathState {
     match state {
-        PathState::Connecting => msg::PathState::Connecting,
+        PathState::Initializing => msg::PathState::Initializing,
+        PathState::Handshaking => msg::PathState::Handshaking,
         PathState::Active => msg::PathState::Active,
         PathState::Degraded => msg::PathState::Degraded,
+        PathState::Closing => msg::PathState::Closing,
         PathState::Dead => msg::PathState::Dead,
         PathState::Closed => msg::PathState::Closed,
         PathState::Failed => msg::PathState::Failed,
     }
+}
+
+/// A path state off the wire (`None`: unspecified or unknown).
+pub(super) fn state_of_wire(state: i32) -> Option<PathState> {
+    Some(match msg::PathState::try_from(state).ok()? {
+        msg::PathState::Unspecified => return None,
+        msg::PathState::Initializing => PathState::Initializing,
+        msg::PathState::Handshaking => PathState::Handshaking,
+        msg::PathState::Active => PathState::Active,
+        msg::PathState::Degraded => PathState::Degraded,
+        msg::PathState::Closing => PathState::Closing,
+        msg::PathState::Dead => PathState::Dead,
+        msg::PathState::Closed => PathState::Closed,
+        msg::PathState::Failed => PathState::Failed,
+    })
 }
 
 impl Session {
@@ -423,6 +445,71 @@ impl Session {
             held_join: None,
             scaler,
             proposals: proposals::Proposals::new(now),
+            state: Machine::new(SessionState::Initializing, now),
+        }
+    }
+
+    /// The endpoint started the session's connection (dialled or accepted
+    /// it): the session and its primary connection are handshaking.
+    pub(crate) fn start(&mut self, now: Instant, events: &mut VecDeque<Event>) {
+        self.set_state(SessionState::Handshaking, now, events);
+        // Nothing to settle or report for path 0 yet (and nothing to log:
+        // the session's own start says it).
+        if let Some(info) = self.paths.get_mut(&PathId::PRIMARY) {
+            info.set_state(self.handle, PathState::Handshaking, now, events);
+        }
+    }
+
+    /// Moves the session to `next` (PROTOCOL.md §15.1) — the one place its
+    /// state changes — and emits [`Event::SessionState`]. Returns whether
+    /// it moved.
+    pub(crate) fn set_state(
+        &mut self,
+        next: SessionState,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) -> bool {
+        set_session_state(&mut self.state, self.handle, next, now, events)
+    }
+
+    /// The session's current state.
+    pub(crate) fn state(&self) -> SessionState {
+        self.state.state
+    }
+
+    /// The session's state, its history and who it is.
+    pub(crate) fn info(&self) -> SessionInfo {
+        SessionInfo {
+            handle: self.handle,
+            id: self.id,
+            role: self.role,
+            state: self.state.state,
+            history: self.state.history.clone(),
+        }
+    }
+
+    /// Every connection drained and the session goes: it ends Closed,
+    /// through Closing if it was not closing yet (the endpoint removed it),
+    /// with every path that had not ended closed.
+    pub(crate) fn end(&mut self, now: Instant, events: &mut VecDeque<Event>) {
+        let chain = crate::state::route(
+            &SessionState::ALL,
+            SessionState::may_become,
+            self.state(),
+            SessionState::Closed,
+        )
+        .unwrap_or_default();
+        for step in chain {
+            self.set_state(step, now, events);
+        }
+        self.close_paths(now, events);
+    }
+
+    /// Closes every path that has not ended (the session ends).
+    pub(super) fn close_paths(&mut self, now: Instant, events: &mut VecDeque<Event>) {
+        let handle = self.handle;
+        for info in self.paths.values_mut() {
+            info.set_state(handle, PathState::Closed, now, events);
         }
     }
 

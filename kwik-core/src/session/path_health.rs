@@ -29,10 +29,13 @@ impl Session {
                 sent_packets: stats.path.sent_packets,
                 lost_packets: stats.path.lost_packets,
                 bytes: stats.udp_tx.bytes + stats.udp_rx.bytes,
-                silent: self
-                    .paths
-                    .get(path)
-                    .is_some_and(|p| p.state == PathState::Degraded),
+                // A silent secondary path is graded Critical; the primary
+                // connection's silence degrades the session instead.
+                silent: *path != PathId::PRIMARY
+                    && self
+                        .paths
+                        .get(path)
+                        .is_some_and(|p| p.state == PathState::Degraded),
             };
             if conn.health.sample(ctx.now, sample) {
                 sampled.push((*path, sample));

@@ -14,16 +14,15 @@ impl Session {
             // primary's own outstanding ranges) or overwrite its RTT.
             return;
         }
-        let state = match msg::PathState::try_from(m.state) {
-            // A path is connecting from its AddPath on; the report adds
-            // nothing (PROTOCOL.md §10.3).
-            Ok(msg::PathState::Connecting) => return,
-            Ok(msg::PathState::Active) => PathState::Active,
-            Ok(msg::PathState::Degraded) => PathState::Degraded,
-            Ok(msg::PathState::Dead) => PathState::Dead,
-            Ok(msg::PathState::Closed) => PathState::Closed,
-            Ok(msg::PathState::Failed) => PathState::Failed,
-            _ => return,
+        // The client's word is routed through the legal transitions
+        // (PROTOCOL.md §15.3): a report that skips states passes through
+        // them; one the table cannot lead to (back from an end, back to
+        // the start) changes no state.
+        let Some(target) = state_of_wire(m.state) else {
+            return; // unspecified, or a state this version does not know
+        };
+        let Some(route) = self.paths.get(&path).and_then(|p| p.state.route_to(target)) else {
+            return;
         };
         let failure = (m.error_code != 0).then(|| PathFailure {
             code: ErrorCode::from_wire(m.error_code).unwrap_or(ErrorCode::Internal),
@@ -34,10 +33,17 @@ impl Session {
             info.bytes_received = m.bytes_received;
             info.last_active = ctx.now;
         }
-        if state == PathState::Active {
+        if matches!(target, PathState::Active | PathState::Degraded) {
             self.add_deadlines.remove(&path);
         }
-        self.set_path_state(path, state, failure, ctx);
+        for step in route {
+            let failure = if step == target {
+                failure.clone()
+            } else {
+                None
+            };
+            self.set_path_state(path, step, failure, ctx);
+        }
         self.on_reported_health(&m, ctx);
     }
 
@@ -139,8 +145,9 @@ impl Session {
         unix_now: Duration,
         address: SocketAddr,
         server_name: &str,
+        events: &mut VecDeque<Event>,
     ) -> Result<PathId, PathError> {
-        let path = self.send_add_path(now, unix_now, address, server_name)?;
+        let path = self.send_add_path(now, unix_now, address, server_name, events)?;
         self.targets.retain(|t| t.address != address);
         self.targets.push(Target {
             address,
@@ -160,6 +167,7 @@ impl Session {
         unix_now: Duration,
         address: SocketAddr,
         server_name: &str,
+        events: &mut VecDeque<Event>,
     ) -> Result<PathId, PathError> {
         if self.role != Role::Primary {
             return Err(PathError::WrongRole);
@@ -199,6 +207,11 @@ impl Session {
             server_name: claims.server_name,
             token: Bytes::from(mac),
         }));
+        if self.confirmed {
+            // Sent: the client dials it now (a held one goes, and starts
+            // handshaking, when the handshake completes).
+            self.set_path_state_at(path, PathState::Handshaking, None, now, events);
+        }
         Ok(path)
     }
 
@@ -216,10 +229,25 @@ impl Session {
     }
 
     /// Primary asks the client to drop `path` gracefully; a client drops it
-    /// itself (and tells the primary).
-    pub(crate) fn remove_path(&mut self, path: PathId, now: Instant) -> Result<(), PathError> {
+    /// itself (and tells the primary). Either way the path is Closing from
+    /// now on: it takes no new work. Removing a path already Closing does
+    /// nothing more.
+    pub(crate) fn remove_path(
+        &mut self,
+        path: PathId,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), PathError> {
         if path == PathId::PRIMARY {
             return Err(PathError::WrongRole);
+        }
+        if self.phase == Phase::Active
+            && self
+                .paths
+                .get(&path)
+                .is_some_and(|p| p.state == PathState::Closing)
+        {
+            return Ok(());
         }
         self.path_usable(path).or_else(|e| match e {
             PathError::NotReady(_) => Ok(()),
@@ -230,10 +258,17 @@ impl Session {
                 // Removed on purpose: not to be re-added.
                 self.targets.retain(|t| t.current != path);
                 self.send_path_message(Body::RemovePath(msg::RemovePath { path_id: path.0 }));
+                if self
+                    .paths
+                    .get(&path)
+                    .is_some_and(|p| p.state.may_become(PathState::Closing))
+                {
+                    self.set_path_state_at(path, PathState::Closing, None, now, events);
+                }
                 Ok(())
             }
             Role::Client => {
-                self.begin_remove(path, now);
+                self.begin_remove(path, now, events);
                 Ok(())
             }
             _ => Err(PathError::WrongRole),
@@ -378,7 +413,7 @@ impl Session {
                 t.due = None;
                 (t.address, t.server_name.clone(), t.current, t.attempt)
             };
-            match self.send_add_path(ctx.now, ctx.unix_now, address, &name) {
+            match self.send_add_path(ctx.now, ctx.unix_now, address, &name, ctx.events) {
                 Ok(path) => {
                     self.targets[i].current = path;
                     if let Some(info) = self.paths.get_mut(&path) {

@@ -245,9 +245,9 @@ impl Session {
         }
         let paths = &self.paths;
         self.proposals.pending.retain(|p| {
-            paths
-                .get(p)
-                .is_some_and(|info| info.state == PathState::Connecting)
+            paths.get(p).is_some_and(|info| {
+                matches!(info.state, PathState::Initializing | PathState::Handshaking)
+            })
         });
         if self.proposals.pending.len() >= MAX_PENDING_PROPOSED_PATHS {
             return Err((
@@ -270,7 +270,7 @@ impl Session {
             return Err((ErrorCode::ProposalRefused, reason));
         }
         let path = self
-            .send_add_path(ctx.now, ctx.unix_now, address, server_name)
+            .send_add_path(ctx.now, ctx.unix_now, address, server_name, ctx.events)
             .map_err(|e| {
                 (
                     e.code(),

@@ -227,10 +227,11 @@ impl Session {
             .capacity
             .retain(|id, _| paths.iter().any(|p| p.id == *id));
 
-        let joining = scaler
-            .owned
-            .iter()
-            .any(|p| self.paths.get(p).is_some_and(|i| !i.state.is_live()));
+        let joining = scaler.owned.iter().any(|p| {
+            self.paths.get(p).is_some_and(|i| {
+                matches!(i.state, PathState::Initializing | PathState::Handshaking)
+            })
+        });
         let secondaries = self
             .paths
             .values()
@@ -254,7 +255,7 @@ impl Session {
                 let Some(c) = candidate.filter(|_| can_add) else {
                     return;
                 };
-                match self.add_path(now, ctx.unix_now, c.address, &c.server_name) {
+                match self.add_path(now, ctx.unix_now, c.address, &c.server_name, ctx.events) {
                     Ok(path) => {
                         // A scaled path is not re-added by path_retry: the
                         // scaler picks again from the pool.
@@ -275,7 +276,9 @@ impl Session {
             }
             ScalingDecision::Remove(remove) => {
                 for path in remove {
-                    if !scaler.owned.contains(&path) || self.remove_path(path, now).is_err() {
+                    if !scaler.owned.contains(&path)
+                        || self.remove_path(path, now, ctx.events).is_err()
+                    {
                         continue;
                     }
                     tracing::debug!(target: crate::log::PATHS, session = %self.handle, %path, utilisation, "autoscale: path removed");
