@@ -1,98 +1,13 @@
 //! End-to-end tests of the `kwik` binary: a primary and two secondaries as
 //! separate processes on loopback, and every bad input the command reports.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-const KWIK: &str = env!("CARGO_BIN_EXE_kwik");
-
-/// A server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port nothing listens on right now.
-fn free_addr() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap()
-}
-
-/// `len` bytes of a deterministic pattern (xorshift64*).
-fn pattern(len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for chunk in out.chunks_mut(8) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let word = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-        chunk.copy_from_slice(&word[..chunk.len()]);
-    }
-    out
-}
-
-fn kwik(args: &[&str]) -> Output {
-    Command::new(KWIK).args(args).output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The command failed with exactly one line on stderr containing `needle`.
-fn assert_fails_with(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert!(!out.status.success(), "expected failure, stderr: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
-    assert!(err.contains(needle), "{needle:?} not in: {err}");
-}
-
-fn spawn(args: &[&str]) -> Server {
-    Server(
-        Command::new(KWIK)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// Retries a connection to `addr` until its server answers: a primary with
-/// a refusal of the probe path, a secondary by completing the handshake
-/// (and then not answering the request).
-fn wait_ready(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let url = format!("kwik://{addr}/.kwik-ready-probe");
-    // Never written: the probe path does not exist.
-    let dest = std::env::temp_dir().join("kwik-ready-probe");
-    loop {
-        let out = kwik(&[
-            "get",
-            &url,
-            "-o",
-            dest.to_str().unwrap(),
-            "--insecure",
-            "--timeout",
-            "0.2",
-        ]);
-        let err = stderr(&out);
-        if err.contains("NOT_FOUND") || err.contains("no response to the request") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} never became ready: {err}"
-        );
-    }
-}
+mod common;
+use common::*;
 
 /// A primary and two secondaries serving one directory.
 struct Cluster {
@@ -117,7 +32,7 @@ impl Cluster {
         let mut servers = Vec::new();
         for s in secondaries {
             let listen = s.to_string();
-            servers.push(spawn(&[
+            servers.push(spawn_quiet(&[
                 "serve",
                 "--role",
                 "secondary",
@@ -131,7 +46,7 @@ impl Cluster {
         }
         let listen = primary.to_string();
         let (s0, s1) = (secondaries[0].to_string(), secondaries[1].to_string());
-        servers.push(spawn(&[
+        servers.push(spawn_quiet(&[
             "serve",
             "--role",
             "primary",
@@ -240,13 +155,13 @@ fn bad_requests_to_a_primary() {
 
     // Missing file: the primary's typed status, no output file.
     let out = cluster.get("missing.bin", "missing.out", &[]);
-    assert_fails_with(&out, "NOT_FOUND");
+    assert_fails_with(&out, &["NOT_FOUND"]);
     assert!(!cluster.out("missing.out").exists());
 
     // Path traversal: `..`, an absolute path, a symbolic link leading out.
     for path in ["../kwik.key", "/etc/passwd", "escape"] {
         let out = cluster.get(path, "traversal.out", &[]);
-        assert_fails_with(&out, "FORBIDDEN");
+        assert_fails_with(&out, &["FORBIDDEN"]);
         assert!(!cluster.out("traversal.out").exists());
     }
 
@@ -254,7 +169,7 @@ fn bad_requests_to_a_primary() {
     let other = tempfile::tempdir().unwrap();
     let other_addr = free_addr().to_string();
     let other_key = other.path().join("k");
-    let _other = spawn(&[
+    let _other = spawn_quiet(&[
         "serve",
         "--role",
         "secondary",
@@ -276,7 +191,7 @@ fn bad_requests_to_a_primary() {
         "--ca",
         wrong_ca.to_str().unwrap(),
     ]);
-    assert_fails_with(&out, "TLS failure");
+    assert_fails_with(&out, &["TLS failure"]);
 
     // The same file downloads with the right CA.
     let out = cluster.get("small", "small.out", &[]);
@@ -295,7 +210,7 @@ fn unknown_host_is_a_resolution_failure() {
         dest.to_str().unwrap(),
         "--insecure",
     ]);
-    assert_fails_with(&out, "cannot resolve host no-such-host.invalid");
+    assert_fails_with(&out, &["cannot resolve host no-such-host.invalid"]);
 }
 
 #[test]
@@ -317,7 +232,7 @@ fn unreadable_directory_is_refused_at_start() {
             "--key",
             key,
         ]);
-        assert_fails_with(&out, "cannot read directory");
+        assert_fails_with(&out, &["cannot read directory"]);
     }
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
@@ -332,7 +247,7 @@ fn unreadable_directory_is_refused_at_start() {
         "--key",
         key,
     ]);
-    assert_fails_with(&out, "not a directory");
+    assert_fails_with(&out, &["not a directory"]);
 }
 
 #[test]
@@ -341,7 +256,7 @@ fn a_new_key_file_is_private_and_reused() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k");
     let listen = free_addr();
-    let server = spawn(&[
+    let server = spawn_quiet(&[
         "serve",
         "--role",
         "secondary",
@@ -447,7 +362,7 @@ fn serve_metrics_over_http_count_the_sessions_served() {
     let key = dir.path().join("kwik.key");
     let primary = free_addr();
     let metrics = free_tcp_addr();
-    let _server = spawn(&[
+    let _server = spawn_quiet(&[
         "serve",
         "--role",
         "primary",

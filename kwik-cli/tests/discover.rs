@@ -3,95 +3,23 @@
 //! discovery can fail at start-up.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const KWIK: &str = env!("CARGO_BIN_EXE_kwik");
+mod common;
+use common::*;
 
-/// A server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A secondary, and a primary that finds it in a list file, started with
+/// `extra` arguments, both ready; the 8 MiB file `f.bin` they serve.
+struct Listed {
+    dir: tempfile::TempDir,
+    data: Vec<u8>,
+    primary: SocketAddr,
+    secondary: SocketAddr,
+    primary_log: std::path::PathBuf,
+    _servers: [Server; 2],
 }
 
-/// A loopback port nothing listens on right now.
-fn free_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn kwik(args: &[&str]) -> Output {
-    Command::new(KWIK).args(args).output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The command failed with exactly one line on stderr containing every
-/// needle.
-fn assert_fails_with(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert!(!out.status.success(), "expected failure, stderr: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
-    for needle in needles {
-        assert!(err.contains(needle), "{needle:?} not in: {err}");
-    }
-}
-
-/// Starts `kwik ARGS`, its stderr going to `log`.
-fn spawn(args: &[&str], log: &Path) -> Server {
-    let log = std::fs::File::create(log).unwrap();
-    Server(
-        Command::new(KWIK)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// Waits until the server at `addr` answers (as the tests in cli.rs do).
-fn wait_ready(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let url = format!("kwik://{addr}/.kwik-ready-probe");
-    let dest = std::env::temp_dir().join("kwik-ready-probe");
-    loop {
-        let out = kwik(&[
-            "get",
-            &url,
-            "-o",
-            dest.to_str().unwrap(),
-            "--insecure",
-            "--timeout",
-            "0.2",
-        ]);
-        let err = stderr(&out);
-        if err.contains("NOT_FOUND") || err.contains("no response to the request") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} never became ready: {err}"
-        );
-    }
-}
-
-/// `len` bytes that are not all alike.
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
-}
-
-#[test]
-fn a_primary_uses_the_secondary_listed_in_a_static_file() {
+fn listed_cluster(extra: &[&str]) -> Listed {
     let dir = tempfile::tempdir().unwrap();
     let served = dir.path().join("files");
     std::fs::create_dir(&served).unwrap();
@@ -101,7 +29,7 @@ fn a_primary_uses_the_secondary_listed_in_a_static_file() {
     let (served_s, key_s) = (served.to_str().unwrap(), key.to_str().unwrap());
 
     let secondary = free_addr();
-    let _secondary = spawn(
+    let secondary_server = spawn(
         &[
             "serve",
             "--role",
@@ -113,7 +41,7 @@ fn a_primary_uses_the_secondary_listed_in_a_static_file() {
             "--key",
             key_s,
         ],
-        &dir.path().join("secondary.log"),
+        Some(&dir.path().join("secondary.log")),
     );
     // The development certificate names the listen IP.
     let list = dir.path().join("secondaries.list");
@@ -125,50 +53,95 @@ fn a_primary_uses_the_secondary_listed_in_a_static_file() {
     let primary = free_addr();
     let primary_log = dir.path().join("primary.log");
     let spec = format!("static:{}", list.display());
-    let _primary = spawn(
-        &[
-            "serve",
-            "--role",
-            "primary",
-            "--listen",
-            &primary.to_string(),
-            "--dir",
-            served_s,
-            "--key",
-            key_s,
-            "--discover",
-            &spec,
-        ],
-        &primary_log,
-    );
+    let listen = primary.to_string();
+    let mut args = vec![
+        "serve",
+        "--role",
+        "primary",
+        "--listen",
+        &listen,
+        "--dir",
+        served_s,
+        "--key",
+        key_s,
+        "--discover",
+        &spec,
+    ];
+    args.extend_from_slice(extra);
+    let primary_server = spawn(&args, Some(&primary_log));
     wait_ready(secondary);
     wait_ready(primary);
+    Listed {
+        dir,
+        data,
+        primary,
+        secondary,
+        primary_log,
+        _servers: [secondary_server, primary_server],
+    }
+}
 
-    let out_file = dir.path().join("f.out");
-    let out = kwik(&[
-        "get",
-        &format!("kwik://{primary}/f.bin"),
-        "-o",
-        out_file.to_str().unwrap(),
-        "--ca",
-        dir.path().join("kwik-dev-ca.pem").to_str().unwrap(),
-        "--allow",
-        &secondary.to_string(),
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let line = String::from_utf8(out.stdout).unwrap();
+impl Listed {
+    /// Fetches `f.bin` with `kwik get --json`; the JSON line once the file
+    /// arrived intact.
+    fn fetch(&self) -> String {
+        let out_file = self.dir.path().join("f.out");
+        let out = kwik(&[
+            "get",
+            &format!("kwik://{}/f.bin", self.primary),
+            "-o",
+            out_file.to_str().unwrap(),
+            "--ca",
+            self.dir.path().join("kwik-dev-ca.pem").to_str().unwrap(),
+            "--allow",
+            &self.secondary.to_string(),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let line = String::from_utf8(out.stdout).unwrap();
+        assert!(line.contains("\"sha256_ok\":true"), "{line}");
+        assert!(std::fs::read(&out_file).unwrap() == self.data);
+        line
+    }
+
+    fn primary_log(&self) -> String {
+        std::fs::read_to_string(&self.primary_log).unwrap()
+    }
+}
+
+#[test]
+fn a_primary_uses_the_secondary_listed_in_a_static_file() {
+    let cluster = listed_cluster(&[]);
+    let line = cluster.fetch();
     // The primary and the discovered secondary both served the session.
     assert!(line.contains("\"servers\":2"), "{line}");
-    assert!(line.contains("\"sha256_ok\":true"), "{line}");
-    assert!(std::fs::read(&out_file).unwrap() == data);
-
-    let log = std::fs::read_to_string(&primary_log).unwrap();
+    let log = cluster.primary_log();
     assert!(log.contains("found 1 secondary"), "{log}");
     assert!(
-        log.contains(&format!("with secondaries [{secondary}=127.0.0.1]")),
+        log.contains(&format!(
+            "with secondaries [{}=127.0.0.1]",
+            cluster.secondary
+        )),
         "{log}"
     );
+}
+
+#[test]
+fn with_autoscale_the_list_is_a_pool_of_candidates() {
+    let cluster = listed_cluster(&["--autoscale"]);
+    // A short fetch is over before any demand could call for a secondary:
+    // the primary serves it alone, and adds nobody up front.
+    let line = cluster.fetch();
+    assert!(line.contains("\"servers\":1"), "{line}");
+    let log = cluster.primary_log();
+    assert!(
+        log.contains(&format!(
+            "autoscaling over [{}=127.0.0.1]",
+            cluster.secondary
+        )),
+        "{log}"
+    );
+    assert!(log.contains("with secondaries []"), "{log}");
 }
 
 #[test]
@@ -208,6 +181,8 @@ fn discovery_failures_at_start() {
     assert_fails_with(&out, &["unknown kind"]);
     let out = serve("secondary", &["--discover", "mdns:"]);
     assert_fails_with(&out, &["--discover is for primaries"]);
+    let out = serve("secondary", &["--autoscale"]);
+    assert_fails_with(&out, &["--autoscale is for primaries"]);
     let out = serve("primary", &["--dns-server", "127.0.0.1:53"]);
     assert_fails_with(&out, &["--dns-server is for --discover srv:NAME"]);
 
@@ -256,7 +231,7 @@ fn discovery_failures_at_start() {
             "--discover-timeout",
             "0.5",
         ],
-        &log,
+        Some(&log),
     );
     wait_ready(listen.parse().unwrap());
     drop(primary);
@@ -353,7 +328,7 @@ fn a_primary_uses_the_secondary_named_by_dns_srv() {
             "--tls-name",
             "s1.example.test",
         ],
-        &dir.path().join("secondary.log"),
+        Some(&dir.path().join("secondary.log")),
     );
     let primary = free_addr();
     let primary_log = dir.path().join("primary.log");
@@ -373,7 +348,7 @@ fn a_primary_uses_the_secondary_named_by_dns_srv() {
             "--dns-server",
             &dns,
         ],
-        &primary_log,
+        Some(&primary_log),
     );
     wait_ready(secondary);
     wait_ready(primary);
