@@ -1,0 +1,642 @@
+//! Hostile review (v3) of automatic scaling and stream priorities.
+//!
+//! Each test states the attack, the behaviour expected of kwik, and — for
+//! the ones that fail on the reviewed code — the defect.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kwik_core::scaling::{
+    AutoscaleConfig, ScalingDecision, ScalingInput, ScalingPolicy, UtilisationPolicy,
+};
+use kwik_core::{
+    Candidate, ClientConfig, Dir, Event, KwikEndpoint, PathFilter, PathId, PathTarget,
+    SessionHandle, StreamId, WriteError,
+};
+use kwik_sim::multi::{MultiOptions, MultiSetup, ServerLink, Start, first_server_stream};
+use kwik_sim::setup::{SERVER_NAME, addr, configs, dev_cert, endpoint};
+use kwik_sim::{App, BulkServer, KwikNode, LinkConfig, NodeId, Payload, Sim, Trace};
+
+const MBIT: u64 = 1_000_000 / 8;
+
+// ---------------------------------------------------------------------
+// Automatic scaling
+// ---------------------------------------------------------------------
+
+/// A constant demand of `mbit` Mbit/s from the start.
+fn constant(mbit: u64) -> impl Fn(Duration) -> u64 {
+    move |t| (t.as_secs_f64() * (mbit * MBIT) as f64) as u64
+}
+
+/// A scripted, deliberately erratic policy (a policy is operator code: the
+/// core must stay sound whatever it decides).
+#[derive(Debug)]
+enum Script {
+    /// Add on odd evaluations, remove every scaled path on even ones, for
+    /// `flaps` evaluations; then remove every scaled path for good.
+    Flap { flaps: u32 },
+    /// Add whenever possible; never remove.
+    Greedy,
+}
+
+#[derive(Debug)]
+struct Scripted {
+    script: Script,
+    evaluations: u32,
+}
+
+impl ScalingPolicy for Scripted {
+    fn evaluate(&mut self, input: &ScalingInput<'_>) -> ScalingDecision {
+        self.evaluations += 1;
+        let scaled: Vec<PathId> = input
+            .paths
+            .iter()
+            .filter(|p| p.autoscaled)
+            .map(|p| p.id)
+            .collect();
+        match self.script {
+            Script::Flap { flaps } => {
+                if self.evaluations <= flaps && self.evaluations % 2 == 1 {
+                    ScalingDecision::Add
+                } else {
+                    ScalingDecision::Remove(scaled)
+                }
+            }
+            Script::Greedy => ScalingDecision::Add,
+        }
+    }
+}
+
+fn scripted(make: fn() -> Script) -> AutoscaleConfig {
+    AutoscaleConfig {
+        policy: std::sync::Arc::new(move || {
+            Box::new(Scripted {
+                script: make(),
+                evaluations: 0,
+            })
+        }),
+        ..AutoscaleConfig::default()
+    }
+}
+
+fn quick() -> AutoscaleConfig {
+    AutoscaleConfig {
+        policy: std::sync::Arc::new(|| {
+            let mut p = UtilisationPolicy::default();
+            p.remove_after = Duration::from_secs(10);
+            Box::new(p)
+        }),
+        ..AutoscaleConfig::default()
+    }
+}
+
+/// One autoscaling primary (server 0) and `servers - 1` secondaries, 20
+/// Mbit/s each; the client may also be asked to join `extra`.
+fn scaling_setup(
+    servers: usize,
+    config: AutoscaleConfig,
+    seed: u64,
+    extra: Vec<SocketAddr>,
+) -> MultiSetup {
+    let links = vec![ServerLink::new(20, 40); servers];
+    let mut options = MultiOptions::new(seed, links, 1 << 30);
+    options.stream_window = 4 << 20;
+    options.tune_client = Box::new(move |c| {
+        c.path_policy
+            .allow
+            .extend(extra.iter().copied().map(PathTarget::Address));
+    });
+    options.tune_server = Box::new(move |i, cfg| {
+        if i == 0 {
+            cfg.autoscale = Some(config.clone());
+            cfg.path_retry = None;
+        }
+    });
+    MultiSetup::new(options, |p| {
+        p.start = Start::Immediately;
+        p.add_no_paths();
+    })
+}
+
+fn pool(s: &MultiSetup, range: std::ops::Range<usize>) -> Vec<Candidate> {
+    s.servers[range]
+        .iter()
+        .map(|a| Candidate::new(*a, SERVER_NAME))
+        .collect()
+}
+
+fn read(s: &MultiSetup) -> u64 {
+    s.client()
+        .read
+        .get(&first_server_stream())
+        .copied()
+        .unwrap_or(0)
+}
+
+fn live_paths(s: &mut MultiSetup) -> Vec<PathId> {
+    let primary = s.primary_node();
+    let h = primary.app.session.unwrap();
+    let mut view = primary.endpoint.session(h).unwrap();
+    view.paths(PathFilter::Live).iter().map(|p| p.id).collect()
+}
+
+/// Attack: a policy that adds a path and removes it again at every other
+/// evaluation, while a transfer runs over the paths it adds and removes.
+/// Expected: every byte arrives once and intact, nothing dies, and once the
+/// policy stops the endpoint counts no scaled path and only the primary
+/// connection is live.
+#[test]
+fn a_flapping_policy_corrupts_nothing_and_leaks_no_scaled_path() {
+    let mut s = scaling_setup(4, scripted(|| Script::Flap { flaps: 24 }), 31, vec![]);
+    let candidates = pool(&s, 1..4);
+    s.primary_node().endpoint.set_candidates(candidates);
+    // 15 Mbit/s: within the primary's own 20, so the reader can be served
+    // exactly, whatever the scaler does.
+    let demand = constant(15);
+    s.run_paced(
+        Duration::from_secs(45),
+        Duration::from_millis(10),
+        &demand,
+        |_, _| {},
+    );
+    let scaled = &s.primary().scaled;
+    let adds = scaled.iter().filter(|d| d.2).count();
+    let removes = scaled.iter().filter(|d| !d.2).count();
+    assert!(adds >= 6, "the policy flapped: {scaled:?}");
+    assert_eq!(adds, removes, "{scaled:?}");
+    assert_eq!(s.client().corrupt, 0);
+    assert_eq!(read(&s), demand(Duration::from_secs(45)));
+    assert!(s.primary().dead.is_empty(), "{:?}", s.primary().dead);
+    assert_eq!(live_paths(&mut s), vec![PathId::PRIMARY]);
+    assert_eq!(s.primary_node().endpoint.scaled_paths(), 0);
+}
+
+/// Attack: the client closes its session while the scaler holds paths,
+/// one of them possibly still joining. Expected: once the session has
+/// drained, the endpoint counts no scaled path (the count is what bounds
+/// every other session's scaling).
+#[test]
+fn a_session_closed_while_holding_scaled_paths_releases_them() {
+    let mut s = scaling_setup(4, scripted(|| Script::Greedy), 32, vec![]);
+    let candidates = pool(&s, 1..4);
+    s.primary_node().endpoint.set_candidates(candidates);
+    let mut closed = false;
+    s.run_paced(
+        Duration::from_secs(20),
+        Duration::from_millis(10),
+        constant(80),
+        |s, _| {
+            // Close right after the second add (its path is joining).
+            if !closed && s.primary().scaled.iter().filter(|d| d.2).count() >= 2 {
+                closed = true;
+                let client = s.client_node();
+                let h = client.app.session.unwrap();
+                client
+                    .endpoint
+                    .session(h)
+                    .unwrap()
+                    .close(0, b"bye")
+                    .unwrap();
+                let id = s.client;
+                s.sim.touch(id);
+            }
+        },
+    );
+    assert!(
+        closed,
+        "the scaler added two paths: {:?}",
+        s.primary().scaled
+    );
+    s.sim.run_for(Duration::from_secs(60));
+    let ep = &mut s.primary_node().endpoint;
+    assert_eq!(ep.sessions().count(), 0, "the session drained");
+    assert_eq!(ep.scaled_paths(), 0);
+}
+
+/// Attack: the operator's candidate list names the primary itself (a DNS
+/// SRV answer for the service usually lists every server, this one
+/// included; `kwik serve --autoscale --discover` passes it through
+/// unfiltered). The client's policy allows that address.
+///
+/// Expected: the primary never dials itself as a secondary of its own
+/// session — it knows its own address (the client's primary path goes
+/// there) — and takes the real secondary instead.
+///
+/// Defect (if this fails): `free_candidate` only skips addresses of the
+/// session's secondary paths; the primary connection's own server address
+/// is not excluded, so the scaler mints a token and sends an AddPath
+/// naming the primary, and the candidate only rests after the attempt
+/// fails (and is tried again every `candidate_backoff`).
+#[test]
+fn the_primary_itself_is_never_taken_from_the_candidates() {
+    let own = addr(1);
+    let mut s = scaling_setup(2, quick(), 33, vec![own]);
+    assert_eq!(s.servers[0], own);
+    let mut candidates = vec![Candidate::new(own, SERVER_NAME)];
+    candidates.extend(pool(&s, 1..2).into_iter().map(|c| c.with_preference(1, 0)));
+    s.primary_node().endpoint.set_candidates(candidates);
+    let demand = constant(30);
+    s.run_paced(
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        &demand,
+        |_, _| {},
+    );
+    let primary = s.primary();
+    let to_self: Vec<_> = primary
+        .scaled
+        .iter()
+        .filter(|(_, p, added)| *added && primary.path_addrs.get(p) == Some(&own))
+        .collect();
+    assert!(
+        to_self.is_empty(),
+        "the primary added itself as a secondary: {to_self:?}; all decisions {:?}",
+        primary.scaled
+    );
+    assert_eq!(s.client().corrupt, 0);
+    assert!(s.client().closed.is_none(), "{:?}", s.client().closed);
+}
+
+/// Attack: a client that refuses every AddPath (its path policy allows no
+/// secondary) under a demand that keeps utilisation high. Expected: each
+/// candidate is tried at most once per `candidate_backoff` (30 s by
+/// default), so the primary does not mint a token and dial every second.
+#[test]
+fn a_client_refusing_every_path_is_not_asked_faster_than_the_backoff() {
+    let links = vec![ServerLink::new(20, 40); 4];
+    let mut options = MultiOptions::new(34, links, 1 << 30);
+    options.stream_window = 4 << 20;
+    options.tune_client = Box::new(|c| {
+        c.path_policy.allow.clear();
+    });
+    options.tune_server = Box::new(|i, cfg| {
+        if i == 0 {
+            cfg.autoscale = Some(quick());
+            cfg.path_retry = None;
+        }
+    });
+    let mut s = MultiSetup::new(options, |p| {
+        p.start = Start::Immediately;
+        p.add_no_paths();
+    });
+    let candidates = pool(&s, 1..4);
+    s.primary_node().endpoint.set_candidates(candidates);
+    s.run_paced(
+        Duration::from_secs(70),
+        Duration::from_millis(10),
+        constant(60),
+        |_, _| {},
+    );
+    let adds: Vec<_> = s.primary().scaled.iter().filter(|d| d.2).collect();
+    // 3 candidates, each at most at t≈0+, 30+, 60+ s.
+    assert!(!adds.is_empty());
+    assert!(adds.len() <= 9, "{} adds: {adds:?}", adds.len());
+    assert!(s.primary().closed.is_none());
+    assert_eq!(s.client().corrupt, 0);
+}
+
+/// Attack: thousands of candidates, most of them duplicates with other
+/// preferences. Expected: at most 1024 kept, one per address, the most
+/// preferred entry of each address kept, in preference order.
+#[test]
+fn thousands_of_duplicate_candidates_are_bounded_and_deduplicated() {
+    let cert = dev_cert(35);
+    let (_, server_cfg) = configs(&cert);
+    let mut ep = endpoint(35, Some(server_cfg), Instant::now());
+    let mut list = Vec::new();
+    for round in 0..4u16 {
+        for i in 0..2000u32 {
+            let a: SocketAddr = format!("10.{}.{}.1:443", i / 256, i % 256).parse().unwrap();
+            list.push(Candidate::new(a, SERVER_NAME).with_preference(10 - round, round));
+        }
+    }
+    ep.set_candidates(list);
+    let kept = ep.candidates();
+    assert_eq!(kept.len(), 1024);
+    let mut addrs: Vec<_> = kept.iter().map(|c| c.address).collect();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), 1024, "one entry per address");
+    // The best duplicate (priority 7) of each address survives.
+    assert!(kept.iter().all(|c| c.priority == 7), "{:?}", &kept[..3]);
+    // An empty list empties the pool (and scaling just stops adding).
+    ep.set_candidates(Vec::new());
+    assert!(ep.candidates().is_empty());
+}
+
+/// Same seed, same scaling decisions at the same virtual instants.
+#[test]
+fn scaling_decisions_are_deterministic() {
+    let run = || {
+        let mut s = scaling_setup(4, quick(), 36, vec![]);
+        let start = s.sim.now();
+        let candidates = pool(&s, 1..4);
+        s.primary_node().endpoint.set_candidates(candidates);
+        s.run_paced(
+            Duration::from_secs(30),
+            Duration::from_millis(10),
+            |t| {
+                let t = t.as_secs_f64();
+                ((t.min(20.0) * 50.0 + (t - 20.0).max(0.0) * 2.0) * MBIT as f64) as u64
+            },
+            |_, _| {},
+        );
+        s.primary()
+            .scaled
+            .iter()
+            .map(|(at, p, a)| (at.duration_since(start), *p, *a))
+            .collect::<Vec<_>>()
+    };
+    let first = run();
+    assert!(!first.is_empty());
+    assert_eq!(first, run());
+}
+
+/// Attack: replacing the candidates while scaled paths are live (the
+/// discovery source no longer lists them). Expected: the paths are not
+/// affected, and once idle they are still removed and released.
+#[test]
+fn candidates_replaced_while_scaled_paths_live_are_still_released() {
+    let mut s = scaling_setup(4, quick(), 37, vec![]);
+    let candidates = pool(&s, 1..4);
+    s.primary_node().endpoint.set_candidates(candidates);
+    let mut replaced = false;
+    let phases = |t: Duration| {
+        let t = t.as_secs_f64();
+        ((t.min(25.0) * 50.0 + (t - 25.0).max(0.0) * 1.0) * MBIT as f64) as u64
+    };
+    s.run_paced(
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        phases,
+        |s, t| {
+            if !replaced && t >= Duration::from_secs(20) {
+                replaced = true;
+                s.primary_node().endpoint.set_candidates(Vec::new());
+            }
+        },
+    );
+    let scaled = &s.primary().scaled;
+    assert!(scaled.iter().any(|d| d.2), "{scaled:?}");
+    assert!(scaled.iter().any(|d| !d.2), "{scaled:?}");
+    assert_eq!(s.client().corrupt, 0);
+    assert_eq!(live_paths(&mut s), vec![PathId::PRIMARY]);
+    assert_eq!(s.primary_node().endpoint.scaled_paths(), 0);
+}
+
+// ---------------------------------------------------------------------
+// Stream priorities
+// ---------------------------------------------------------------------
+
+struct Connector {
+    config: ClientConfig,
+    session: Option<SessionHandle>,
+    established: bool,
+}
+
+impl App for Connector {
+    fn on_event(&mut self, _ep: &mut KwikEndpoint, _now: Instant, event: &Event, _: &mut Trace) {
+        if let Event::SessionEstablished { .. } = event {
+            self.established = true;
+        }
+    }
+
+    fn poll(&mut self, ep: &mut KwikEndpoint, now: Instant, _trace: &mut Trace) -> bool {
+        if self.session.is_some() {
+            return false;
+        }
+        let h = ep
+            .connect(now, addr(1), SERVER_NAME, &self.config)
+            .expect("connect");
+        self.session = Some(h);
+        true
+    }
+}
+
+struct Pair {
+    sim: Sim,
+    server: NodeId,
+    client: NodeId,
+    payload: Payload,
+}
+
+/// A client and a server; the server lets the client open `max_lanes`
+/// lanes.
+fn pair(seed: u64, max_lanes: u32) -> Pair {
+    let mut sim = Sim::new(seed);
+    sim.set_path(
+        addr(1),
+        addr(2),
+        LinkConfig::new()
+            .rate_mbps(20)
+            .latency(Duration::from_millis(20)),
+    );
+    let cert = dev_cert(seed);
+    let (client_cfg, mut server_cfg) = configs(&cert);
+    server_cfg.transport.max_lanes = max_lanes;
+    let payload = Payload::new(seed);
+    let now = sim.now();
+    let server = sim.add_node(
+        &[addr(1)],
+        Box::new(KwikNode::new(
+            addr(1),
+            endpoint(seed, Some(server_cfg), now),
+            BulkServer::new(payload.clone(), 0),
+        )),
+    );
+    let client = sim.add_node(
+        &[addr(2)],
+        Box::new(KwikNode::new(
+            addr(2),
+            endpoint(seed + 1, None, now),
+            Connector {
+                config: client_cfg,
+                session: None,
+                established: false,
+            },
+        )),
+    );
+    let mut p = Pair {
+        sim,
+        server,
+        client,
+        payload,
+    };
+    p.sim
+        .run_while(Duration::from_secs(5), |sim| {
+            !sim.node::<KwikNode<Connector>>(client).app.established
+        })
+        .expect("the session is established");
+    p
+}
+
+impl Pair {
+    fn session(&self) -> SessionHandle {
+        self.sim
+            .node::<KwikNode<Connector>>(self.client)
+            .app
+            .session
+            .unwrap()
+    }
+
+    fn endpoint(&mut self) -> &mut KwikEndpoint {
+        &mut self
+            .sim
+            .node_mut::<KwikNode<Connector>>(self.client)
+            .endpoint
+    }
+
+    fn open(&mut self, priority: i32) -> StreamId {
+        let h = self.session();
+        let mut session = self.endpoint().session(h).unwrap();
+        let id = session.open(Dir::Uni).unwrap();
+        session.stream(id).unwrap().set_priority(priority).unwrap();
+        id
+    }
+
+    /// Tries to write `[from, to)` of `id`; the bytes written.
+    fn try_write(&mut self, id: StreamId, from: u64, to: u64) -> Result<u64, WriteError> {
+        let h = self.session();
+        let payload = self.payload.clone();
+        let mut stream = self.endpoint().stream(h, id).unwrap();
+        let mut at = from;
+        while at < to {
+            let mut chunk = payload.chunk(id, at, (to - at) as usize);
+            match stream.write_chunk(&mut chunk) {
+                Ok(n) => at += n as u64,
+                Err(WriteError::Blocked) if at > from => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let client = self.client;
+        self.sim.touch(client);
+        Ok(at - from)
+    }
+
+    fn set_priority(&mut self, id: StreamId, priority: i32) {
+        let h = self.session();
+        self.endpoint()
+            .stream(h, id)
+            .unwrap()
+            .set_priority(priority)
+            .unwrap();
+    }
+
+    fn read(&self, id: StreamId) -> u64 {
+        self.sim
+            .node::<KwikNode<BulkServer>>(self.server)
+            .app
+            .received
+            .values()
+            .filter_map(|s| s.get(&id))
+            .map(|r| r.bytes)
+            .sum()
+    }
+
+    fn corrupt(&self) -> u64 {
+        self.sim
+            .node::<KwikNode<BulkServer>>(self.server)
+            .app
+            .corrupt
+    }
+
+    fn lanes(&mut self) -> u64 {
+        let h = self.session();
+        self.endpoint().session(h).unwrap().stats().lanes_opened
+    }
+}
+
+/// Writes 1 KiB on each of three open (unfinished) streams of the given
+/// priorities, the server allowing two lanes; whether the third stream's
+/// kilobyte is read within 10 s.
+fn third_stream_gets_through(priorities: [i32; 3]) -> (Result<u64, WriteError>, u64) {
+    let mut p = pair(41, 2);
+    let ids: Vec<StreamId> = priorities.iter().map(|&pr| p.open(pr)).collect();
+    for id in &ids[..2] {
+        assert_eq!(p.try_write(*id, 0, 1024), Ok(1024));
+    }
+    p.sim.run_for(Duration::from_secs(1));
+    let mut third = p.try_write(ids[2], 0, 1024);
+    for _ in 0..10 {
+        if third == Ok(1024) {
+            break;
+        }
+        p.sim.run_for(Duration::from_secs(1));
+        third = p.try_write(ids[2], 0, 1024);
+    }
+    p.sim.run_for(Duration::from_secs(2));
+    assert_eq!(p.corrupt(), 0);
+    (third, p.read(ids[2]))
+}
+
+/// Attack: more distinct priorities than the peer allows lanes, every
+/// stream open (a long-lived request or subscription per priority).
+///
+/// Expected: as with equal priorities (where the third stream crowds a
+/// lane), the third stream's data gets through — priorities are "a
+/// sender-side hint: the bytes delivered are the same whatever it is"
+/// (`StreamView::set_priority`, PROTOCOL.md §14).
+///
+/// Defect: `Lanes::assign` never puts a stream on a lane of another
+/// priority unless that lane has no user at all (`Fallback::Retune`), so
+/// with the lanes held by open streams of other priorities it answers
+/// `Fallback::Wait` — for as long as those streams stay open, i.e. forever
+/// for an application that finishes them only after the third stream's
+/// answer. Merely setting distinct priorities turns a working program into
+/// a deadlock. Suggested fix: when no lane of the priority can be had,
+/// crowd onto the lane of the nearest priority (a bounded inversion) rather
+/// than wait, or document the deadlock and report it (an error instead of
+/// `Blocked`, which promises a later wake-up).
+#[test]
+fn more_priorities_than_lanes_does_not_block_a_stream_forever() {
+    // Control: equal priorities share the two lanes.
+    let (third, read) = third_stream_gets_through([0, 0, 0]);
+    assert_eq!((third, read), (Ok(1024), 1024), "equal priorities");
+    let (third, read) = third_stream_gets_through([1, 2, 3]);
+    assert_eq!(
+        (third, read),
+        (Ok(1024), 1024),
+        "distinct priorities: the third stream never got a lane"
+    );
+}
+
+/// Attack: a stream whose priority changes before every write, through
+/// hundreds of distinct values, with records left partial in lane tails
+/// (a slow link, big writes). Expected: every byte arrives once, in order
+/// and intact; the lanes opened stay bounded by the peer's `max_lanes`.
+#[test]
+fn priority_churn_mid_stream_keeps_data_intact_and_lanes_bounded() {
+    let mut p = pair(42, 16);
+    let churned = p.open(0);
+    let steady = p.open(5);
+    let total = 6u64 << 20;
+    let (mut at, mut steady_at) = (0u64, 0u64);
+    let mut priority = 0i32;
+    let mut rounds = 0;
+    while (at < total || steady_at < total) && rounds < 20_000 {
+        rounds += 1;
+        priority = priority.wrapping_mul(31).wrapping_add(7) % 1000 - 500;
+        if at < total {
+            p.set_priority(churned, priority);
+            match p.try_write(churned, at, (at + 96 * 1024).min(total)) {
+                Ok(n) => at += n,
+                Err(WriteError::Blocked) => {}
+                Err(e) => panic!("churned stream: {e:?}"),
+            }
+        }
+        if steady_at < total {
+            match p.try_write(steady, steady_at, (steady_at + 64 * 1024).min(total)) {
+                Ok(n) => steady_at += n,
+                Err(WriteError::Blocked) => {}
+                Err(e) => panic!("steady stream: {e:?}"),
+            }
+        }
+        p.sim.run_for(Duration::from_millis(5));
+    }
+    assert_eq!((at, steady_at), (total, total), "everything written");
+    p.sim.run_for(Duration::from_secs(10));
+    assert_eq!(p.corrupt(), 0);
+    assert_eq!(p.read(churned), total);
+    assert_eq!(p.read(steady), total);
+    assert!(p.lanes() <= 16, "lanes opened: {}", p.lanes());
+}
