@@ -640,3 +640,78 @@ fn priority_churn_mid_stream_keeps_data_intact_and_lanes_bounded() {
     assert_eq!(p.read(steady), total);
     assert!(p.lanes() <= 16, "lanes opened: {}", p.lanes());
 }
+
+/// Attack: unequal capacities and a demand just above the primary's
+/// `high` threshold: a 20 Mbit/s primary, a 100 Mbit/s candidate, a reader
+/// at 17 Mbit/s (85 % of the primary). Adding the fast path drops
+/// utilisation far below `low`; the removal must not be judged on
+/// capacities that are only what the paced reader let each path show.
+///
+/// Expected (the policy's own promise: "the two never flap"): one add,
+/// and no removal while the demand stays where it is — otherwise the
+/// session cycles add → remove → add, each cycle a new token, handshake
+/// and QUIC connection to the secondary.
+#[test]
+fn a_demand_just_above_high_with_a_fast_candidate_does_not_flap() {
+    let links = vec![ServerLink::new(20, 40), ServerLink::new(100, 40)];
+    let mut options = MultiOptions::new(38, links, 1 << 30);
+    options.stream_window = 4 << 20;
+    options.tune_server = Box::new(|i, cfg| {
+        if i == 0 {
+            cfg.autoscale = Some(quick());
+            cfg.path_retry = None;
+        }
+    });
+    let mut s = MultiSetup::new(options, |p| {
+        p.start = Start::Immediately;
+        p.add_no_paths();
+    });
+    let candidates = pool(&s, 1..2);
+    s.primary_node().endpoint.set_candidates(candidates);
+    let demand = constant(17);
+    s.run_paced(
+        Duration::from_secs(120),
+        Duration::from_millis(10),
+        &demand,
+        |_, _| {},
+    );
+    let scaled = &s.primary().scaled;
+    let adds = scaled.iter().filter(|d| d.2).count();
+    let removes = scaled.iter().filter(|d| !d.2).count();
+    assert_eq!(s.client().corrupt, 0);
+    assert!(
+        adds == 1 && removes == 0,
+        "{adds} adds, {removes} removes under a constant demand: {scaled:?}"
+    );
+}
+
+/// Attack: flapping while the secondaries carry most of the load (60
+/// Mbit/s asked of 20 Mbit/s links), decisions every 300 ms so removals
+/// land on paths with ranges in flight. Expected: the ranges a removed
+/// path owed are served elsewhere: once the demand stops growing the
+/// reader catches up with every byte, intact, nothing reported dead; the
+/// endpoint ends holding no scaled path.
+#[test]
+fn removals_racing_a_heavy_transfer_lose_and_corrupt_nothing() {
+    let mut config = scripted(|| Script::Flap { flaps: 60 });
+    config.evaluation_interval = Duration::from_millis(300);
+    config.sample_interval = Duration::from_millis(50);
+    let mut s = scaling_setup(4, config, 39, vec![]);
+    let candidates = pool(&s, 1..4);
+    s.primary_node().endpoint.set_candidates(candidates);
+    let demand = |t: Duration| (t.as_secs_f64().min(20.0) * (60 * MBIT) as f64) as u64;
+    s.run_paced(
+        Duration::from_secs(90),
+        Duration::from_millis(10),
+        demand,
+        |_, _| {},
+    );
+    let scaled = &s.primary().scaled;
+    assert!(scaled.iter().filter(|d| d.2).count() >= 10, "{scaled:?}");
+    assert_eq!(s.client().corrupt, 0);
+    assert_eq!(read(&s), demand(Duration::from_secs(90)));
+    assert!(s.primary().dead.is_empty(), "{:?}", s.primary().dead);
+    assert!(s.client().closed.is_none(), "{:?}", s.client().closed);
+    assert_eq!(live_paths(&mut s), vec![PathId::PRIMARY]);
+    assert_eq!(s.primary_node().endpoint.scaled_paths(), 0);
+}
