@@ -780,3 +780,70 @@ fn a_stream_blocked_for_a_lane_is_woken_when_its_new_priority_has_one() {
     assert_eq!(p.read(c), 1024);
     assert_eq!(p.corrupt(), 0);
 }
+
+/// Attack: the secondaries the scaler added crash (go silent) in the
+/// middle of a heavy transfer. Expected: their paths die, the endpoint
+/// stops counting them (at the next evaluation), the dead candidates rest
+/// while the remaining one is taken, the ranges they owed are served
+/// elsewhere (every byte read, intact), and once the demand falls the
+/// endpoint holds no scaled path.
+#[test]
+fn scaled_secondaries_crashing_mid_transfer_are_released_and_replaced() {
+    let mut config = quick();
+    config.candidate_backoff = Duration::from_secs(600);
+    let mut s = scaling_setup(4, config, 44, vec![]);
+    let candidates = pool(&s, 1..4);
+    s.primary_node().endpoint.set_candidates(candidates);
+    // 30 Mbit/s for 40 s, then 1 Mbit/s.
+    let demand = |t: Duration| {
+        let t = t.as_secs_f64();
+        ((t.min(40.0) * 30.0 + (t - 40.0).max(0.0)) * MBIT as f64) as u64
+    };
+    let mut crashed: Vec<SocketAddr> = Vec::new();
+    let mut peak = 0;
+    s.run_paced(
+        Duration::from_secs(90),
+        Duration::from_millis(10),
+        demand,
+        |s, t| {
+            peak = peak.max(s.primary_node().endpoint.scaled_paths());
+            // At 15 s, every secondary the scaler took so far goes down.
+            if crashed.is_empty() && t >= Duration::from_secs(15) {
+                let p = s.primary();
+                let taken: Vec<SocketAddr> = p
+                    .scaled
+                    .iter()
+                    .filter(|d| d.2)
+                    .filter_map(|(_, path, _)| p.path_addrs.get(path).copied())
+                    .collect();
+                for a in &taken {
+                    s.sim.set_down(*a, true);
+                }
+                crashed = taken;
+            }
+        },
+    );
+    assert!(!crashed.is_empty(), "a path was added before 15 s");
+    let p = s.primary();
+    assert!(
+        !p.dead.is_empty() || !p.failed.is_empty(),
+        "the crash was seen"
+    );
+    let later: Vec<Option<SocketAddr>> = p
+        .scaled
+        .iter()
+        .filter(|d| d.2 && !crashed.contains(&p.path_addrs[&d.1]))
+        .map(|(_, path, _)| p.path_addrs.get(path).copied())
+        .collect();
+    assert!(
+        !later.is_empty(),
+        "a live candidate replaced the crashed ones: {:?}",
+        p.scaled
+    );
+    assert!(peak <= 3, "peak {peak}");
+    assert_eq!(s.client().corrupt, 0);
+    assert_eq!(read(&s), demand(Duration::from_secs(90)));
+    assert!(s.client().closed.is_none(), "{:?}", s.client().closed);
+    assert_eq!(live_paths(&mut s), vec![PathId::PRIMARY]);
+    assert_eq!(s.primary_node().endpoint.scaled_paths(), 0);
+}
