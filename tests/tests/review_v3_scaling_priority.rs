@@ -14,6 +14,7 @@ use kwik_core::{
     SessionHandle, StreamId, WriteError,
 };
 use kwik_sim::multi::{MultiOptions, MultiSetup, ServerLink, Start, first_server_stream};
+use kwik_sim::node::Node;
 use kwik_sim::setup::{SERVER_NAME, addr, configs, dev_cert, endpoint};
 use kwik_sim::{App, BulkServer, KwikNode, LinkConfig, NodeId, Payload, Sim, Trace};
 
@@ -846,4 +847,62 @@ fn scaled_secondaries_crashing_mid_transfer_are_released_and_replaced() {
     assert!(s.client().closed.is_none(), "{:?}", s.client().closed);
     assert_eq!(live_paths(&mut s), vec![PathId::PRIMARY]);
     assert_eq!(s.primary_node().endpoint.scaled_paths(), 0);
+}
+
+/// Primary wake-ups over 20 s, starting 60 s after a 48 MiB transfer read
+/// as fast as it comes (with `config`, the scaler adds paths during it and
+/// removes them once idle).
+fn wakeups_after_a_finished_transfer(config: Option<AutoscaleConfig>) -> (u32, usize) {
+    let links = vec![ServerLink::new(20, 40); 3];
+    let mut options = MultiOptions::new(45, links, 48 << 20);
+    options.stream_window = 4 << 20;
+    options.tune_server = Box::new(move |i, cfg| {
+        if i == 0 {
+            cfg.autoscale = config.clone();
+            cfg.path_retry = None;
+        }
+    });
+    let mut s = MultiSetup::new(options, |p| {
+        p.start = Start::Immediately;
+        p.add_no_paths();
+    });
+    let candidates = pool(&s, 1..3);
+    s.primary_node().endpoint.set_candidates(candidates);
+    s.run_paced(
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        |_| u64::MAX,
+        |_, _| {},
+    );
+    assert!(s.primary().complete_at.is_some(), "the transfer completed");
+    assert_eq!(live_paths(&mut s), vec![PathId::PRIMARY]);
+    let scaled = s.primary().scaled.len();
+    let start = s.sim.now();
+    let mut wakeups = 0;
+    while let Some(d) = s.primary_node().poll_timeout() {
+        if d.duration_since(start) > Duration::from_secs(20) {
+            break;
+        }
+        s.sim.run_until(d.duration_since(s.sim.start()));
+        wakeups += 1;
+    }
+    assert_eq!(s.primary_node().endpoint.scaled_paths(), 0);
+    (wakeups, scaled)
+}
+
+/// Attack: a session that scaled up for a transfer, finished it and had
+/// its paths removed must go back to costing no scaling timer. Expected:
+/// about as many wake-ups as the same session without autoscaling.
+#[test]
+fn a_session_that_scaled_and_finished_costs_no_scaling_timers_afterwards() {
+    let (without, _) = wakeups_after_a_finished_transfer(None);
+    let (with, scaled) = wakeups_after_a_finished_transfer(Some(quick()));
+    assert!(
+        scaled >= 2,
+        "the scaler added and removed a path ({scaled} decisions)"
+    );
+    assert!(
+        with <= without + 2,
+        "{with} wake-ups with autoscale, {without} without"
+    );
 }
