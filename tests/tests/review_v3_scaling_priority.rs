@@ -4,6 +4,9 @@
 //! the ones that fail on the reviewed code — the defect.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 use kwik_core::scaling::{
@@ -11,9 +14,12 @@ use kwik_core::scaling::{
 };
 use kwik_core::{
     Candidate, ClientConfig, Dir, Event, KwikEndpoint, PathFilter, PathId, PathTarget,
-    SessionHandle, StreamId, WriteError,
+    SessionHandle, Side, StreamId, TransferConfig, WriteError,
 };
-use kwik_sim::multi::{MultiOptions, MultiSetup, ServerLink, Start, first_server_stream};
+use kwik_sim::multi::{
+    DESCRIPTOR, MultiClient, MultiOptions, MultiSetup, PayloadResource, SecondaryApp, ServerLink,
+    Start, first_server_stream,
+};
 use kwik_sim::node::Node;
 use kwik_sim::setup::{SERVER_NAME, addr, configs, dev_cert, endpoint};
 use kwik_sim::{App, BulkServer, KwikNode, LinkConfig, NodeId, Payload, Sim, Trace};
@@ -904,5 +910,94 @@ fn a_session_that_scaled_and_finished_costs_no_scaling_timers_afterwards() {
     assert!(
         with <= without + 2,
         "{with} wake-ups with autoscale, {without} without"
+    );
+}
+
+/// The primary serves two 16 MiB resources from itself and one secondary
+/// (50 Mbit/s each): stream `first` at priority 0, read as it comes, and
+/// stream `second` at `second_priority`, whose reader stalls (never reads).
+/// Returns when the client had `first` whole (`None`: not within 60 s).
+fn low_behind_a_stalled_high(second_priority: i32) -> Option<Duration> {
+    const SERVED: u64 = 16 << 20;
+    let links = vec![ServerLink::new(50, 20), ServerLink::new(50, 20)];
+    let mut s = MultiSetup::new(MultiOptions::new(46, links, SERVED), |p| {
+        p.start = Start::Manual
+    });
+    let second = StreamId::new(Side::Server, Dir::Uni, 1);
+    s.client_node().app.paused_streams.insert(second);
+    let other = Arc::new(PayloadResource::new(Payload::new(46), second, SERVED));
+    s.sim
+        .node_mut::<KwikNode<SecondaryApp>>(s.secondaries[0])
+        .endpoint
+        .serve_resource(Bytes::from_static(b"resource-2"), other.clone());
+    s.run_until_primary(Duration::from_secs(10), |p| !p.added.is_empty());
+    let node = s.primary_node();
+    let h = node.app.session.unwrap();
+    let first_resource = Arc::new(PayloadResource::new(
+        Payload::new(46),
+        first_server_stream(),
+        SERVED,
+    ));
+    let mut view = node.endpoint.session(h).unwrap();
+    let first = view.open(Dir::Uni).unwrap();
+    let opened = view.open(Dir::Uni).unwrap();
+    assert_eq!((first, opened), (first_server_stream(), second));
+    view.stream(second)
+        .unwrap()
+        .set_priority(second_priority)
+        .unwrap();
+    let mut config = TransferConfig::default();
+    config.min_chunk = 256 << 10;
+    view.serve(
+        first,
+        first_resource,
+        Bytes::from_static(DESCRIPTOR),
+        config.clone(),
+    )
+    .expect("serve");
+    view.serve(second, other, Bytes::from_static(b"resource-2"), config)
+        .expect("serve");
+    s.sim.touch(s.primary);
+    let start = s.sim.elapsed();
+    let done = s
+        .sim
+        .run_while(Duration::from_secs(60), |sim| {
+            !sim.node::<KwikNode<MultiClient>>(s.client)
+                .app
+                .finished
+                .contains(&first)
+        })
+        .ok()
+        .map(|at| at - start);
+    assert_eq!(s.client().corrupt, 0);
+    done
+}
+
+/// Attack: a higher-priority served stream whose reader stalls (a paused
+/// video, a consumer that crashed without closing) next to a lower one
+/// read as fast as it comes.
+///
+/// Expected: the lower stream completes in about the time it takes alone:
+/// priority decides who goes first among streams that *can* move; the
+/// lanes already promise "a slow reader of one logical stream can never
+/// hold up another" (lanes.rs), and a QUIC stream blocked by flow control
+/// does not hold back lower-priority streams.
+///
+/// Suspected defect (if this fails): the multi-source scheduler gives a
+/// transfer only what higher-priority transfers leave of each path's
+/// budget, measured as the bytes they *owe* (assigned, not acknowledged);
+/// a stalled high-priority transfer owes its assignments forever (they are
+/// beyond the client's credit), so it holds every path's budget and the
+/// lower transfer gets nothing new anywhere. Suggested fix: count against
+/// the budget only what a higher transfer owes within its stream credit
+/// (or exclude credit-blocked transfers from `above`).
+#[test]
+fn a_stalled_high_priority_reader_does_not_starve_a_lower_transfer() {
+    let equal = low_behind_a_stalled_high(0).expect("equal priorities: the free stream completes");
+    let high = low_behind_a_stalled_high(5);
+    assert!(
+        high.is_some_and(|h| h.as_secs_f64() < 3.0 * equal.as_secs_f64().max(1.0)),
+        "the priority-0 stream took {high:?} behind a stalled priority-5 stream, \
+         {equal:?} behind a stalled priority-0 one (None: not done in 60 s)"
     );
 }
