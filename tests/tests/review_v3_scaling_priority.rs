@@ -1001,3 +1001,37 @@ fn a_stalled_high_priority_reader_does_not_starve_a_lower_transfer() {
          {equal:?} behind a stalled priority-0 one (None: not done in 60 s)"
     );
 }
+
+/// Attack: an operator's configuration with zero intervals (e.g. parsed
+/// from "0ms"). `AutoscaleConfig` has no validation and the public fields
+/// take any `Duration`.
+///
+/// Expected: a zero interval is rejected or clamped (say to a millisecond
+/// or to the sample interval); the endpoint keeps working and time keeps
+/// moving.
+///
+/// Defect (if this fails with "livelock"): `Session::autoscale` sets
+/// `next_sample = now + sample_interval` (= now), `Scaler::deadline` hands
+/// that instant to the session's deadline, and the endpoint's
+/// `handle_timeout` drives the session again at the same instant, forever:
+/// in a real runtime, a busy loop at 100 % CPU as soon as one session is
+/// served. Suggested fix: validate `AutoscaleConfig` when the
+/// `ServerConfig` is installed (or clamp both intervals to a floor).
+#[test]
+fn zero_scaling_intervals_do_not_livelock_the_endpoint() {
+    let mut config = quick();
+    config.sample_interval = Duration::ZERO;
+    config.evaluation_interval = Duration::ZERO;
+    let mut s = scaling_setup(3, config, 47, vec![]);
+    let candidates = pool(&s, 1..3);
+    s.primary_node().endpoint.set_candidates(candidates);
+    let demand = constant(10);
+    s.run_paced(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        &demand,
+        |_, _| {},
+    );
+    assert_eq!(s.client().corrupt, 0);
+    assert_eq!(read(&s), demand(Duration::from_secs(5)));
+}
