@@ -1035,3 +1035,110 @@ fn zero_scaling_intervals_do_not_livelock_the_endpoint() {
     assert_eq!(s.client().corrupt, 0);
     assert_eq!(read(&s), demand(Duration::from_secs(5)));
 }
+
+/// Adds a greedy client (reads everything as it comes) at `addr(100 + n)`
+/// to `s`, dialling the primary, allowed to join every secondary.
+fn add_greedy_client(s: &mut MultiSetup, seed: u64, n: u8) -> NodeId {
+    let me = addr(100 + n);
+    for server in s.servers.clone() {
+        s.sim.set_path(me, server, ServerLink::new(20, 40).config());
+    }
+    let (mut cfg, _) = configs(&dev_cert(seed));
+    cfg.transport.stream_window = 4 << 20;
+    cfg.transport.send_window = 32 << 20;
+    cfg.transport.max_frame_payload = 256 << 10;
+    cfg.path_policy =
+        kwik_core::PathPolicy::allow(s.servers[1..].iter().map(|a| PathTarget::Address(*a)));
+    let mut ep_cfg = kwik_core::EndpointConfig::new([0xc0 + n; 32]);
+    ep_cfg.unix_time = Duration::from_secs(1_800_000_000);
+    let now = s.sim.now();
+    s.sim.add_node(
+        &[me],
+        Box::new(KwikNode::new(
+            me,
+            KwikEndpoint::new(ep_cfg, None, now),
+            MultiClient::new(s.servers[0], cfg, Payload::new(seed)),
+        )),
+    )
+}
+
+/// Live secondary paths of every session of the primary.
+fn live_secondaries(s: &mut MultiSetup) -> usize {
+    let ep = &mut s.primary_node().endpoint;
+    let handles: Vec<SessionHandle> = ep.sessions().collect();
+    handles
+        .into_iter()
+        .map(|h| {
+            ep.session(h).map_or(0, |mut v| {
+                v.paths(PathFilter::Live)
+                    .iter()
+                    .filter(|p| p.id != PathId::PRIMARY)
+                    .count()
+            })
+        })
+        .sum()
+}
+
+/// Attack: a crowd of demanding clients at once (four sessions, each
+/// reading far more than its primary path carries). Expected: the scaler
+/// never holds more than `max_endpoint_paths` across them (counted by the
+/// endpoint and by the sessions' live paths); a slot freed by a session
+/// that closes is taken by another; and once every client has closed the
+/// endpoint counts no scaled path.
+#[test]
+fn a_crowd_of_sessions_stays_within_the_endpoint_maximum_and_releases_all() {
+    let config = AutoscaleConfig {
+        max_endpoint_paths: 2,
+        ..quick()
+    };
+    let seed = 48;
+    let mut s = scaling_setup(4, config, seed, vec![]);
+    let candidates = pool(&s, 1..4);
+    s.primary_node().endpoint.set_candidates(candidates);
+    let crowd: Vec<NodeId> = (1..4).map(|n| add_greedy_client(&mut s, seed, n)).collect();
+    let (mut peak_count, mut peak_live) = (0, 0);
+    let mut closed_one = false;
+    let mut after_close = 0;
+    s.run_paced(
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        constant(60),
+        |s, t| {
+            let count = s.primary_node().endpoint.scaled_paths();
+            peak_count = peak_count.max(count);
+            peak_live = peak_live.max(live_secondaries(s));
+            // At 30 s, the first greedy client goes away.
+            if !closed_one && t >= Duration::from_secs(30) {
+                closed_one = true;
+                let node = s.sim.node_mut::<KwikNode<MultiClient>>(crowd[0]);
+                let h = node.app.session.expect("connected");
+                node.endpoint.session(h).unwrap().close(0, b"bye").unwrap();
+                s.sim.touch(crowd[0]);
+            }
+            if closed_one && t >= Duration::from_secs(45) {
+                after_close = after_close.max(count);
+            }
+        },
+    );
+    let sessions = s.primary_node().endpoint.sessions().count();
+    assert!(sessions >= 3, "the crowd connected: {sessions} sessions");
+    assert_eq!(peak_count, 2, "the endpoint's count reached its maximum");
+    assert!(peak_live <= 2, "{peak_live} live scaled paths at once");
+    assert_eq!(after_close, 2, "a freed slot is taken again");
+    // Everyone leaves.
+    let mut clients = crowd.clone();
+    clients.push(s.client);
+    for c in clients {
+        let node = s.sim.node_mut::<KwikNode<MultiClient>>(c);
+        if let Some(h) = node.app.session
+            && let Some(mut v) = node.endpoint.session(h)
+        {
+            let _ = v.close(0, b"bye");
+        }
+        s.sim.touch(c);
+    }
+    s.sim.run_for(Duration::from_secs(60));
+    let ep = &mut s.primary_node().endpoint;
+    assert_eq!(ep.sessions().count(), 0);
+    assert_eq!(ep.scaled_paths(), 0);
+}
