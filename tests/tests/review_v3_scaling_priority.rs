@@ -1142,3 +1142,85 @@ fn a_crowd_of_sessions_stays_within_the_endpoint_maximum_and_releases_all() {
     assert_eq!(ep.sessions().count(), 0);
     assert_eq!(ep.scaled_paths(), 0);
 }
+
+/// Attack: two served transfers of different priorities (5 and 0) over
+/// the primary and two secondaries; one secondary crashes while both
+/// transfers have ranges on it. Expected: its ranges, of either priority,
+/// are re-assigned (lost ranges go out "whatever the budgets"), both
+/// streams complete intact, the higher-priority one first.
+#[test]
+fn priorities_with_a_secondary_crashing_lose_no_range() {
+    const SERVED: u64 = 16 << 20;
+    let links = vec![ServerLink::new(50, 20); 3];
+    let mut s = MultiSetup::new(MultiOptions::new(49, links, SERVED), |p| {
+        p.start = Start::Manual
+    });
+    let second = StreamId::new(Side::Server, Dir::Uni, 1);
+    let other = Arc::new(PayloadResource::new(Payload::new(49), second, SERVED));
+    for sec in s.secondaries.clone() {
+        s.sim
+            .node_mut::<KwikNode<SecondaryApp>>(sec)
+            .endpoint
+            .serve_resource(Bytes::from_static(b"resource-2"), other.clone());
+    }
+    s.run_until_primary(Duration::from_secs(10), |p| p.added.len() == 2);
+    let node = s.primary_node();
+    let h = node.app.session.unwrap();
+    let first_resource = Arc::new(PayloadResource::new(
+        Payload::new(49),
+        first_server_stream(),
+        SERVED,
+    ));
+    let mut view = node.endpoint.session(h).unwrap();
+    let first = view.open(Dir::Uni).unwrap();
+    let opened = view.open(Dir::Uni).unwrap();
+    assert_eq!((first, opened), (first_server_stream(), second));
+    view.stream(second).unwrap().set_priority(5).unwrap();
+    let mut config = TransferConfig::default();
+    config.min_chunk = 256 << 10;
+    view.serve(
+        first,
+        first_resource,
+        Bytes::from_static(DESCRIPTOR),
+        config.clone(),
+    )
+    .expect("serve");
+    view.serve(second, other, Bytes::from_static(b"resource-2"), config)
+        .expect("serve");
+    s.sim.touch(s.primary);
+    s.sim.run_for(Duration::from_millis(700));
+    let down = s.servers[1];
+    s.sim.set_down(down, true);
+    let start = s.sim.elapsed();
+    let mut done: [Option<Duration>; 2] = [None; 2];
+    let client = s.client;
+    for _ in 0..2 {
+        let at = s
+            .sim
+            .run_while(Duration::from_secs(90), |sim| {
+                let c = &sim.node::<KwikNode<MultiClient>>(client).app;
+                [first, second]
+                    .iter()
+                    .zip(done)
+                    .all(|(id, d)| d.is_some() || !c.finished.contains(id))
+            })
+            .unwrap_or_else(|_| {
+                panic!(
+                    "both streams end within 90 s; read {:?}, finished {:?}",
+                    s.client().read,
+                    s.client().finished
+                )
+            });
+        for (i, id) in [first, second].iter().enumerate() {
+            if done[i].is_none() && s.client().finished.contains(id) {
+                done[i] = Some(at - start);
+            }
+        }
+    }
+    let c = s.client();
+    assert_eq!(c.corrupt, 0);
+    assert_eq!(c.read.get(&first).copied(), Some(SERVED));
+    assert_eq!(c.read.get(&second).copied(), Some(SERVED));
+    assert!(done[1] <= done[0], "priority 5 first: {done:?}");
+    assert!(c.closed.is_none(), "{:?}", c.closed);
+}
