@@ -1224,3 +1224,60 @@ fn priorities_with_a_secondary_crashing_lose_no_range() {
     assert!(done[1] <= done[0], "priority 5 first: {done:?}");
     assert!(c.closed.is_none(), "{:?}", c.closed);
 }
+
+/// Feeds `policy` one evaluation a second at `utilisation` for `secs`
+/// seconds, a free candidate always available; the decisions.
+fn feed(policy: &mut UtilisationPolicy, utilisation: f64, secs: u64) -> Vec<ScalingDecision> {
+    use kwik_core::PathHealth;
+    use kwik_core::scaling::ScalingPath;
+    let start = Instant::now();
+    let paths = [ScalingPath {
+        id: PathId::PRIMARY,
+        primary: true,
+        autoscaled: false,
+        rate: 1e6,
+        capacity: 2e6,
+        health: PathHealth::Excellent,
+    }];
+    (1..=secs)
+        .map(|s| {
+            policy.evaluate(&ScalingInput {
+                now: start + Duration::from_secs(s),
+                utilisation,
+                rate: 1e6,
+                paths: &paths,
+                can_add: true,
+                joining: false,
+            })
+        })
+        .collect()
+}
+
+/// Attack: `UtilisationPolicy::add_after` at zero ("add as soon as
+/// utilisation is high"). Its doc: "How long utilisation must stay high:
+/// every evaluation in this span." A zero span should mean at once; with
+/// the default 5 s, a fully busy session adds after about 5 evaluations.
+///
+/// Defect: `UtilisationPolicy::window(now, span)` keeps the samples
+/// *younger than* `span`: with a zero span it keeps none, `wants_add`
+/// requires a non-empty window, so the policy never adds — a silent "off"
+/// switch. (`remove_after` at zero likewise: `idle` returns `None` for a
+/// zero tenth, so it never removes.) Suggested fix: treat a zero span as
+/// "the latest evaluation" (keep samples with age `<= span`), or reject
+/// zero in a constructor/validation.
+#[test]
+fn a_zero_add_after_adds_at_once_rather_than_never() {
+    let mut default = UtilisationPolicy::default();
+    let decisions = feed(&mut default, 1.0, 10);
+    assert!(
+        decisions.contains(&ScalingDecision::Add),
+        "default policy: {decisions:?}"
+    );
+    let mut at_once = UtilisationPolicy::default();
+    at_once.add_after = Duration::ZERO;
+    let decisions = feed(&mut at_once, 1.0, 10);
+    assert!(
+        decisions.contains(&ScalingDecision::Add),
+        "add_after = 0 never adds: {decisions:?}"
+    );
+}
