@@ -1281,3 +1281,55 @@ fn a_zero_add_after_adds_at_once_rather_than_never() {
         "add_after = 0 never adds: {decisions:?}"
     );
 }
+
+/// Attack: a client that accepts every AddPath and closes the path as soon
+/// as it is live (instead of refusing it, which makes the candidate rest
+/// for `candidate_backoff`). Expected: a path the client closed right away
+/// is treated like a refused one: its candidate rests, so under a steady
+/// high demand the primary asks at most once per candidate per backoff
+/// (3 candidates, 60 s, 30 s backoff: at most 9 adds) instead of minting a
+/// token and making the client dial a secondary every `add_after`.
+///
+/// Defect (if this fails): `evaluate_scaling` rests a candidate only when
+/// its path ended `Failed` or `Dead`; a `Closed` path frees the candidate
+/// at once, and `free_candidate` hands the same server back at the next
+/// add.
+#[test]
+fn a_client_closing_every_scaled_path_is_not_asked_faster_than_the_backoff() {
+    let mut s = scaling_setup(4, quick(), 50, vec![]);
+    let candidates = pool(&s, 1..4);
+    s.primary_node().endpoint.set_candidates(candidates);
+    s.run_paced(
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        constant(60),
+        |s, _| {
+            let node = s.client_node();
+            let Some(h) = node.app.session else { return };
+            let Some(mut view) = node.endpoint.session(h) else {
+                return;
+            };
+            let secondaries: Vec<PathId> = view
+                .paths(PathFilter::Live)
+                .iter()
+                .map(|p| p.id)
+                .filter(|p| *p != PathId::PRIMARY)
+                .collect();
+            for p in secondaries {
+                let _ = view.remove_path(p);
+            }
+            let c = s.client;
+            s.sim.touch(c);
+        },
+    );
+    let adds: Vec<f64> = s
+        .primary()
+        .scaled
+        .iter()
+        .filter(|d| d.2)
+        .map(|d| d.0.duration_since(s.sim.start()).as_secs_f64())
+        .collect();
+    assert!(!adds.is_empty());
+    assert!(adds.len() <= 9, "{} adds at {adds:?}", adds.len());
+    assert_eq!(s.client().corrupt, 0);
+}
