@@ -1333,3 +1333,96 @@ fn a_client_closing_every_scaled_path_is_not_asked_faster_than_the_backoff() {
     assert!(adds.len() <= 9, "{} adds at {adds:?}", adds.len());
     assert_eq!(s.client().corrupt, 0);
 }
+
+/// Attack: a secondary the application added itself (with `path_retry`)
+/// is also a scaling candidate, and goes down for a while. Its path dies
+/// and the application's retries begin; meanwhile the scaler, seeing the
+/// address free (its path is final, and it rests only candidates of *its
+/// own* failed paths), takes it.
+///
+/// Expected: the application's path survives the episode — "only paths the
+/// scaler added are ever removed (the application's own paths are the
+/// application's)" (scaling.rs), and `path_retry` keeps re-adding it: once
+/// the server is back and the demand has fallen (scaled paths removed),
+/// a live path to it remains.
+///
+/// Defect (if this fails): `Session::add_path`, which the scaler calls,
+/// first does `self.targets.retain(|t| t.address != address)` — deleting
+/// the application's retry target for that address — and the scaler then
+/// drops its own target too. The application's path is no longer retried;
+/// the server is reached again only as a scaled path, which the scaler
+/// later removes as idle. Observed (seed 51): the application's path 1
+/// dies at 10.7 s, its retry (path 3) fails at 16 s, the scaler takes the
+/// server as path 4 at ~17 s (failing: still down), rests it 30 s, takes
+/// it again as path 5 at ~53 s and removes path 5 as idle at 83 s; nothing
+/// re-adds the application's path. Suggested fix: the scaler should skip candidates
+/// the application targets (`self.targets` addresses), or `add_path` from
+/// the scaler should not touch other targets.
+#[test]
+fn the_scaler_does_not_take_over_an_application_path_being_retried() {
+    let links = vec![ServerLink::new(20, 40); 3];
+    let mut options = MultiOptions::new(51, links, 1 << 30);
+    options.stream_window = 4 << 20;
+    options.tune_server = Box::new(|i, cfg| {
+        if i == 0 {
+            cfg.autoscale = Some(quick());
+        }
+    });
+    let mut s = MultiSetup::new(options, |p| {
+        p.start = Start::Immediately;
+        p.add_no_paths();
+    });
+    let app_server = s.servers[1];
+    let candidates = pool(&s, 1..3);
+    s.primary_node().endpoint.set_candidates(candidates);
+    s.run_until_primary(Duration::from_secs(5), |p| p.session.is_some());
+    {
+        let node = s.primary_node();
+        let h = node.app.session.unwrap();
+        node.endpoint
+            .session(h)
+            .unwrap()
+            .add_path(app_server, SERVER_NAME)
+            .expect("the application's own path");
+        let id = s.primary;
+        s.sim.touch(id);
+    }
+    let demand = |t: Duration| {
+        let t = t.as_secs_f64();
+        ((t.min(50.0) * 60.0 + (t - 50.0).max(0.0)) * MBIT as f64) as u64
+    };
+    s.run_paced(
+        Duration::from_secs(120),
+        Duration::from_millis(10),
+        demand,
+        |s, t| {
+            let down = t >= Duration::from_secs(10) && t < Duration::from_secs(30);
+            if s.sim.is_down(app_server) != down {
+                s.sim.set_down(app_server, down);
+            }
+        },
+    );
+    let p = s.primary();
+    let scaled_to_app_server: Vec<_> = p
+        .scaled
+        .iter()
+        .filter(|(_, path, _)| p.path_addrs.get(path) == Some(&app_server))
+        .cloned()
+        .collect();
+    let node = s.primary_node();
+    let h = node.app.session.unwrap();
+    let live: Vec<SocketAddr> = node
+        .endpoint
+        .session(h)
+        .unwrap()
+        .paths(PathFilter::Live)
+        .iter()
+        .filter(|p| p.id != PathId::PRIMARY)
+        .map(|p| p.address)
+        .collect();
+    assert!(
+        live.contains(&app_server),
+        "the application's path to {app_server} is gone: live secondaries {live:?}; \
+         scaling decisions on that server {scaled_to_app_server:?}"
+    );
+}
