@@ -93,6 +93,8 @@ pub struct MultiClient {
     pub closed_at: Option<Instant>,
     /// Don't read (so that data stays buffered).
     pub paused: bool,
+    /// Streams not to read for now (a stalled reader of those only).
+    pub paused_streams: BTreeSet<StreamId>,
     /// Read no more than this many bytes in all (a paced reader); `None`:
     /// read everything that arrives.
     pub read_limit: Option<u64>,
@@ -122,6 +124,7 @@ impl MultiClient {
             path_addrs: BTreeMap::new(),
             closed_at: None,
             paused: false,
+            paused_streams: BTreeSet::new(),
             read_limit: None,
             proposal_answers: Vec::new(),
         }
@@ -134,7 +137,7 @@ impl MultiClient {
 
     /// Reads `id` until it blocks.
     pub fn drain(&mut self, ep: &mut KwikEndpoint, now: Instant, id: StreamId) {
-        if self.paused {
+        if self.paused || self.paused_streams.contains(&id) {
             return;
         }
         let Some(h) = self.session else { return };
