@@ -248,13 +248,9 @@ impl<A: Adapter> Endpoint<A> {
     /// Primary: replaces the servers automatic scaling
     /// ([`ServerConfig::autoscale`](kwik_core::ServerConfig::autoscale)) may
     /// add as secondary paths — typically what a discovery source found.
-    /// This endpoint's own address is left out.
+    /// This endpoint's own address (its `path_addresses`, the bound socket
+    /// address by default) is never taken.
     pub fn set_candidates(&self, candidates: Vec<Candidate>) {
-        let local = self.shared().local_addr;
-        let candidates = candidates
-            .into_iter()
-            .filter(|c| c.address != local)
-            .collect();
         self.shared().lock().endpoint.set_candidates(candidates);
     }
 

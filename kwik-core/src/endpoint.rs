@@ -943,8 +943,11 @@ impl KwikEndpoint {
     /// ([`ServerConfig::autoscale`]); typically what a discovery source
     /// found. Kept deduplicated by address, in SRV-style preference order
     /// (lower priority first, then heavier weight, then address), at most
-    /// 1024. Paths already added are not affected. The list should not name
-    /// this server itself.
+    /// 1024. Paths already added are not affected. A session never takes
+    /// this server itself (the addresses of
+    /// [`ServerConfig::path_addresses`]), a server the application added, or
+    /// a candidate its client refused (this server under another name,
+    /// say): that one is not asked again in the session.
     pub fn set_candidates(&mut self, candidates: Vec<Candidate>) {
         self.scaling.set_candidates(candidates);
     }

@@ -14,7 +14,10 @@
 //! waits behind a lower one's bytes in a shared lane or in its tail. A lane
 //! whose users all left may be re-tuned to another priority, but only when
 //! the peer allows no new lane: bytes of its old users may still wait in
-//! quinn-proto, and would go first. A stream whose priority changes leaves
+//! quinn-proto, and would go first. Only when the peer allows no new lane
+//! and none is idle does a stream share the lane of the nearest priority
+//! (an inversion bounded by that lane's queue, where waiting could
+//! deadlock an application). A stream whose priority changes leaves
 //! its lane and takes one of the new priority for its next record; the
 //! record it had started finishes on the old lane (records are whole on
 //! one lane, and the receiver orders a stream's records by offset).
@@ -107,7 +110,12 @@ enum Fallback {
     Crowd(usize),
     /// An idle lane of another priority, re-tuned to this one.
     Retune(usize),
-    /// Nothing: wait for a lane.
+    /// The busy lane of the nearest priority, shared: a bounded priority
+    /// inversion, rather than a stream that waits until streams of other
+    /// priorities finish (an application may finish them only after this
+    /// one's answer).
+    Share(usize),
+    /// No lane at all yet: wait for one.
     Wait,
 }
 
@@ -163,18 +171,23 @@ impl Lanes {
         if let Some(i) = self.least_used(priority, false) {
             return Fallback::Crowd(i);
         }
-        let idle =
-            (0..self.send.len()).find(|&i| Some(i) != self.urgent && self.send[i].users == 0);
-        match idle {
-            Some(i) => Fallback::Retune(i),
-            None => Fallback::Wait,
+        let bulk = || (0..self.send.len()).filter(|&i| Some(i) != self.urgent);
+        if let Some(i) = bulk().find(|&i| self.send[i].users == 0) {
+            return Fallback::Retune(i);
         }
+        bulk()
+            .min_by_key(|&i| {
+                let distance = (i64::from(self.send[i].priority) - i64::from(priority)).abs();
+                (distance, self.send[i].users)
+            })
+            .map_or(Fallback::Wait, Fallback::Share)
     }
 
     /// Picks a lane of `priority` for a logical stream: the least used lane
     /// of that priority with room, else a new lane, else the least used lane
-    /// of that priority, else an idle lane re-tuned to it. `None` (the
-    /// stream waits for a lane) if none of these exists.
+    /// of that priority, else an idle lane re-tuned to it, else the lane of
+    /// the nearest priority. `None` (the stream waits for a lane) while no
+    /// lane exists at all.
     pub(crate) fn assign(
         &mut self,
         conn: &mut Connection,
@@ -190,7 +203,7 @@ impl Lanes {
                     Some(self.send.len() - 1)
                 }
                 None => match self.fallback(priority) {
-                    Fallback::Crowd(i) => Some(i),
+                    Fallback::Crowd(i) | Fallback::Share(i) => Some(i),
                     Fallback::Retune(i) => {
                         let lane = &mut self.send[i];
                         lane.priority = priority;
@@ -372,9 +385,13 @@ mod tests {
         assert_eq!(l.fallback(3), Fallback::Crowd(1));
         // None of its priority: the first idle lane is re-tuned.
         assert_eq!(l.fallback(9), Fallback::Retune(0));
-        // Nothing idle: it waits, never shares a lane of another priority.
-        let busy = pool(1, &[(0, 1), (3, 1)]);
-        assert_eq!(busy.fallback(9), Fallback::Wait);
+        // Nothing idle: it shares the lane of the nearest priority rather
+        // than wait for other streams to finish.
+        let busy = pool(1, &[(0, 1), (3, 1), (12, 4)]);
+        assert_eq!(busy.fallback(9), Fallback::Share(2));
+        assert_eq!(busy.fallback(1), Fallback::Share(0));
+        // No lane at all: it waits for one.
+        assert_eq!(pool(1, &[]).fallback(0), Fallback::Wait);
     }
 
     #[test]
@@ -382,7 +399,7 @@ mod tests {
         let mut l = pool(4, &[(URGENT_PRIORITY, 0), (0, 1)]);
         l.urgent = Some(0);
         assert_eq!(l.least_used(URGENT_PRIORITY, false), None);
-        assert_eq!(l.fallback(2), Fallback::Wait, "the urgent lane is not idle");
+        assert_eq!(l.fallback(2), Fallback::Share(1), "never the urgent lane");
         let waiting = StreamId(8);
         l.waiting_for_lane.push(waiting);
         l.release(1);

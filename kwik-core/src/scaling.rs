@@ -142,7 +142,11 @@ impl Default for UtilisationPolicy {
 impl UtilisationPolicy {
     /// Samples newer than `span` before `now`, if the history covers the
     /// whole span (the oldest kept sample is at least `span` old).
+    /// A zero span is the latest sample alone.
     fn window(&self, now: Instant, span: Duration) -> Option<Vec<(Instant, f64)>> {
+        if span.is_zero() {
+            return self.samples.back().map(|s| vec![*s]);
+        }
         let oldest = self.samples.front()?.0;
         if now.saturating_duration_since(oldest) < span {
             return None;
@@ -168,8 +172,12 @@ impl UtilisationPolicy {
     fn idle(&self, now: Instant) -> Option<f64> {
         let w = self.window(now, self.remove_after)?;
         let slice = self.remove_after / 10;
-        if w.is_empty() || slice.is_zero() {
+        if w.is_empty() {
             return None;
+        }
+        let mean = w.iter().map(|(_, u)| u).sum::<f64>() / w.len() as f64;
+        if slice.is_zero() {
+            return w.iter().all(|(_, u)| *u < self.low).then_some(mean);
         }
         let (mut from, mut sum) = (0, 0.0);
         for (to, (t, u)) in w.iter().enumerate() {
@@ -185,7 +193,7 @@ impl UtilisationPolicy {
                 return None;
             }
         }
-        Some(w.iter().map(|(_, u)| u).sum::<f64>() / w.len() as f64)
+        Some(mean)
     }
 
     /// The scaler's paths to remove, least capable first, while the rest
@@ -254,6 +262,10 @@ impl ScalingPolicy for UtilisationPolicy {
     }
 }
 
+/// The shortest sampling interval kwik uses, whatever is configured (a
+/// zero interval would make the timer fire forever at one instant).
+pub const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Makes the policy of each new primary session.
 pub type PolicyFactory = Arc<dyn Fn() -> Box<dyn ScalingPolicy> + Send + Sync>;
 
@@ -270,9 +282,11 @@ pub struct AutoscaleConfig {
     /// bound on what a crowd of demanding clients can make it dial).
     /// Default 256.
     pub max_endpoint_paths: usize,
-    /// How often utilisation is sampled. Default 100 ms.
+    /// How often utilisation is sampled. Default 100 ms; at least
+    /// [`MIN_SAMPLE_INTERVAL`] is used.
     pub sample_interval: Duration,
-    /// How often the policy is asked. Default 1 s.
+    /// How often the policy is asked. Default 1 s; at least the sample
+    /// interval is used.
     pub evaluation_interval: Duration,
     /// A candidate whose path failed or died in a session is not tried again
     /// in that session for this long. Default 30 s.
@@ -434,6 +448,21 @@ mod tests {
             };
             assert_eq!(p.evaluate(&input), ScalingDecision::Hold, "second {s}");
         }
+    }
+
+    #[test]
+    fn zero_spans_judge_the_latest_evaluation_alone() {
+        let mut p = UtilisationPolicy::default();
+        p.add_after = Duration::ZERO;
+        p.remove_after = Duration::ZERO;
+        let t = Instant::now();
+        let paths = [path(0, false, 10.0), path(1, true, 10.0)];
+        assert_eq!(run(&mut p, t, 1, 0.9, &paths), vec![(0, ScalingDecision::Add)]);
+        let later = t + Duration::from_secs(1);
+        assert_eq!(
+            run(&mut p, later, 1, 0.1, &paths),
+            vec![(0, ScalingDecision::Remove(vec![PathId(1)]))]
+        );
     }
 
     #[test]

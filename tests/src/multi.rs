@@ -618,13 +618,15 @@ impl MultiSetup {
         for (i, a) in servers.iter().enumerate() {
             let mut cfg = server_cfg.clone();
             window(&mut cfg.transport);
+            // The addresses a server is known by (the async adapters fill in
+            // the bound address): a primary never scales onto itself.
+            cfg.path_addresses = vec![*a];
             if i == 0 {
                 cfg.token_key = Some(key.clone());
             } else {
                 cfg.trusted_keys = vec![key.clone()];
                 // Tokens name their secondary: this one answers to its own
                 // address and the certificate name only.
-                cfg.path_addresses = vec![*a];
                 cfg.path_server_name = Some(crate::setup::SERVER_NAME.to_string());
             }
             (options.tune_server)(i, &mut cfg);

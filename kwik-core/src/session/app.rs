@@ -310,12 +310,14 @@ impl Session {
         if touched {
             self.sort_jobs();
         }
+        let lanes = &mut self.main_conn().lanes;
         if let Some(lane) = old {
-            let lanes = &mut self.main_conn().lanes;
             lanes.release(lane);
-            if wake {
-                lanes.wake_soon(stream);
-            }
+        }
+        // A blocked writer may find room at its new priority (a lane of it
+        // exists, or it left a full one): it is told so either way.
+        if wake && moves {
+            lanes.wake_soon(stream);
         }
     }
 

@@ -12,7 +12,10 @@ use std::fmt;
 use super::*;
 use crate::candidate::Candidate;
 use crate::health::PathHealth;
-use crate::scaling::{AutoscaleConfig, ScalingDecision, ScalingInput, ScalingPath, ScalingPolicy};
+use crate::scaling::{
+    AutoscaleConfig, MIN_SAMPLE_INTERVAL, ScalingDecision, ScalingInput, ScalingPath,
+    ScalingPolicy,
+};
 
 /// Most candidates an endpoint keeps (a discovery source is outside the
 /// trust boundary of the core: a huge answer must not make every
@@ -64,8 +67,13 @@ pub(super) struct Scaler {
     /// Paths this scaler added that are neither failed, dead nor closed.
     owned: BTreeSet<PathId>,
     capacity: BTreeMap<PathId, f64>,
-    /// Candidates whose path failed or died, and until when they rest.
-    resting: BTreeMap<SocketAddr, Instant>,
+    /// Candidates whose path failed, died or was closed by the client, and
+    /// until when they rest (`None`: for the rest of the session — the
+    /// client refused them). At most one entry per candidate.
+    resting: BTreeMap<SocketAddr, Option<Instant>>,
+    /// Owned paths this scaler asked to remove (any other owned path that
+    /// closes was closed by the client).
+    removing: BTreeSet<PathId>,
     /// The session was idle at the last look (no timers ran).
     idle: bool,
 }
@@ -80,7 +88,9 @@ impl fmt::Debug for Scaler {
 }
 
 impl Scaler {
-    pub(super) fn new(config: AutoscaleConfig, now: Instant) -> Self {
+    pub(super) fn new(mut config: AutoscaleConfig, now: Instant) -> Self {
+        config.sample_interval = config.sample_interval.max(MIN_SAMPLE_INTERVAL);
+        config.evaluation_interval = config.evaluation_interval.max(config.sample_interval);
         let policy = (config.policy)();
         Self {
             next_sample: now + config.sample_interval,
@@ -92,6 +102,7 @@ impl Scaler {
             owned: BTreeSet::new(),
             capacity: BTreeMap::new(),
             resting: BTreeMap::new(),
+            removing: BTreeSet::new(),
             idle: true,
         }
     }
@@ -177,18 +188,28 @@ impl Session {
             .copied()
             .filter(|p| self.paths.get(p).is_none_or(|i| i.state.is_final()))
             .collect();
+        let backoff = Some(now + scaler.config.candidate_backoff);
         for path in ended {
             scaler.owned.remove(&path);
+            let removed = scaler.removing.remove(&path);
             ctx.scaling.in_use = ctx.scaling.in_use.saturating_sub(1);
-            if let Some(info) = self.paths.get(&path)
-                && matches!(info.state, PathState::Failed | PathState::Dead)
-            {
-                scaler
-                    .resting
-                    .insert(info.address, now + scaler.config.candidate_backoff);
-            }
+            let Some(info) = self.paths.get(&path) else {
+                continue;
+            };
+            // The client refused the server (its policy, or it is a path
+            // already — this primary itself, say): not asked again. A path
+            // that failed, died or that the client closed rests a while.
+            let rest = match (info.state, &info.failure) {
+                (PathState::Failed, Some(f)) if f.code == ErrorCode::Refused => None,
+                (PathState::Failed | PathState::Dead, _) => backoff,
+                (PathState::Closed, _) if !removed => backoff,
+                _ => continue,
+            };
+            scaler.resting.insert(info.address, rest);
         }
-        scaler.resting.retain(|_, until| *until > now);
+        scaler
+            .resting
+            .retain(|_, until| until.is_none_or(|t| t > now));
 
         let utilisation = if scaler.samples == 0 {
             0.0
@@ -237,7 +258,8 @@ impl Session {
             .values()
             .filter(|p| !p.primary && !p.state.is_final())
             .count();
-        let candidate = self.free_candidate(scaler, &ctx.scaling.candidates);
+        let own = ctx.server.map_or(&[][..], |s| &s.path_addresses[..]);
+        let candidate = self.free_candidate(scaler, &ctx.scaling.candidates, own);
         let can_add = candidate.is_some()
             && secondaries < scaler.config.max_paths
             && ctx.scaling.in_use < scaler.config.max_endpoint_paths;
@@ -281,6 +303,7 @@ impl Session {
                     {
                         continue;
                     }
+                    scaler.removing.insert(path);
                     tracing::debug!(target: crate::log::PATHS, session = %self.handle, %path, utilisation, "autoscale: path removed");
                     ctx.events.push_back(Event::PathScaled {
                         session: self.handle,
@@ -299,13 +322,23 @@ impl Session {
             .map_or(PathHealth::Good, |p| p.health)
     }
 
-    /// The most preferred candidate that is neither a path of this session
-    /// (joining or live) nor resting.
-    fn free_candidate(&self, scaler: &Scaler, candidates: &[Candidate]) -> Option<Candidate> {
+    /// The most preferred candidate that is none of: a path of this session
+    /// (joining or live), a server the application added (its path may be
+    /// waiting for a retry: the application's paths are the application's),
+    /// this server itself (`own`: the addresses it is known by), or
+    /// resting.
+    fn free_candidate(
+        &self,
+        scaler: &Scaler,
+        candidates: &[Candidate],
+        own: &[SocketAddr],
+    ) -> Option<Candidate> {
         candidates
             .iter()
             .find(|c| {
                 !scaler.resting.contains_key(&c.address)
+                    && !own.contains(&c.address)
+                    && !self.targets.iter().any(|t| t.address == c.address)
                     && !self
                         .paths
                         .values()
