@@ -460,3 +460,47 @@ fn a_proposal_does_not_cancel_the_applications_path_retry() {
         s.primary().failed
     );
 }
+
+/// Holds: an approved proposal whose AddPath the client never answers
+/// times out like any AddPath — the primary sends RemovePath, frees the
+/// pending slot, does not re-add it by itself — and the same server can be
+/// proposed again, approved as a new path with a new token; each proposal
+/// answered exactly once.
+#[test]
+fn an_approved_proposal_whose_addpath_times_out_can_be_proposed_again() {
+    let listed = Candidate::new("10.0.0.10:4433".parse().unwrap(), SERVER_NAME);
+    let steps = vec![
+        propose_text(1, "10.0.0.10:4433", SERVER_NAME),
+        Step::Sleep(Duration::from_millis(1500)),
+        propose_text(2, "10.0.0.10:4433", SERVER_NAME),
+    ];
+    let mut a = scripted_primary(
+        3307,
+        move |c| {
+            c.proposal_policy = Arc::new(ApproveListed(vec![listed]));
+            c.add_path_timeout = Duration::from_secs(1);
+            c.path_retry = Some(PathRetry::default());
+        },
+        steps,
+    );
+    run_script(&mut a);
+    a.sim.run_for(Duration::from_secs(3));
+    let answers = answers(&a);
+    assert_eq!(answers.len(), 2, "{}", a.context());
+    assert!(answers.iter().all(|m| m.error_code == 0), "{answers:?}");
+    let adds = add_paths(&a);
+    assert_eq!(adds.len(), 2, "no retry of a proposed path: {adds:?}");
+    assert_ne!(adds[0].path_id, adds[1].path_id);
+    assert_ne!(adds[0].token, adds[1].token);
+    let removed: Vec<u64> = a
+        .hostile()
+        .received()
+        .iter()
+        .filter_map(|b| match b {
+            Body::RemovePath(m) => Some(m.path_id),
+            _ => None,
+        })
+        .collect();
+    assert!(removed.contains(&adds[0].path_id), "{removed:?}");
+    assert_eq!(a.hostile().connection_error(), None, "{}", a.context());
+}
