@@ -248,3 +248,20 @@ fn a_static_list_with_a_bom_and_crlf_lines_is_not_misread() {
         }
     }
 }
+
+/// Odd `srv:` names a typo produces: each must be refused at parse time
+/// rather than become a name no record will ever answer.
+#[test]
+fn odd_srv_specs_are_refused() {
+    for spec in [
+        "srv:_kwik._udp.example.com:53",
+        "srv:exa mple.com",
+        "srv:example..com",
+        "srv:_kwik._udp.example.com/",
+        "srv:..",
+        "srv: _kwik._udp.example.com",
+    ] {
+        let parsed = kwik_discovery::parse_spec(spec);
+        assert!(parsed.is_err(), "{spec:?} was taken as {parsed:?}");
+    }
+}
