@@ -26,10 +26,22 @@ const SECONDARY_LATENCY: Duration = Duration::from_millis(25);
 /// A client, a primary and one secondary on unshaped links (no queue, so a
 /// datagram arrives exactly one latency after it left).
 fn exact_setup(seed: u64) -> MultiSetup {
+    exact_setup_with(seed, None)
+}
+
+/// [`exact_setup`], the primary's AddPath answer timeout set to `timeout`.
+fn exact_setup_with(seed: u64, timeout: Option<Duration>) -> MultiSetup {
     let links = vec![ServerLink::new(100, 20), ServerLink::new(100, 50)];
-    let mut s = MultiSetup::new(MultiOptions::new(seed, links, 1 << 16), |p| {
-        p.start = Start::Manual
-    });
+    let mut options = MultiOptions::new(seed, links, 1 << 16);
+    if let Some(t) = timeout {
+        options.tune_server = Box::new(move |i, c| {
+            if i == 0 {
+                c.add_path_timeout = t;
+                c.path_retry = None;
+            }
+        });
+    }
+    let mut s = MultiSetup::new(options, |p| p.start = Start::Manual);
     let (c, p, q) = (s.client_addr, s.servers[0], s.servers[1]);
     s.sim
         .set_path(c, p, LinkConfig::new().latency(PRIMARY_LATENCY));
@@ -503,4 +515,75 @@ fn an_approved_proposal_whose_addpath_times_out_can_be_proposed_again() {
         .collect();
     assert!(removed.contains(&adds[0].path_id), "{removed:?}");
     assert_eq!(a.hostile().connection_error(), None, "{}", a.context());
+}
+
+/// The same defect as
+/// `a_removal_read_with_the_joined_in_one_drive_is_no_illegal_transition`,
+/// with no application involved: an honest primary whose AddPath answer
+/// timeout (`ServerConfig::add_path_timeout`) expires while the Joined is
+/// in flight sends RemovePath on its own (drive.rs, "the client did not
+/// answer AddPath in time"). When the client reads that RemovePath and the
+/// Joined in one batch, it panics in a debug build
+/// (`illegal transition ... Closing -> Active`). The sweep tries answer
+/// timeouts a quarter millisecond apart so that one of them expires inside
+/// the window in which the two are read together.
+#[test]
+fn an_addpath_timeout_racing_the_joined_is_no_illegal_transition() {
+    let mut probe = exact_setup(7);
+    let client = probe.client;
+    let _ = probe.sim.run_while(Duration::from_secs(5), |sim| {
+        !sim.node::<KwikNode<MultiClient>>(client)
+            .app
+            .log
+            .iter()
+            .any(|(_, e)| matches!(e, Event::PathAdded { .. }))
+    });
+    let t_join = joined_at(&probe).expect("the secondary joined");
+    let sent = t_join - SECONDARY_LATENCY;
+    let hold_from = sent - Duration::from_millis(1);
+    // The AddPath left after the primary's handshake; the timeout must
+    // expire in [hold_from, sent + 1 ms].
+    for quarter_ms in 0..(t_join.as_micros() as u64 / 250) {
+        let timeout = Duration::from_micros(250 * quarter_ms + 1);
+        let mut s = exact_setup_with(7, Some(timeout));
+        let (c, p, q) = (s.client_addr, s.servers[0], s.servers[1]);
+        s.sim.run_until(hold_from - Duration::from_micros(1));
+        if joined_at(&s).is_some() || !s.primary().failed.is_empty() {
+            continue; // expired too early for this sweep point
+        }
+        let hold = |latency| {
+            LinkConfig::new()
+                .latency(latency)
+                .blackhole(hold_from, hold_from + Duration::from_secs(1))
+        };
+        s.sim.set_link(q, c, hold(SECONDARY_LATENCY));
+        s.sim.set_link(p, c, hold(PRIMARY_LATENCY));
+        s.sim.tap(q, c, 64);
+        s.sim.tap(p, c, 64);
+        s.sim.run_until(sent + Duration::from_millis(1));
+        if s.primary().failed.is_empty() {
+            continue; // not expired yet: no RemovePath in the batch
+        }
+        let from_primary = s.sim.untap(p, c);
+        let from_secondary = s.sim.untap(q, c);
+        s.sim
+            .set_link(q, c, LinkConfig::new().latency(SECONDARY_LATENCY));
+        s.sim
+            .set_link(p, c, LinkConfig::new().latency(PRIMARY_LATENCY));
+        let now = s.sim.now();
+        let client = s.client;
+        {
+            let node = s.sim.node_mut::<KwikNode<MultiClient>>(client);
+            for d in &from_primary {
+                node.endpoint
+                    .handle_datagram(now, p, None, None, BytesMut::from(&d[..]));
+            }
+            for d in &from_secondary {
+                node.endpoint
+                    .handle_datagram(now, q, None, None, BytesMut::from(&d[..]));
+            }
+        }
+        s.sim.touch(client);
+        s.sim.run_for(Duration::from_secs(1));
+    }
 }
