@@ -6,7 +6,7 @@
 //! automatic-scaling policy and the approval of client-proposed paths can
 //! choose among them without doing any I/O.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// One server that could serve a session as a secondary path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,5 +47,58 @@ impl Candidate {
     pub fn with_region(mut self, region: impl Into<String>) -> Self {
         self.region = Some(region.into());
         self
+    }
+}
+
+/// Why `address` cannot be a path's server: no client can dial it (port 0,
+/// the unspecified address) or it would reach more than one machine
+/// (multicast, broadcast) — IPv4-mapped IPv6 forms judged as their IPv4
+/// address. `None` if it can be.
+///
+/// Every number that names a server is checked with it: a client's
+/// proposal, an AddPath's address, what discovery returns.
+pub fn undialable(address: SocketAddr) -> Option<&'static str> {
+    if address.port() == 0 {
+        return Some("port 0");
+    }
+    let ip = match address.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    if ip.is_unspecified() {
+        return Some("an unspecified address");
+    }
+    if ip.is_multicast() {
+        return Some("a multicast address");
+    }
+    if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        return Some("the broadcast address");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undialable_addresses_are_named_in_every_form() {
+        for bad in [
+            "10.0.0.7:0",
+            "0.0.0.0:4433",
+            "[::]:4433",
+            "224.0.0.1:4433",
+            "[ff02::1]:4433",
+            "255.255.255.255:4433",
+            "[::ffff:0.0.0.0]:4433",
+            "[::ffff:224.0.0.1]:4433",
+            "[::ffff:255.255.255.255]:4433",
+        ] {
+            let a: SocketAddr = bad.parse().unwrap();
+            assert!(undialable(a).is_some(), "{bad}");
+        }
+        for good in ["10.0.0.7:4433", "[::1]:4433", "[::ffff:10.0.0.7]:4433"] {
+            assert_eq!(undialable(good.parse().unwrap()), None, "{good}");
+        }
     }
 }

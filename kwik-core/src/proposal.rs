@@ -21,9 +21,9 @@
 //! decision (kwik-core stays deterministic).
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use crate::candidate::Candidate;
+use crate::candidate::{Candidate, undialable};
 use crate::ids::{SessionHandle, SessionId};
 use crate::paths::PathInfo;
 
@@ -126,25 +126,6 @@ impl ProposalPolicy for ApproveListed {
             ))
         }
     }
-}
-
-/// Why an address cannot be a path's: the client cannot dial it, or it
-/// would reach more than one machine. `None` if it can.
-pub(crate) fn undialable(address: SocketAddr) -> Option<&'static str> {
-    if address.port() == 0 {
-        return Some("port 0");
-    }
-    let ip = address.ip();
-    if ip.is_unspecified() {
-        return Some("an unspecified address");
-    }
-    if ip.is_multicast() {
-        return Some("a multicast address");
-    }
-    if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
-        return Some("the broadcast address");
-    }
-    None
 }
 
 /// Why a candidate cannot be proposed: its address cannot be a path's, or

@@ -457,7 +457,10 @@ mod tests {
         p.remove_after = Duration::ZERO;
         let t = Instant::now();
         let paths = [path(0, false, 10.0), path(1, true, 10.0)];
-        assert_eq!(run(&mut p, t, 1, 0.9, &paths), vec![(0, ScalingDecision::Add)]);
+        assert_eq!(
+            run(&mut p, t, 1, 0.9, &paths),
+            vec![(0, ScalingDecision::Add)]
+        );
         let later = t + Duration::from_secs(1);
         assert_eq!(
             run(&mut p, later, 1, 0.1, &paths),

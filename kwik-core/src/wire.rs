@@ -218,6 +218,9 @@ pub(crate) fn check(body: &Body) -> Result<(), Violation> {
                     m.error_code, m.path_id
                 )));
             }
+            if m.error_code == 0 && !m.reason.is_empty() {
+                return Err(invalid("ProposalAnswer approving with a reason"));
+            }
             length("reason", m.reason.len(), MAX_REASON)
         }
     }

@@ -70,10 +70,14 @@ pub trait Discovery: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// Puts `candidates` in the crate's deterministic order (priority
-/// ascending, weight descending, address, then the other fields), keeps the
-/// first candidate of each address and at most `max` of them.
+/// Drops what no client can dial ([`kwik_core::undialable`]), puts the rest
+/// in the crate's deterministic order (priority ascending, weight
+/// descending, address, then the other fields), keeps the first candidate
+/// of each address and at most `max` of them.
 pub fn normalize(candidates: &mut Vec<Candidate>, max: usize) {
+    // What no client can dial (or what would reach several machines) is
+    // never a candidate, however well a hostile answer ranks it.
+    candidates.retain(|c| kwik_core::undialable(c.address).is_none());
     candidates.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
     let mut seen = std::collections::BTreeSet::new();
     candidates.retain(|c| seen.insert(c.address));

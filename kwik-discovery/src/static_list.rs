@@ -163,8 +163,8 @@ fn parse_line(line: &str) -> Result<Option<Candidate>, String> {
     let address: SocketAddr = address
         .parse()
         .map_err(|_| format!("expected an address IP:PORT or [IPv6]:PORT, found {address:?}"))?;
-    if address.port() == 0 {
-        return Err(format!("port 0 in {address}"));
+    if let Some(why) = kwik_core::undialable(address) {
+        return Err(format!("{address} cannot be a secondary: {why}"));
     }
     let name = words
         .next()

@@ -64,32 +64,9 @@ impl Session {
                     self.policy.add_path_rate, self.policy.add_path_burst
                 ),
             )),
-            Some(a) if !self.policy.permits(a, &m.server_name) => Some((
-                ErrorCode::Refused,
-                format!(
-                    "{a} ({}) is not allowed by the client's path policy",
-                    m.server_name
-                ),
-            )),
-            Some(a) => {
-                let live: Vec<&PathInfo> = self
-                    .paths
-                    .values()
-                    .filter(|p| !p.primary && p.id != path && !p.state.is_final())
-                    .collect();
-                if live.len() >= self.policy.max_paths {
-                    Some((
-                        ErrorCode::Refused,
-                        format!("path limit of {} reached", self.policy.max_paths),
-                    ))
-                } else if live.iter().any(|p| p.address == a)
-                    || self.paths[&PathId::PRIMARY].address == a
-                {
-                    Some((ErrorCode::Refused, format!("a path to {a} exists already")))
-                } else {
-                    None
-                }
-            }
+            Some(a) => self
+                .path_refusal(a, &m.server_name, Some(path))
+                .map(|why| (ErrorCode::Refused, why)),
         };
         if let Some((code, reason)) = refusal {
             self.set_path_state(
@@ -130,6 +107,38 @@ impl Session {
 
     /// Records a path's new state (both roles), tells the primary (client),
     /// emits the events, and settles what the path owed.
+    /// Client: why a path to `address` (certificate `server_name`) would be
+    /// refused now — not allowed by the policy, the path limit reached, or
+    /// the primary or a path that has not ended reaching it already
+    /// (`except`: the path being judged) — or `None`. One rule for the
+    /// AddPaths this client takes and the proposals it makes (§10.3, §13.1).
+    pub(super) fn path_refusal(
+        &self,
+        address: SocketAddr,
+        server_name: &str,
+        except: Option<PathId>,
+    ) -> Option<String> {
+        if !self.policy.permits(address, server_name) {
+            return Some(format!(
+                "{address} ({server_name}) is not allowed by the client's path policy"
+            ));
+        }
+        let live: Vec<&PathInfo> = self
+            .paths
+            .values()
+            .filter(|p| !p.primary && Some(p.id) != except && !p.state.is_final())
+            .collect();
+        if live.len() >= self.policy.max_paths {
+            return Some(format!("path limit of {} reached", self.policy.max_paths));
+        }
+        if live.iter().any(|p| p.address == address)
+            || self.paths[&PathId::PRIMARY].address == address
+        {
+            return Some(format!("a path to {address} exists already"));
+        }
+        None
+    }
+
     pub(super) fn set_path_state(
         &mut self,
         path: PathId,

@@ -323,7 +323,16 @@ impl Session {
             cp.peer_max_control = limits.max_control_message;
         }
         self.conns.get_mut(&path).expect("event source").joined = true;
-        self.set_path_state(path, PathState::Active, None, ctx);
+        // A removal read in the same batch (the primary's RemovePath, the
+        // AddPath's deadline) may have made the path Closing already: it
+        // joins only to drain and close, never to become Active again.
+        if self
+            .paths
+            .get(&path)
+            .is_some_and(|p| p.state == PathState::Handshaking)
+        {
+            self.set_path_state(path, PathState::Active, None, ctx);
+        }
         self.read_all_lanes(path, ctx)
     }
 }

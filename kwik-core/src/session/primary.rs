@@ -180,6 +180,11 @@ impl Session {
             .token_key
             .clone()
             .ok_or(PathError::NoTokenKey)?;
+        if let Some(why) = crate::candidate::undialable(address) {
+            return Err(PathError::InvalidCandidate(format!(
+                "{address} cannot be a path: {why}"
+            )));
+        }
         if server_name.len() > MAX_SERVER_NAME {
             return Err(PathError::TooLarge {
                 size: server_name.len(),

@@ -67,10 +67,8 @@ impl Session {
             return Err(PathError::InvalidCandidate(why));
         }
         // The AddPath an approval brings would be refused here anyway.
-        if !self.policy.permits(address, name) {
-            return Err(PathError::InvalidCandidate(format!(
-                "{address} ({name}) is not allowed by the client's path policy"
-            )));
+        if let Some(why) = self.path_refusal(address, name, None) {
+            return Err(PathError::InvalidCandidate(why));
         }
         if self.proposals.outstanding.len() >= MAX_OUTSTANDING_PROPOSALS {
             return Err(PathError::LimitReached {
@@ -241,6 +239,18 @@ impl Session {
             return Err((
                 ErrorCode::ProposalRefused,
                 format!("{address} is a path of this session already"),
+            ));
+        }
+        // A server the application added is the application's: its path may
+        // be waiting for a retry, which a proposed path would make the
+        // client refuse as a duplicate. Nor does this primary add itself.
+        let own = ctx
+            .server
+            .is_some_and(|s| s.path_addresses.contains(&address));
+        if own || self.targets.iter().any(|t| t.address == address) {
+            return Err((
+                ErrorCode::ProposalRefused,
+                format!("{address} is this primary or one of its own secondaries"),
             ));
         }
         let paths = &self.paths;

@@ -10,11 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::*;
-use crate::candidate::Candidate;
+use crate::candidate::{Candidate, undialable};
 use crate::health::PathHealth;
 use crate::scaling::{
-    AutoscaleConfig, MIN_SAMPLE_INTERVAL, ScalingDecision, ScalingInput, ScalingPath,
-    ScalingPolicy,
+    AutoscaleConfig, MIN_SAMPLE_INTERVAL, ScalingDecision, ScalingInput, ScalingPath, ScalingPolicy,
 };
 
 /// Most candidates an endpoint keeps (a discovery source is outside the
@@ -32,7 +31,8 @@ pub(crate) struct ScalingPool {
 }
 
 impl ScalingPool {
-    /// Replaces the candidates: deduplicated by address, sorted by SRV-style
+    /// Replaces the candidates: without undialable addresses, deduplicated
+    /// by address, sorted by SRV-style
     /// preference (priority, then heavier weight first, then address), at
     /// most [`MAX_CANDIDATES`].
     pub(crate) fn set_candidates(&mut self, mut candidates: Vec<Candidate>) {
@@ -44,7 +44,7 @@ impl ScalingPool {
                 .then(a.server_name.cmp(&b.server_name))
         });
         let mut seen = BTreeSet::new();
-        candidates.retain(|c| seen.insert(c.address));
+        candidates.retain(|c| undialable(c.address).is_none() && seen.insert(c.address));
         candidates.truncate(MAX_CANDIDATES);
         self.candidates = candidates;
     }
