@@ -452,9 +452,11 @@ mod tests {
 
     #[test]
     fn zero_spans_judge_the_latest_evaluation_alone() {
-        let mut p = UtilisationPolicy::default();
-        p.add_after = Duration::ZERO;
-        p.remove_after = Duration::ZERO;
+        let mut p = UtilisationPolicy {
+            add_after: Duration::ZERO,
+            remove_after: Duration::ZERO,
+            ..UtilisationPolicy::default()
+        };
         let t = Instant::now();
         let paths = [path(0, false, 10.0), path(1, true, 10.0)];
         assert_eq!(
