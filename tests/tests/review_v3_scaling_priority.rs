@@ -406,16 +406,12 @@ struct Connector {
     config: ClientConfig,
     session: Option<SessionHandle>,
     established: bool,
-    /// Streams a `StreamWritable` event named, in order.
-    writable: Vec<StreamId>,
 }
 
 impl App for Connector {
     fn on_event(&mut self, _ep: &mut KwikEndpoint, _now: Instant, event: &Event, _: &mut Trace) {
-        match event {
-            Event::SessionEstablished { .. } => self.established = true,
-            Event::StreamWritable { stream, .. } => self.writable.push(*stream),
-            _ => {}
+        if let Event::SessionEstablished { .. } = event {
+            self.established = true;
         }
     }
 
@@ -471,7 +467,6 @@ fn pair(seed: u64, max_lanes: u32) -> Pair {
                 config: client_cfg,
                 session: None,
                 established: false,
-                writable: Vec::new(),
             },
         )),
     );
@@ -557,14 +552,6 @@ impl Pair {
             .node::<KwikNode<BulkServer>>(self.server)
             .app
             .corrupt
-    }
-
-    fn writable(&self) -> &[StreamId] {
-        &self
-            .sim
-            .node::<KwikNode<Connector>>(self.client)
-            .app
-            .writable
     }
 
     fn lanes(&mut self) -> u64 {
