@@ -36,6 +36,9 @@ const MDNS_PORT: u16 = 5353;
 /// Longest TXT value used (server name or region).
 const MAX_TXT_VALUE: usize = 253;
 
+/// How many more services than it returns a browse holds before choosing.
+const GATHER_FACTOR: usize = 4;
+
 /// Candidates from an mDNS browse of one service type.
 ///
 /// Every [`discover`](Discovery::discover) starts an mDNS daemon (a thread
@@ -117,7 +120,10 @@ impl Mdns {
             };
             match event {
                 ServiceEvent::ServiceResolved(service) => {
-                    if services.len() == self.max && !services.contains_key(&service.fullname) {
+                    // Gather beyond `max` (still bounded) before choosing, so
+                    // that whoever announces first does not decide the list.
+                    let room = self.max.saturating_mul(GATHER_FACTOR);
+                    if services.len() >= room && !services.contains_key(&service.fullname) {
                         continue;
                     }
                     let candidates = self.candidates(&service);
