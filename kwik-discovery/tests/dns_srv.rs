@@ -2,45 +2,18 @@
 //! serving an in-memory zone `example.test.` on a random port.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_server::ServerFuture;
-use hickory_server::authority::{Catalog, ZoneType};
-use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryAuthority;
+use hickory_server::proto::rr::rdata::{A, AAAA, SRV};
+use hickory_server::proto::rr::{Name, RData};
 use kwik_discovery::{Candidate, Discovery, DiscoveryError, DnsSrv};
 
-fn name(s: &str) -> Name {
-    Name::from_ascii(s).unwrap()
-}
-
-/// A DNS server for `example.test.` on 127.0.0.1 (UDP and TCP on one
-/// random port); it stops when dropped.
-struct TestDns {
-    addr: SocketAddr,
-    _server: ServerFuture<Catalog>,
-}
+mod common;
+use common::{TestDns, Zone, name};
 
 async fn start_dns() -> TestDns {
-    let origin = name("example.test.");
-    let mut zone = InMemoryAuthority::empty(origin.clone(), ZoneType::Primary, false);
-    let mut add = |owner: &str, data: RData| {
-        assert!(zone.upsert_mut(Record::from_rdata(name(owner), 60, data), 1));
-    };
-    add(
-        "example.test.",
-        RData::SOA(SOA::new(
-            name("ns.example.test."),
-            name("admin.example.test."),
-            1,
-            3600,
-            600,
-            86400,
-            60,
-        )),
-    );
+    let mut zone = Zone::new("example.test.");
+    let mut add = |owner: &str, data: RData| zone.add(owner, data);
     // Three secondaries: s3 alone at the best priority; at priority 10, s2
     // (weight 60, two addresses) before s1 (weight 20).
     let srv = "_kwik._udp.example.test.";
@@ -96,19 +69,7 @@ async fn start_dns() -> TestDns {
         RData::SRV(SRV::new(0, 0, 4433, name("s1.example.test."))),
     );
 
-    let mut catalog = Catalog::new();
-    catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let mut server = ServerFuture::new(catalog);
-    server.register_socket(udp);
-    if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
-        server.register_listener(tcp, Duration::from_secs(5));
-    }
-    TestDns {
-        addr,
-        _server: server,
-    }
+    zone.serve().await
 }
 
 fn sa(s: &str) -> SocketAddr {

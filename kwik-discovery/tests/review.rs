@@ -2,45 +2,20 @@
 //! file can make a primary believe is a secondary.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_server::ServerFuture;
-use hickory_server::authority::{Catalog, ZoneType};
-use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryAuthority;
+use hickory_server::proto::rr::RData;
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, SRV};
 use kwik_discovery::{Discovery, DiscoveryError, DnsSrv, StaticList};
 
-fn name(s: &str) -> Name {
-    Name::from_ascii(s).unwrap()
-}
-
-struct HostileDns {
-    addr: SocketAddr,
-    _server: ServerFuture<Catalog>,
-}
+mod common;
+use common::{TestDns, Zone, name};
 
 /// A name server for `hostile.test.` whose answers are what an attacker
 /// controlling the zone (or the path to the name server) would write.
-async fn start_hostile_dns() -> HostileDns {
-    let origin = name("hostile.test.");
-    let mut zone = InMemoryAuthority::empty(origin.clone(), ZoneType::Primary, false);
-    let mut add = |owner: &str, data: RData| {
-        assert!(zone.upsert_mut(Record::from_rdata(name(owner), 60, data), 1));
-    };
-    add(
-        "hostile.test.",
-        RData::SOA(SOA::new(
-            name("ns.hostile.test."),
-            name("admin.hostile.test."),
-            1,
-            3600,
-            600,
-            86400,
-            60,
-        )),
-    );
+async fn start_hostile_dns() -> TestDns {
+    let mut zone = Zone::new("hostile.test.");
+    let mut add = |owner: &str, data: RData| zone.add(owner, data);
     // One honest target and targets whose addresses no client can dial, or
     // that would reach every machine of a network.
     let srv = "_kwik._udp.hostile.test.";
@@ -84,19 +59,7 @@ async fn start_hostile_dns() -> HostileDns {
         "b.hostile.test.",
         RData::CNAME(CNAME(name("a.hostile.test."))),
     );
-    let mut catalog = Catalog::new();
-    catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let mut server = ServerFuture::new(catalog);
-    server.register_socket(udp);
-    if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
-        server.register_listener(tcp, Duration::from_secs(5));
-    }
-    HostileDns {
-        addr,
-        _server: server,
-    }
+    zone.serve().await
 }
 
 fn dialable(a: SocketAddr) -> bool {
