@@ -54,6 +54,7 @@ pub mod kwik_node;
 pub mod link;
 pub mod multi;
 pub mod node;
+pub mod pair;
 pub mod quic_driver;
 pub mod quinn_node;
 pub mod resume;

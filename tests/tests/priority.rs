@@ -6,184 +6,28 @@
 //! exactly as before.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use kwik_core::{
-    ClientConfig, Dir, Event, KwikEndpoint, MAX_STREAM_PRIORITY, SessionHandle, Side, StreamError,
-    StreamId, TransferConfig, WriteError,
+    Dir, MAX_STREAM_PRIORITY, Side, StreamError, StreamId, TransferConfig, WriteError,
 };
 use kwik_sim::multi::{
     DESCRIPTOR, MultiOptions, MultiSetup, PayloadResource, SecondaryApp, ServerLink, Start,
     first_server_stream,
 };
-use kwik_sim::setup::{SERVER_NAME, addr, configs, dev_cert, endpoint};
-use kwik_sim::{App, BulkServer, KwikNode, LinkConfig, NodeId, Payload, Sim, Trace};
-
-/// A client application that only connects; the test drives its streams.
-struct Connector {
-    config: ClientConfig,
-    session: Option<SessionHandle>,
-    established: bool,
-}
-
-impl App for Connector {
-    fn on_event(&mut self, _ep: &mut KwikEndpoint, _now: Instant, event: &Event, _: &mut Trace) {
-        if let Event::SessionEstablished { .. } = event {
-            self.established = true;
-        }
-    }
-
-    fn poll(&mut self, ep: &mut KwikEndpoint, now: Instant, _trace: &mut Trace) -> bool {
-        if self.session.is_some() {
-            return false;
-        }
-        let h = ep
-            .connect(now, addr(1), SERVER_NAME, &self.config)
-            .expect("connect");
-        self.session = Some(h);
-        true
-    }
-}
-
-struct Pair {
-    sim: Sim,
-    server: NodeId,
-    client: NodeId,
-    payload: Payload,
-}
+use kwik_sim::pair::StreamPair;
+use kwik_sim::{KwikNode, LinkConfig, Payload};
 
 /// A client and a server on `link`, the session established; every
 /// logical stream may hold `window` bytes of credit.
-fn pair(seed: u64, link: LinkConfig, window: u64) -> Pair {
-    let mut sim = Sim::new(seed);
-    sim.set_path(addr(1), addr(2), link);
-    let cert = dev_cert(seed);
-    let (mut client_cfg, mut server_cfg) = configs(&cert);
-    for t in [&mut client_cfg.transport, &mut server_cfg.transport] {
-        t.stream_window = window;
-        t.send_window = window * 4;
-    }
-    let payload = Payload::new(seed);
-    let now = sim.now();
-    let server = sim.add_node(
-        &[addr(1)],
-        Box::new(KwikNode::new(
-            addr(1),
-            endpoint(seed, Some(server_cfg), now),
-            BulkServer::new(payload.clone(), 0),
-        )),
-    );
-    let client = sim.add_node(
-        &[addr(2)],
-        Box::new(KwikNode::new(
-            addr(2),
-            endpoint(seed + 1, None, now),
-            Connector {
-                config: client_cfg,
-                session: None,
-                established: false,
-            },
-        )),
-    );
-    let mut p = Pair {
-        sim,
-        server,
-        client,
-        payload,
-    };
-    p.sim
-        .run_while(Duration::from_secs(5), |sim| {
-            !sim.node::<KwikNode<Connector>>(client).app.established
-        })
-        .expect("the session is established");
-    p
-}
-
-impl Pair {
-    fn session(&self) -> SessionHandle {
-        self.sim
-            .node::<KwikNode<Connector>>(self.client)
-            .app
-            .session
-            .expect("connected")
-    }
-
-    fn endpoint(&mut self) -> &mut KwikEndpoint {
-        &mut self
-            .sim
-            .node_mut::<KwikNode<Connector>>(self.client)
-            .endpoint
-    }
-
-    /// Opens a uni stream at `priority` (left at the default if `None`).
-    fn open(&mut self, priority: Option<i32>) -> StreamId {
-        let h = self.session();
-        let mut session = self.endpoint().session(h).expect("live");
-        let id = session.open(Dir::Uni).expect("open");
-        if let Some(p) = priority {
-            session.stream(id).unwrap().set_priority(p).unwrap();
+fn pair(seed: u64, link: LinkConfig, window: u64) -> StreamPair {
+    StreamPair::new(seed, link, |client, server| {
+        for t in [&mut client.transport, &mut server.transport] {
+            t.stream_window = window;
+            t.send_window = window * 4;
         }
-        id
-    }
-
-    /// Writes bytes `[from, to)` of `id`'s payload (all of them: the
-    /// stream's credit must cover them); `fin` ends the stream after them.
-    fn write(&mut self, id: StreamId, from: u64, to: u64, fin: bool) {
-        let h = self.session();
-        let payload = self.payload.clone();
-        let mut stream = self.endpoint().stream(h, id).expect("live");
-        let mut at = from;
-        while at < to {
-            let mut chunk = payload.chunk(id, at, (to - at).min(256 << 10) as usize);
-            match stream.write_chunk(&mut chunk) {
-                Ok(n) => at += n as u64,
-                Err(e) => panic!("write on {id} at {at}: {e:?}"),
-            }
-        }
-        if fin {
-            stream.finish().expect("finish");
-        }
-        let client = self.client;
-        self.sim.touch(client);
-    }
-
-    fn lanes(&mut self) -> u64 {
-        let h = self.session();
-        self.endpoint().session(h).unwrap().stats().lanes_opened
-    }
-
-    fn server(&self) -> &BulkServer {
-        &self.sim.node::<KwikNode<BulkServer>>(self.server).app
-    }
-
-    /// Verified bytes the server read of `id`.
-    fn read(&self, id: StreamId) -> u64 {
-        self.server()
-            .received
-            .values()
-            .filter_map(|s| s.get(&id))
-            .map(|r| r.bytes)
-            .sum()
-    }
-
-    /// Runs until the server read `len` bytes of `id`; the time it took.
-    fn run_until_read(&mut self, id: StreamId, len: u64, limit: Duration) -> Duration {
-        let start = self.sim.elapsed();
-        let server = self.server;
-        self.sim
-            .run_while(limit, |sim| {
-                let s = &sim.node::<KwikNode<BulkServer>>(server).app;
-                s.received
-                    .values()
-                    .filter_map(|m| m.get(&id))
-                    .map(|r| r.bytes)
-                    .sum::<u64>()
-                    < len
-            })
-            .expect("read in time")
-            - start
-    }
+    })
 }
 
 const BULK: u64 = 4 << 20;

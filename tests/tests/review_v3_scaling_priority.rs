@@ -13,16 +13,17 @@ use kwik_core::scaling::{
     AutoscaleConfig, ScalingDecision, ScalingInput, ScalingPolicy, UtilisationPolicy,
 };
 use kwik_core::{
-    Candidate, ClientConfig, Dir, Event, KwikEndpoint, PathFilter, PathId, PathTarget,
-    SessionHandle, Side, StreamId, TransferConfig, WriteError,
+    Candidate, Dir, KwikEndpoint, PathFilter, PathId, PathTarget, SessionHandle, Side, StreamId,
+    TransferConfig, WriteError,
 };
 use kwik_sim::multi::{
     DESCRIPTOR, MultiClient, MultiOptions, MultiSetup, PayloadResource, SecondaryApp, ServerLink,
     Start, first_server_stream,
 };
 use kwik_sim::node::Node;
+use kwik_sim::pair::StreamPair;
 use kwik_sim::setup::{SERVER_NAME, addr, configs, dev_cert, endpoint};
-use kwik_sim::{App, BulkServer, KwikNode, LinkConfig, NodeId, Payload, Sim, Trace};
+use kwik_sim::{KwikNode, LinkConfig, NodeId, Payload};
 
 const MBIT: u64 = 1_000_000 / 8;
 
@@ -402,162 +403,15 @@ fn candidates_replaced_while_scaled_paths_live_are_still_released() {
 // Stream priorities
 // ---------------------------------------------------------------------
 
-struct Connector {
-    config: ClientConfig,
-    session: Option<SessionHandle>,
-    established: bool,
-}
-
-impl App for Connector {
-    fn on_event(&mut self, _ep: &mut KwikEndpoint, _now: Instant, event: &Event, _: &mut Trace) {
-        if let Event::SessionEstablished { .. } = event {
-            self.established = true;
-        }
-    }
-
-    fn poll(&mut self, ep: &mut KwikEndpoint, now: Instant, _trace: &mut Trace) -> bool {
-        if self.session.is_some() {
-            return false;
-        }
-        let h = ep
-            .connect(now, addr(1), SERVER_NAME, &self.config)
-            .expect("connect");
-        self.session = Some(h);
-        true
-    }
-}
-
-struct Pair {
-    sim: Sim,
-    server: NodeId,
-    client: NodeId,
-    payload: Payload,
-}
-
-/// A client and a server; the server lets the client open `max_lanes`
-/// lanes.
-fn pair(seed: u64, max_lanes: u32) -> Pair {
-    let mut sim = Sim::new(seed);
-    sim.set_path(
-        addr(1),
-        addr(2),
-        LinkConfig::new()
-            .rate_mbps(20)
-            .latency(Duration::from_millis(20)),
-    );
-    let cert = dev_cert(seed);
-    let (client_cfg, mut server_cfg) = configs(&cert);
-    server_cfg.transport.max_lanes = max_lanes;
-    let payload = Payload::new(seed);
-    let now = sim.now();
-    let server = sim.add_node(
-        &[addr(1)],
-        Box::new(KwikNode::new(
-            addr(1),
-            endpoint(seed, Some(server_cfg), now),
-            BulkServer::new(payload.clone(), 0),
-        )),
-    );
-    let client = sim.add_node(
-        &[addr(2)],
-        Box::new(KwikNode::new(
-            addr(2),
-            endpoint(seed + 1, None, now),
-            Connector {
-                config: client_cfg,
-                session: None,
-                established: false,
-            },
-        )),
-    );
-    let mut p = Pair {
-        sim,
-        server,
-        client,
-        payload,
-    };
-    p.sim
-        .run_while(Duration::from_secs(5), |sim| {
-            !sim.node::<KwikNode<Connector>>(client).app.established
-        })
-        .expect("the session is established");
-    p
-}
-
-impl Pair {
-    fn session(&self) -> SessionHandle {
-        self.sim
-            .node::<KwikNode<Connector>>(self.client)
-            .app
-            .session
-            .unwrap()
-    }
-
-    fn endpoint(&mut self) -> &mut KwikEndpoint {
-        &mut self
-            .sim
-            .node_mut::<KwikNode<Connector>>(self.client)
-            .endpoint
-    }
-
-    fn open(&mut self, priority: i32) -> StreamId {
-        let h = self.session();
-        let mut session = self.endpoint().session(h).unwrap();
-        let id = session.open(Dir::Uni).unwrap();
-        session.stream(id).unwrap().set_priority(priority).unwrap();
-        id
-    }
-
-    /// Tries to write `[from, to)` of `id`; the bytes written.
-    fn try_write(&mut self, id: StreamId, from: u64, to: u64) -> Result<u64, WriteError> {
-        let h = self.session();
-        let payload = self.payload.clone();
-        let mut stream = self.endpoint().stream(h, id).unwrap();
-        let mut at = from;
-        while at < to {
-            let mut chunk = payload.chunk(id, at, (to - at) as usize);
-            match stream.write_chunk(&mut chunk) {
-                Ok(n) => at += n as u64,
-                Err(WriteError::Blocked) if at > from => break,
-                Err(e) => return Err(e),
-            }
-        }
-        let client = self.client;
-        self.sim.touch(client);
-        Ok(at - from)
-    }
-
-    fn set_priority(&mut self, id: StreamId, priority: i32) {
-        let h = self.session();
-        self.endpoint()
-            .stream(h, id)
-            .unwrap()
-            .set_priority(priority)
-            .unwrap();
-    }
-
-    fn read(&self, id: StreamId) -> u64 {
-        self.sim
-            .node::<KwikNode<BulkServer>>(self.server)
-            .app
-            .received
-            .values()
-            .filter_map(|s| s.get(&id))
-            .map(|r| r.bytes)
-            .sum()
-    }
-
-    fn corrupt(&self) -> u64 {
-        self.sim
-            .node::<KwikNode<BulkServer>>(self.server)
-            .app
-            .corrupt
-    }
-
-    fn lanes(&mut self) -> u64 {
-        let h = self.session();
-        self.endpoint().session(h).unwrap().stats().lanes_opened
-    }
+/// A client and a server on a 20 Mbit/s, 40 ms link; the server lets the
+/// client open `max_lanes` lanes.
+fn pair(seed: u64, max_lanes: u32) -> StreamPair {
+    let link = LinkConfig::new()
+        .rate_mbps(20)
+        .latency(Duration::from_millis(20));
+    StreamPair::new(seed, link, |_, server| {
+        server.transport.max_lanes = max_lanes
+    })
 }
 
 /// Writes 1 KiB on each of three open (unfinished) streams of the given
@@ -565,7 +419,7 @@ impl Pair {
 /// kilobyte is read within 10 s.
 fn third_stream_gets_through(priorities: [i32; 3]) -> (Result<u64, WriteError>, u64) {
     let mut p = pair(41, 2);
-    let ids: Vec<StreamId> = priorities.iter().map(|&pr| p.open(pr)).collect();
+    let ids: Vec<StreamId> = priorities.iter().map(|&pr| p.open(Some(pr))).collect();
     for id in &ids[..2] {
         assert_eq!(p.try_write(*id, 0, 1024), Ok(1024));
     }
@@ -621,8 +475,8 @@ fn more_priorities_than_lanes_does_not_block_a_stream_forever() {
 #[test]
 fn priority_churn_mid_stream_keeps_data_intact_and_lanes_bounded() {
     let mut p = pair(42, 16);
-    let churned = p.open(0);
-    let steady = p.open(5);
+    let churned = p.open(Some(0));
+    let steady = p.open(Some(5));
     let total = 6u64 << 20;
     let (mut at, mut steady_at) = (0u64, 0u64);
     let mut priority = 0i32;
@@ -744,9 +598,9 @@ fn removals_racing_a_heavy_transfer_lose_and_corrupt_nothing() {
 #[test]
 fn a_stream_without_a_lane_of_its_priority_writes_and_moves() {
     let mut p = pair(43, 2);
-    let a = p.open(1);
-    let b = p.open(2);
-    let c = p.open(3);
+    let a = p.open(Some(1));
+    let b = p.open(Some(2));
+    let c = p.open(Some(3));
     assert_eq!(p.try_write(a, 0, 1024), Ok(1024));
     assert_eq!(p.try_write(b, 0, 1024), Ok(1024));
     p.sim.run_for(Duration::from_secs(1));
