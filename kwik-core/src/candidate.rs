@@ -50,6 +50,29 @@ impl Candidate {
     }
 }
 
+/// Puts `candidates` in SRV-style preference order — lower priority first,
+/// then heavier weight, then address, server name and region, so that the
+/// order never depends on the input's — after dropping those no client can
+/// dial ([`undialable`]); keeps the first candidate of each address and at
+/// most `max` of them.
+///
+/// One rule for every list of servers: what a discovery source returns and
+/// the pool automatic scaling chooses from.
+pub fn normalize_candidates(candidates: &mut Vec<Candidate>, max: usize) {
+    candidates.retain(|c| undialable(c.address).is_none());
+    candidates.sort_by(|a, b| {
+        a.priority
+            .cmp(&b.priority)
+            .then(b.weight.cmp(&a.weight))
+            .then(a.address.cmp(&b.address))
+            .then(a.server_name.cmp(&b.server_name))
+            .then(a.region.cmp(&b.region))
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    candidates.retain(|c| seen.insert(c.address));
+    candidates.truncate(max);
+}
+
 /// Why `address` cannot be a path's server: no client can dial it (port 0,
 /// the unspecified address) or it would reach more than one machine
 /// (multicast, broadcast) — IPv4-mapped IPv6 forms judged as their IPv4

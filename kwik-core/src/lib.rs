@@ -85,7 +85,7 @@ mod view;
 mod wire;
 mod zero_rtt;
 
-pub use candidate::{Candidate, undialable};
+pub use candidate::{Candidate, normalize_candidates, undialable};
 pub use config::{
     ALPN, ClientConfig, ConfigError, CongestionControl, EndpointConfig, LossDetection,
     MAX_TIME_THRESHOLD, PRE_HANDSHAKE_WINDOW, PROTOCOL_VERSION, RetryPolicy, SUPPORTED_FEATURES,

@@ -35,7 +35,6 @@ mod mdns;
 mod spec;
 mod static_list;
 
-use std::cmp::Reverse;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -70,34 +69,7 @@ pub trait Discovery: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// Drops what no client can dial ([`kwik_core::undialable`]), puts the rest
-/// in the crate's deterministic order (priority ascending, weight
-/// descending, address, then the other fields), keeps the first candidate
-/// of each address and at most `max` of them.
-pub fn normalize(candidates: &mut Vec<Candidate>, max: usize) {
-    // What no client can dial (or what would reach several machines) is
-    // never a candidate, however well a hostile answer ranks it.
-    candidates.retain(|c| kwik_core::undialable(c.address).is_none());
-    candidates.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
-    let mut seen = std::collections::BTreeSet::new();
-    candidates.retain(|c| seen.insert(c.address));
-    candidates.truncate(max);
-}
-
-type OrderKey<'a> = (
-    u16,
-    Reverse<u16>,
-    std::net::SocketAddr,
-    &'a str,
-    &'a Option<String>,
-);
-
-fn order_key(c: &Candidate) -> OrderKey<'_> {
-    (
-        c.priority,
-        Reverse(c.weight),
-        c.address,
-        &c.server_name,
-        &c.region,
-    )
-}
+/// Puts candidates in the crate's deterministic order, one per address,
+/// at most `max`, without undialable addresses: kwik-core's rule for every
+/// list of servers.
+pub use kwik_core::normalize_candidates as normalize;

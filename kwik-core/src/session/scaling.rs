@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::*;
-use crate::candidate::{Candidate, undialable};
+use crate::candidate::{Candidate, normalize_candidates};
 use crate::health::PathHealth;
 use crate::scaling::{
     AutoscaleConfig, MIN_SAMPLE_INTERVAL, ScalingDecision, ScalingInput, ScalingPath, ScalingPolicy,
@@ -31,21 +31,10 @@ pub(crate) struct ScalingPool {
 }
 
 impl ScalingPool {
-    /// Replaces the candidates: without undialable addresses, deduplicated
-    /// by address, sorted by SRV-style
-    /// preference (priority, then heavier weight first, then address), at
-    /// most [`MAX_CANDIDATES`].
+    /// Replaces the candidates, normalized ([`normalize_candidates`]) to
+    /// at most [`MAX_CANDIDATES`].
     pub(crate) fn set_candidates(&mut self, mut candidates: Vec<Candidate>) {
-        candidates.sort_by(|a, b| {
-            a.priority
-                .cmp(&b.priority)
-                .then(b.weight.cmp(&a.weight))
-                .then(a.address.cmp(&b.address))
-                .then(a.server_name.cmp(&b.server_name))
-        });
-        let mut seen = BTreeSet::new();
-        candidates.retain(|c| undialable(c.address).is_none() && seen.insert(c.address));
-        candidates.truncate(MAX_CANDIDATES);
+        normalize_candidates(&mut candidates, MAX_CANDIDATES);
         self.candidates = candidates;
     }
 }
