@@ -518,20 +518,14 @@ impl State {
                 session,
                 path,
                 health,
-            } => {
-                if let Some(slot) = self.sessions.get_mut(&session) {
-                    slot.push_path_event(PathEvent::Health { path, health }, wake);
-                }
-            }
+            } => self.queue_path_event(session, PathEvent::Health { path, health }, wake),
             Event::PathProposalAnswered {
                 session,
                 proposal,
                 outcome,
             } => {
-                if let Some(slot) = self.sessions.get_mut(&session) {
-                    let event = PathEvent::ProposalAnswered { proposal, outcome };
-                    slot.push_path_event(event, wake);
-                }
+                let event = PathEvent::ProposalAnswered { proposal, outcome };
+                self.queue_path_event(session, event, wake);
             }
             Event::PathProposed {
                 session,
@@ -539,24 +533,18 @@ impl State {
                 candidate,
                 outcome,
             } => {
-                if let Some(slot) = self.sessions.get_mut(&session) {
-                    let event = PathEvent::Proposed {
-                        proposal,
-                        candidate,
-                        outcome,
-                    };
-                    slot.push_path_event(event, wake);
-                }
+                let event = PathEvent::Proposed {
+                    proposal,
+                    candidate,
+                    outcome,
+                };
+                self.queue_path_event(session, event, wake);
             }
             Event::PathScaled {
                 session,
                 path,
                 added,
-            } => {
-                if let Some(slot) = self.sessions.get_mut(&session) {
-                    slot.push_path_event(PathEvent::Scaled { path, added }, wake);
-                }
-            }
+            } => self.queue_path_event(session, PathEvent::Scaled { path, added }, wake),
             Event::RangesLost {
                 session,
                 path,
@@ -660,6 +648,18 @@ impl State {
 
     /// A path changed state: settles a pending `add_path` (the first outcome
     /// wins), queues the event and wakes who waits on paths.
+    /// Queues `event` for `session`'s application, if the session is known.
+    fn queue_path_event(
+        &mut self,
+        session: SessionHandle,
+        event: PathEvent,
+        wake: &mut Vec<Waker>,
+    ) {
+        if let Some(slot) = self.sessions.get_mut(&session) {
+            slot.push_path_event(event, wake);
+        }
+    }
+
     fn on_path_event(
         &mut self,
         session: SessionHandle,
