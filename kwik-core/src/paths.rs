@@ -257,7 +257,9 @@ impl PathInfo {
             state: self.state,
             history: std::mem::take(&mut self.history),
         };
-        let what = format!("{session} {}: {} -> {next}", self.id, self.state);
+        let (id, current) = (self.id, self.state);
+        // Described only if the move is illegal: no formatting per transition.
+        let what = format_args!("{session} {id}: {current} -> {next}");
         let moved = machine.step(next, now, PathState::may_become, &what);
         self.state = machine.state;
         self.history = machine.history;

@@ -213,7 +213,9 @@ pub(crate) fn set_session_state(
     now: Instant,
     events: &mut VecDeque<Event>,
 ) -> bool {
-    let what = format_args!("{session}: {} -> {next}", machine.state).to_string();
+    let current = machine.state;
+    // Described only if the move is illegal: no formatting per transition.
+    let what = format_args!("{session}: {current} -> {next}");
     let Some(from) = machine.step(next, now, SessionState::may_become, &what) else {
         return false;
     };
