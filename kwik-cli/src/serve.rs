@@ -24,9 +24,11 @@
 //!
 //! # Automatic scaling
 //! With `--autoscale` the list is the endpoint's pool of candidates
-//! instead: a session gets secondaries from it, in the list's order, only
-//! while it reads faster than its paths deliver, and gives them back once
-//! they idle (see `kwik_core::scaling`).
+//! instead: a session gets secondaries from it only while it reads faster
+//! than its paths deliver, and gives them back once they idle (see
+//! `kwik_core::scaling`). The pool is taken in SRV-style preference order:
+//! discovered candidates keep their priorities and weights, explicit ones
+//! count as priority 0, weight 0.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Once};
@@ -62,13 +64,6 @@ pub fn transport() -> TransportConfig {
     t.send_window = 32 << 20;
     t.max_frame_payload = 256 << 10;
     t
-}
-
-/// A secondary named on the primary's command line.
-#[derive(Debug, Clone)]
-struct Secondary {
-    addr: SocketAddr,
-    name: String,
 }
 
 /// Runs `kwik serve` until the process is stopped.
@@ -138,12 +133,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Fail> {
             config.autoscale = Some(AutoscaleConfig::default());
             let endpoint = bind(config, listen, metrics.as_ref()).await?;
             eprintln!("kwik: autoscaling over [{}]", describe(&secondaries));
-            endpoint.set_candidates(
-                secondaries
-                    .iter()
-                    .map(|s| Candidate::new(s.addr, s.name.clone()))
-                    .collect(),
-            );
+            endpoint.set_candidates(secondaries);
             primary(endpoint, dir, Vec::new()).await
         }
         Role::Primary => {
@@ -156,7 +146,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Fail> {
 
 /// `ADDR[=NAME]`; NAME (the name its certificate is checked for) defaults
 /// to ADDR's host.
-fn parse_secondary(spec: &str) -> Result<Secondary, Fail> {
+fn parse_secondary(spec: &str) -> Result<Candidate, Fail> {
     let (addr, name) = match spec.split_once('=') {
         Some((addr, name)) => (addr, Some(name.to_string())),
         None => (spec, None),
@@ -164,15 +154,15 @@ fn parse_secondary(spec: &str) -> Result<Secondary, Fail> {
     let resolved = resolve_one(addr)?;
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok(Secondary {
-        addr: resolved,
-        name: name.unwrap_or_else(|| host.to_string()),
-    })
+    Ok(Candidate::new(
+        resolved,
+        name.unwrap_or_else(|| host.to_string()),
+    ))
 }
 
 /// `explicit` followed by what `--discover` finds, one per address (see
 /// the module docs for the rules).
-async fn discover(args: &ServeArgs, explicit: Vec<Secondary>) -> Result<Vec<Secondary>, Fail> {
+async fn discover(args: &ServeArgs, explicit: Vec<Candidate>) -> Result<Vec<Candidate>, Fail> {
     let specs = args
         .discover
         .iter()
@@ -220,11 +210,8 @@ async fn discover(args: &ServeArgs, explicit: Vec<Secondary>) -> Result<Vec<Seco
         let noun = if n == 1 { "secondary" } else { "secondaries" };
         eprintln!("kwik: {} found {n} {noun}", source.describe());
         for candidate in candidates {
-            if secondaries.iter().all(|s| s.addr != candidate.address) {
-                secondaries.push(Secondary {
-                    addr: candidate.address,
-                    name: candidate.server_name,
-                });
+            if secondaries.iter().all(|s| s.address != candidate.address) {
+                secondaries.push(candidate);
             }
         }
     }
@@ -319,7 +306,7 @@ fn register_all(dir: &ServedDir, endpoint: &Endpoint) -> Result<usize, Fail> {
 async fn primary(
     endpoint: Endpoint,
     dir: Arc<ServedDir>,
-    secondaries: Vec<Secondary>,
+    secondaries: Vec<Candidate>,
 ) -> Result<(), Fail> {
     eprintln!(
         "kwik: primary on {} serving {} with secondaries [{}]",
@@ -342,7 +329,7 @@ async fn primary(
 }
 
 /// Answers every request of one session.
-async fn primary_session(session: Session, dir: Arc<ServedDir>, secondaries: Arc<Vec<Secondary>>) {
+async fn primary_session(session: Session, dir: Arc<ServedDir>, secondaries: Arc<Vec<Candidate>>) {
     let paths_added = Arc::new(Once::new());
     while let Ok((send, recv)) = session.accept_bi().await {
         let (session, dir, secondaries, paths_added) = (
@@ -365,7 +352,7 @@ async fn request(
     mut send: kwik_tokio::SendStream,
     mut recv: kwik_tokio::RecvStream,
     dir: &Arc<ServedDir>,
-    secondaries: &Arc<Vec<Secondary>>,
+    secondaries: &Arc<Vec<Candidate>>,
     paths_added: &Once,
 ) -> Result<(), String> {
     let response = match recv.read_to_end(MAX_REQUEST).await {
@@ -447,28 +434,31 @@ async fn lookup(
 /// Asks the client to join every secondary; outcomes are logged (the
 /// transfer helper uses whichever paths become live, whenever they do).
 /// `ADDR=NAME, …` for the log.
-fn describe(secondaries: &[Secondary]) -> String {
+fn describe(secondaries: &[Candidate]) -> String {
     secondaries
         .iter()
-        .map(|s| format!("{}={}", s.addr, s.name))
+        .map(|s| format!("{}={}", s.address, s.server_name))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn add_paths(session: &Session, secondaries: &[Secondary]) {
+fn add_paths(session: &Session, secondaries: &[Candidate]) {
     for secondary in secondaries {
         let (session, secondary) = (session.clone(), secondary.clone());
         tokio::spawn(async move {
-            match session.add_path(secondary.addr, &secondary.name).await {
+            match session
+                .add_path(secondary.address, &secondary.server_name)
+                .await
+            {
                 Ok(path) => eprintln!(
                     "kwik: session {}: {} joined as {path}",
                     session.id(),
-                    secondary.addr
+                    secondary.address
                 ),
                 Err(e) => eprintln!(
                     "kwik: session {}: {} not added: {e}",
                     session.id(),
-                    secondary.addr
+                    secondary.address
                 ),
             }
         });
