@@ -31,27 +31,12 @@ impl Session {
                 ctx.now,
             ),
         );
-        let admitted = self.add_budget.take(
+        let admitted = self.add_budget.admit(
             ctx.now,
             self.policy.add_path_rate,
             self.policy.add_path_burst,
-        );
-        if admitted {
-            self.add_flood = 0;
-        } else {
-            // A primary that goes on past the rate limit after a burst of
-            // refusals is flooding: it would only make this side answer.
-            self.add_flood += 1;
-            if self.add_flood > self.policy.add_path_burst {
-                return Err(Violation::new(
-                    ErrorCode::ResourceLimit,
-                    format!(
-                        "AddPath flood: {} refused in a row past the rate limit",
-                        self.add_flood
-                    ),
-                ));
-            }
-        }
+            "AddPath",
+        )?;
         let refusal = match address {
             None => Some((
                 ErrorCode::InvalidFrame,

@@ -246,8 +246,6 @@ pub(crate) struct Session {
     last_add_path: u64,
     /// Client: AddPaths the rate limit still admits.
     add_budget: RateBudget,
-    /// Client: AddPaths refused in a row for the rate limit.
-    add_flood: u32,
     /// The time of the latest drive (deadlines are computed against it).
     clock: Instant,
     /// Primary: the secondaries the application added, by target.
@@ -278,11 +276,14 @@ pub(crate) struct Session {
 }
 
 /// A token bucket in thousandths of a token, refilled from the time inputs
-/// (deterministic: no clock is read).
+/// (deterministic: no clock is read), that counts the requests it refused
+/// in a row: a peer that goes on past the limit after a burst of refusals
+/// is flooding (it would only make this side answer).
 #[derive(Debug)]
 pub(super) struct RateBudget {
     millis: u64,
     at: Instant,
+    refused: u32,
 }
 
 impl RateBudget {
@@ -290,11 +291,40 @@ impl RateBudget {
         Self {
             millis: u64::from(burst) * 1000,
             at: now,
+            refused: 0,
         }
     }
 
+    /// Admits one `what` request if `per_second` refills and a `burst` cap
+    /// allow (`Ok(false)`: refused, to be answered as such); more than
+    /// `burst` refusals in a row are a flood, a `KWIK_RESOURCE_LIMIT`
+    /// violation.
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        per_second: u32,
+        burst: u32,
+        what: &str,
+    ) -> Result<bool, Violation> {
+        if self.take(now, per_second, burst) {
+            self.refused = 0;
+            return Ok(true);
+        }
+        self.refused += 1;
+        if self.refused > burst {
+            return Err(Violation::new(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "{what} flood: {} refused in a row past the rate limit",
+                    self.refused
+                ),
+            ));
+        }
+        Ok(false)
+    }
+
     /// Takes one token if `per_second` refills and a `burst` cap allow.
-    pub(super) fn take(&mut self, now: Instant, per_second: u32, burst: u32) -> bool {
+    fn take(&mut self, now: Instant, per_second: u32, burst: u32) -> bool {
         let elapsed = now.saturating_duration_since(self.at);
         let refill = elapsed.as_millis().saturating_mul(u128::from(per_second));
         let cap = u64::from(burst) * 1000;
@@ -435,7 +465,6 @@ impl Session {
             serving: BTreeMap::new(),
             last_add_path: 0,
             add_budget: RateBudget::new(policy_burst, now),
-            add_flood: 0,
             clock: now,
             targets: Vec::new(),
             zero_rtt: ZeroRtt::Off,

@@ -33,8 +33,6 @@ pub(super) struct Proposals {
     pending: BTreeSet<PathId>,
     /// Primary: proposals the rate limit still admits.
     budget: RateBudget,
-    /// Primary: proposals refused in a row for the rate limit.
-    flood: u32,
 }
 
 impl Proposals {
@@ -45,7 +43,6 @@ impl Proposals {
             last_received: 0,
             pending: BTreeSet::new(),
             budget: RateBudget::new(PROPOSAL_BURST, now),
-            flood: 0,
         }
     }
 }
@@ -156,24 +153,10 @@ impl Session {
             // Only the Hello and idempotent streams ride in 0-RTT (§12.3).
             return Err(violation("ProposePath before the handshake completed"));
         }
-        let admitted = self
-            .proposals
-            .budget
-            .take(ctx.now, PROPOSAL_RATE, PROPOSAL_BURST);
-        if admitted {
-            self.proposals.flood = 0;
-        } else {
-            self.proposals.flood += 1;
-            if self.proposals.flood > PROPOSAL_BURST {
-                return Err(Violation::new(
-                    ErrorCode::ResourceLimit,
-                    format!(
-                        "ProposePath flood: {} refused in a row past the rate limit",
-                        self.proposals.flood
-                    ),
-                ));
-            }
-        }
+        let admitted =
+            self.proposals
+                .budget
+                .admit(ctx.now, PROPOSAL_RATE, PROPOSAL_BURST, "ProposePath")?;
         let address: Option<SocketAddr> = m.address.parse().ok();
         let outcome = match address {
             None => Err((
