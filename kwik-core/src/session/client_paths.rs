@@ -351,10 +351,11 @@ impl Session {
             return;
         };
         cp.closing.get_or_insert(now + grace);
-        if matches!(
-            self.paths.get(&path).map(|p| p.state),
-            Some(PathState::Handshaking | PathState::Active | PathState::Degraded)
-        ) {
+        if self
+            .paths
+            .get(&path)
+            .is_some_and(|p| p.state.may_become(PathState::Closing))
+        {
             self.set_path_state_at(path, PathState::Closing, None, now, events);
         }
     }
