@@ -218,13 +218,9 @@ fn host_name(host: &str) -> String {
 /// An address of a service; IPv6 link-local addresses keep their interface.
 fn socket_addr(ip: &ScopedIp, port: u16) -> SocketAddr {
     match (ip, ip.to_ip_addr()) {
-        (ScopedIp::V6(v6), IpAddr::V6(addr)) if is_unicast_link_local(&addr) => {
+        (ScopedIp::V6(v6), IpAddr::V6(addr)) if addr.is_unicast_link_local() => {
             SocketAddr::V6(SocketAddrV6::new(addr, port, 0, v6.scope_id().index))
         }
         (_, addr) => SocketAddr::new(addr, port),
     }
-}
-
-fn is_unicast_link_local(addr: &std::net::Ipv6Addr) -> bool {
-    addr.segments()[0] & 0xffc0 == 0xfe80
 }
